@@ -1,0 +1,168 @@
+"""Declarative validation for frozen config dataclasses.
+
+Every config field is declared with :func:`param`, which records the allowed
+range or choices as data. ``check(self, group)`` (called from ``__post_init__``)
+coerces YAML-ish values (lists -> tuples, ints -> floats) and raises one
+:class:`~ctgrid.errors.ConfigError` naming ``group.key``, the value and what is
+allowed. :func:`build` turns a mapping into the dataclass and rejects unknown
+keys with the closest valid name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from typing import Any, Mapping, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def param(default: Any, *, choices: tuple | None = None, ge: float | None = None,
+          gt: float | None = None, le: float | None = None, lt: float | None = None,
+          doc: str = "") -> Any:
+    """A dataclass field with a default and its allowed values (checked by :func:`check`)."""
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _range_text(meta: Mapping) -> str:
+    parts = []
+    if meta.get("gt") is not None:
+        parts.append(f"> {meta['gt']}")
+    if meta.get("ge") is not None:
+        parts.append(f">= {meta['ge']}")
+    if meta.get("lt") is not None:
+        parts.append(f"< {meta['lt']}")
+    if meta.get("le") is not None:
+        parts.append(f"<= {meta['le']}")
+    return " and ".join(parts)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        allowed = " or ".join(_type_name(a) for a in args)
+        raise ConfigError(f"{where}: got {value!r}; expected {allowed}")
+    if origin is typing.Literal:
+        if value in args:
+            return value
+        raise ConfigError(f"{where}: got {value!r}; allowed: {', '.join(map(repr, args))}")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: got {value!r}; expected a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: got {value!r}; expected a list of {len(args)} values")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: got {value!r}; expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: got {value!r}; expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: got {value!r}; expected a number")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: got {value!r}; expected a finite number")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: got {value!r}; expected a string")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if isinstance(value, Mapping):
+            return build(tp, value, where)
+        raise ConfigError(f"{where}: got {value!r}; expected a mapping")
+    return value
+
+
+def _check_meta(value: Any, meta: Mapping, where: str) -> None:
+    choices = meta.get("choices")
+    items = value if isinstance(value, tuple) else (value,)
+    for item in items:
+        if item is None:
+            continue
+        if choices is not None and item not in choices:
+            close = difflib.get_close_matches(str(item), [str(c) for c in choices], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: got {item!r}; allowed: {', '.join(map(str, choices))}{hint}")
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            ok = ((meta.get("gt") is None or item > meta["gt"])
+                  and (meta.get("ge") is None or item >= meta["ge"])
+                  and (meta.get("lt") is None or item < meta["lt"])
+                  and (meta.get("le") is None or item <= meta["le"]))
+            if not ok:
+                raise ConfigError(f"{where}: got {item!r}; allowed: {_range_text(meta)}")
+
+
+def check(obj: Any, group: str) -> None:
+    """Coerce and validate every field of the frozen dataclass ``obj`` in place."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        where = f"{group}.{f.name}"
+        value = _coerce(getattr(obj, f.name), hints[f.name], where)
+        _check_meta(value, f.metadata, where)
+        object.__setattr__(obj, f.name, value)
+
+
+def unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+    """The error for an unknown key, suggesting the closest valid name."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{where}: unknown key {key!r}{hint} (valid: {', '.join(sorted(valid))})")
+
+
+def build(cls: type[T], mapping: Mapping[str, Any] | None, group: str) -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    mapping = dict(mapping or {})
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{group}: expected a mapping, got {mapping!r}")
+    valid = [f.name for f in dataclasses.fields(cls)]
+    for key in mapping:
+        if key not in valid:
+            raise unknown_key(str(key), valid, group)
+    return cls(**mapping)
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A plain (YAML/JSON-friendly) dict of a config dataclass, tuples as lists."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, tuple):
+            return [plain(x) for x in v]
+        return v
+    return plain(obj)

@@ -1,0 +1,51 @@
+"""``ctgrid`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
+
+Bad input (:class:`~ctgrid.errors.ConfigError`, :class:`~ctgrid.errors.DataError`)
+prints one line ``ctgrid: error: ...`` and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+from ..errors import ConfigError, DataError, StoreError
+
+#: subcommand -> module under ctgrid.cli
+SUBCOMMANDS = ("train", "evaluate", "run", "expand", "status", "aggregate")
+_MODULES = {"train": "train", "evaluate": "evaluate", "run": "grid", "expand": "expand",
+            "status": "grid", "aggregate": "aggregate"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctgrid", description=(
+        "Counterfactual Training (Altmeyer et al. 2025) and hyper-parameter grids of it, "
+        "in one process or under mpirun/srun."))
+    from .. import __version__
+    parser.add_argument("--version", action="version", version=f"ctgrid {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f".{_MODULES[name]}", __name__)
+        adder = getattr(module, f"add_{name}_parser", None) or getattr(module, "add_parser")
+        sp = adder(sub)
+        if sp is not None and sp.get_default("func") is None:
+            sp.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, DataError, StoreError) as exc:
+        print(f"ctgrid: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ctgrid: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

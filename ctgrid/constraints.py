@@ -1,0 +1,121 @@
+"""Actionability constraints: domain bounds and per-feature mutability.
+
+One :class:`Constraints` object is built per dataset and used everywhere a
+counterfactual moves: the search clamps to the domain after every step and
+zeroes step components that move a feature in a forbidden direction; the CT
+loss protects constrained features of ``x+`` (SPEC §1.2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Mapping, Sequence
+
+import torch
+
+from .errors import ConfigError
+
+MUTABILITY_KINDS = ("both", "increase", "decrease", "none")
+
+
+def infer_domain(X: torch.Tensor, nstd: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature bounds ``[min(mean - n*sd, min), max(mean + n*sd, max)]``.
+
+    ``n = 2`` is what the reference code used (the paper says 3); see ANCHOR_NOTES §2.6.
+    """
+    X = X.double()
+    mean, sd = X.mean(0), X.std(0, unbiased=True)
+    lower = torch.minimum(mean - nstd * sd, X.min(0).values)
+    upper = torch.maximum(mean + nstd * sd, X.max(0).values)
+    return lower.float(), upper.float()
+
+
+@dataclass(frozen=True, eq=False)
+class Constraints:
+    """Domain bounds (``lower``/``upper``, shape ``(d,)``) and mutability per feature."""
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    mutability: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        d = self.lower.numel()
+        if self.upper.numel() != d or len(self.mutability) != d:
+            raise ValueError("lower, upper and mutability must have one entry per feature")
+        bad = [m for m in self.mutability if m not in MUTABILITY_KINDS]
+        if bad:
+            raise ConfigError(f"mutability: got {bad[0]!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
+        if bool((self.lower > self.upper).any()):
+            raise ConfigError("domain: a lower bound exceeds its upper bound")
+        inc = torch.tensor([m in ("both", "increase") for m in self.mutability])
+        dec = torch.tensor([m in ("both", "decrease") for m in self.mutability])
+        object.__setattr__(self, "_may_increase", inc)
+        object.__setattr__(self, "_may_decrease", dec)
+
+    @property
+    def n_features(self) -> int:
+        return self.lower.numel()
+
+    @property
+    def is_constrained(self) -> bool:
+        """True when some feature is not freely mutable."""
+        return any(m != "both" for m in self.mutability)
+
+    @classmethod
+    def unconstrained(cls, d: int, lower: float = -float("inf"), upper: float = float("inf")) -> "Constraints":
+        return cls(torch.full((d,), float(lower)), torch.full((d,), float(upper)), ("both",) * d)
+
+    @classmethod
+    def infer(cls, X: torch.Tensor, nstd: float = 2.0,
+              mutability: Sequence[str] | None = None) -> "Constraints":
+        lower, upper = infer_domain(X, nstd)
+        return cls(lower, upper, tuple(mutability) if mutability else ("both",) * X.shape[1])
+
+    def with_mutability(self, spec: Mapping[str | int, str], feature_names: Sequence[str]) -> "Constraints":
+        """Set mutability by feature name or 0-based index (``{"age": "none", 3: "increase"}``)."""
+        kinds = list(self.mutability)
+        names = list(feature_names)
+        for key, kind in spec.items():
+            if kind not in MUTABILITY_KINDS:
+                raise ConfigError(f"data.mutability[{key!r}]: got {kind!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
+            idx = _feature_index(key, names)
+            kinds[idx] = kind
+        return replace(self, mutability=tuple(kinds))
+
+    def clamp(self, x: torch.Tensor) -> torch.Tensor:
+        """Clamp every feature of ``x`` (``(n, d)``) into its domain."""
+        return torch.clamp(x, self.lower.to(x), self.upper.to(x))
+
+    def mask_step(self, delta: torch.Tensor) -> torch.Tensor:
+        """Zero the components of a step ``delta`` that move a feature in a forbidden direction."""
+        inc = self._may_increase.to(delta.device)  # type: ignore[attr-defined]
+        dec = self._may_decrease.to(delta.device)  # type: ignore[attr-defined]
+        allowed = torch.where(delta > 0, inc, torch.where(delta < 0, dec, torch.ones_like(inc)))
+        return torch.where(allowed, delta, torch.zeros_like(delta))
+
+    def protect(self, x_plus: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
+        """CT's protection of constrained features (SPEC §1.2): returns a new ``x+``.
+
+        ``none`` -> ``x+[d] := x'[d]``; ``increase`` -> ``max(x'[d], x+[d])``;
+        ``decrease`` -> ``min(x'[d], x+[d])``; ``both`` unchanged.
+        """
+        kinds = self.mutability
+        dev = x_plus.device
+        none = torch.tensor([k == "none" for k in kinds], device=dev)
+        inc = torch.tensor([k == "increase" for k in kinds], device=dev)
+        dec = torch.tensor([k == "decrease" for k in kinds], device=dev)
+        out = torch.where(dec, torch.minimum(x_cf, x_plus), x_plus)
+        out = torch.where(inc, torch.maximum(x_cf, x_plus), out)
+        return torch.where(none, x_cf, out)
+
+def _feature_index(key: str | int, names: list[str]) -> int:
+    if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
+        idx = int(key)
+        if not 0 <= idx < len(names):
+            raise ConfigError(f"data.mutability: feature index {idx} out of range 0..{len(names) - 1}")
+        return idx
+    if key in names:
+        return names.index(key)
+    import difflib
+    close = difflib.get_close_matches(str(key), names, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"data.mutability: no feature named {key!r}{hint}")

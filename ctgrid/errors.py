@@ -1,0 +1,26 @@
+"""The small set of exceptions ctgrid raises on purpose.
+
+The CLI turns :class:`ConfigError` and :class:`DataError` into one line on stderr
+and exit code 2 (bad input); everything else is a bug or a failed job.
+"""
+from __future__ import annotations
+
+
+class CTGridError(Exception):
+    """Base class of every error ctgrid raises deliberately."""
+
+
+class ConfigError(CTGridError, ValueError):
+    """A configuration value (grid key, flag, YAML entry) is invalid."""
+
+
+class DataError(CTGridError):
+    """A data file is missing or malformed."""
+
+
+class StoreError(CTGridError):
+    """The results directory is locked, corrupt or inconsistent."""
+
+
+class JobFailedError(CTGridError):
+    """A job raised or trained to non-finite values; carries its record."""

@@ -1,0 +1,47 @@
+"""Configuration of the evaluation of trained models (SPEC §1.4, ANCHOR_NOTES §3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._validate import check, param
+from ..generators.config import GENERATORS
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Test-time counterfactual grid and predictive metrics.
+
+    For every ``lambda_energy`` the generator searches ``n_runs x n_individuals``
+    factuals (training split unless ``test_time``), with ``lambda_cost``, ``tau``
+    and ``maxiter`` as the paper's final evaluation (0, 0.95, 50). Baseline and
+    CT models of one comparison get the *same* factual/target pairs per run
+    (paired design; the reference drew them per model). ``mutability`` overrides
+    the training constraints at evaluation (``None`` keeps them).
+    """
+
+    enabled: bool = param(True)
+    generator: str = param("ecco", choices=GENERATORS)
+    lambda_energy: tuple[float, ...] = param((0.1, 0.5, 1.0, 5.0, 10.0), ge=0)
+    lambda_cost: float = param(0.0, ge=0)
+    tau: float = param(0.95, gt=0, lt=1)
+    maxiter: int = param(50, ge=1)
+    lr: float = param(0.1, gt=0)
+    n_runs: int = param(5, ge=1)
+    n_individuals: int = param(100, ge=1)
+    test_time: bool = param(False)
+    n_ip_samples: int = param(1000, ge=1)
+    n_energy_samples: int = param(50, ge=1)
+    mmd_length_scale: float = param(5.0, gt=0)
+    mmd_samples: int | None = param(100, ge=2)
+    mmd_permutations: int = param(0, ge=0)
+    fgsm_eps: tuple[float, ...] = param((0.03,), ge=0)
+    pgd_eps: tuple[float, ...] = param((), ge=0)
+    pgd_steps: int = param(40, ge=1)
+    pgd_alpha: float = param(0.01, gt=0)
+    mutability: tuple[tuple[str, str], ...] | None = param(None)
+
+    def __post_init__(self) -> None:
+        from collections.abc import Mapping
+        if isinstance(self.mutability, Mapping):
+            object.__setattr__(self, "mutability", tuple((str(k), v) for k, v in self.mutability.items()))
+        check(self, "evaluation")

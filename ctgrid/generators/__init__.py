@@ -1,0 +1,45 @@
+"""Counterfactual generators: ``generic``, ``ecco`` and ``revise`` are configurations
+of one batched :class:`SearchEngine` (penalty list + optional latent decoder)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..constraints import Constraints
+from ..errors import ConfigError
+from .config import GENERATORS, GeneratorConfig
+from .engine import Codec, CounterfactualBatch, SearchEngine, frozen
+from .penalties import l1_cost, make_energy
+from .vae import VAE, load_or_train_vae, train_vae
+
+__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "VAE",
+           "make_generator", "generator_for", "frozen", "load_or_train_vae", "train_vae"]
+
+
+def make_generator(config: GeneratorConfig, constraints: Constraints, *,
+                   codec: Codec | None = None, lambda_energy: float | None = None) -> SearchEngine:
+    """The engine configured as ``config.name``.
+
+    - ``generic`` (Wachter et al. 2017): cross-entropy + ``lambda_cost * ||x' - x||_1``.
+    - ``ecco`` (ECCCo without conformal part): + ``lambda_energy * phi(t) * E(x')``.
+    - ``revise`` (Joshi et al. 2019): generic objective searched in ``codec``'s latent space.
+    """
+    penalties = [(config.lambda_cost, l1_cost)]
+    if config.name == "ecco":
+        lam = config.lambda_energy if lambda_energy is None else lambda_energy
+        penalties.append((lam, make_energy(config.energy_schedule, config.energy_quadratic)))
+    if config.name == "revise" and codec is None:
+        raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
+    return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,
+                        tau=config.tau, codec=codec if config.name == "revise" else None)
+
+
+def generator_for(config: GeneratorConfig, constraints: Constraints, X_train: torch.Tensor, *,
+                  cache_dir: str | os.PathLike | None = None, seed: int = 0) -> SearchEngine:
+    """Like :func:`make_generator`, fitting (or loading the cached) VAE for REVISE on ``X_train``."""
+    codec = None
+    if config.name == "revise":
+        codec = load_or_train_vae(X_train, cache_dir, seed=seed, latent_dim=config.latent_dim,
+                                  hidden=config.vae_hidden, epochs=config.vae_epochs)
+    return make_generator(config, constraints, codec=codec)

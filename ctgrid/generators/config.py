@@ -1,0 +1,49 @@
+"""Configuration of a counterfactual generator (one engine, several presets)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._validate import check, param
+
+GENERATORS = ("generic", "ecco", "revise")
+ENERGY_SCHEDULES = ("reference", "reference_exact", "constant")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Hyper-parameters of the batched gradient search (SPEC §1.1, ANCHOR_NOTES §2).
+
+    Defaults are what the published numbers were really produced with: SGD step
+    ``lr = 0.1`` (the reference ignored its configured 0.25), ``maxiter = 30``,
+    ``tau = 0.75``, ``lambda_cost = 0.001``, ``lambda_energy = 5``.
+
+    ``energy_schedule`` scales ECCo's energy term by ``phi(t) = a (b + t)^-0.9``:
+    ``"reference"`` uses ``b = max(1, round(T/25))``, ``a = b/10`` — the reference's
+    schedule, except that it is never zero; ``"reference_exact"`` keeps the
+    reference's ``b = round(T/25)``, which silently disables the energy term for
+    ``T <= 12`` (ANCHOR_NOTES §8.3; use it only to reproduce published numbers);
+    ``"constant"`` uses ``phi = 1``.
+    """
+
+    name: str = param("ecco", choices=GENERATORS)
+    lr: float = param(0.1, gt=0)
+    maxiter: int = param(30, ge=1)
+    tau: float = param(0.75, gt=0, lt=1)
+    lambda_cost: float = param(0.001, ge=0)
+    lambda_energy: float = param(5.0, ge=0)
+    energy_schedule: str = param("reference", choices=ENERGY_SCHEDULES)
+    energy_quadratic: float = param(1e-3, ge=0, doc="weight of the small quadratic energy part")
+    latent_dim: int | None = param(None, ge=1, doc="REVISE VAE latent size (None: 2 if d <= 2 else 4)")
+    vae_hidden: int | None = param(None, ge=1, doc="REVISE VAE hidden size (None: 16 if d <= 2 else 32)")
+    vae_epochs: int = param(100, ge=1)
+
+    def __post_init__(self) -> None:
+        check(self, "generator")
+
+    @property
+    def uses_energy(self) -> bool:
+        return self.name == "ecco" and self.lambda_energy > 0
+
+    @property
+    def latent(self) -> bool:
+        return self.name == "revise"

@@ -1,0 +1,111 @@
+"""A job: one fully resolved configuration (data, model, generator, training, evaluation).
+
+A job's identity is a hash of its *canonical* configuration, in which every
+parameter its objective does not use is reset to its default. So the 135
+``vanilla`` points of the penalties grid, which differ only in CT-only
+parameters, are one job (ANCHOR_NOTES §8.13), while each grid point still maps
+to the job that produces its results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
+
+from .._validate import build, to_dict, unknown_key
+from ..data.dataset import DataConfig
+from ..evaluation.config import EvaluationConfig
+from ..generators.config import GeneratorConfig
+from ..models import ModelConfig
+from ..seeding import derive_seed
+from ..training.config import TrainingConfig
+
+GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
+                           "training": TrainingConfig, "evaluation": EvaluationConfig}
+
+_ECCO_ONLY = ("lambda_energy", "energy_schedule", "energy_quadratic")
+_REVISE_ONLY = ("latent_dim", "vae_hidden", "vae_epochs")
+_CE_TRAINING = ("nce", "burnin", "adv_eps", "nonconverged")
+_TERM_WEIGHTS = {"div": ("lambda_div",), "reg": ("lambda_reg",), "adv": ("lambda_adv", "adv_eps")}
+
+
+def _reset(cfg: Any, names: tuple[str, ...]) -> Any:
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return replace(cfg, **{n: defaults[n] for n in names})
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Everything one training + evaluation needs; built once from YAML or flags."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any] | None) -> "JobConfig":
+        """Build from ``{group: {key: value}}``; unknown groups/keys raise ConfigError."""
+        mapping = dict(mapping or {})
+        for key in mapping:
+            if key not in GROUPS:
+                raise unknown_key(str(key), list(GROUPS), "config")
+        return cls(**{g: build(t, mapping.get(g), g) for g, t in GROUPS.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    def canonical(self) -> "JobConfig":
+        """This job with every parameter its objective and generator ignore reset to default."""
+        tr, gen = self.training, self.generator
+        if not tr.needs_counterfactuals:
+            gen = GeneratorConfig()
+            tr = _reset(tr, _CE_TRAINING + ("lambda_div", "lambda_reg", "lambda_adv", "nonconverged"))
+        else:
+            unused = tuple(n for term, names in _TERM_WEIGHTS.items() if term not in tr.terms for n in names)
+            tr = _reset(tr, unused)
+            if gen.name != "ecco":
+                gen = _reset(gen, _ECCO_ONLY)
+            if gen.name != "revise":
+                gen = _reset(gen, _REVISE_ONLY)
+        ev = self.evaluation if self.evaluation.enabled else EvaluationConfig(enabled=False)
+        return replace(self, generator=gen, training=tr, evaluation=ev)
+
+    @property
+    def job_id(self) -> str:
+        """16 hex digits of the SHA-256 of the canonical configuration (stable across runs)."""
+        text = json.dumps(self.canonical().to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def seed(self) -> int:
+        """Training seed: from the identity parts a baseline and its CT models share
+        (data, model, replicate ``training.seed``), so a BL/CT pair starts from the same
+        weights and batch order; never from rank, order or process count."""
+        c = self.canonical()
+        return derive_seed("train", json.dumps(to_dict(c.data), sort_keys=True),
+                           json.dumps(to_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
+
+    @property
+    def name(self) -> str:
+        """A short human-readable label (``moons-full-ecco``)."""
+        tr = self.training
+        gen = f"-{self.generator.name}" if tr.needs_counterfactuals else ""
+        return f"{self.data.name}-{tr.objective}{gen}"
+
+    def expected_cost(self, n_train: int = 3000) -> float:
+        """A rough relative cost, for longest-expected-first ordering."""
+        tr, gen = self.training, self.generator
+        batch = tr.batch_size or (30 if n_train <= 5000 else 1000)
+        cost = tr.nepochs * (n_train / batch) * 1.0
+        if tr.needs_counterfactuals:
+            ce_epochs = tr.nepochs - tr.burnin_epochs
+            factor = 1.5 if gen.name == "revise" else 1.0
+            cost += ce_epochs * tr.nce * gen.maxiter * factor / 300.0
+        if self.evaluation.enabled:
+            ev = self.evaluation
+            cost += len(ev.lambda_energy) * ev.n_runs * ev.n_individuals * ev.maxiter / 300.0
+        return cost

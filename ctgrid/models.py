@@ -1,0 +1,85 @@
+"""Classifiers trained by ctgrid: MLP (paper default 1x32 ReLU), linear, LeNet-style CNN.
+
+All return logits of shape ``(n, K)`` (K = 2 for binary data). Hidden layers are
+distinct modules (the reference tied weights for nlayers >= 3; ANCHOR_NOTES §8.17).
+Weights use Glorot-uniform initialisation with zero biases, as Flux's ``Dense``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._validate import check, param
+
+ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the classifier."""
+
+    kind: str = param("mlp", choices=("mlp", "linear", "cnn"))
+    nhidden: int = param(32, ge=1)
+    nlayers: int = param(1, ge=1)
+    activation: str = param("relu", choices=tuple(ACTIVATIONS))
+
+    def __post_init__(self) -> None:
+        check(self, "model")
+
+
+class CNN(nn.Module):
+    """LeNet-5 as the reference's MNIST CNN: input flattened ``(n, h*w)``."""
+
+    def __init__(self, image_shape: tuple[int, int], n_classes: int, activation: str = "relu"):
+        super().__init__()
+        act = ACTIVATIONS[activation]
+        self.image_shape = image_shape
+        h, w = image_shape
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), act(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5, padding=2), act(), nn.MaxPool2d(2))
+        flat = 16 * (h // 4) * (w // 4)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, 120), act(),
+                                  nn.Linear(120, 84), act(), nn.Linear(84, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.reshape(-1, 1, *self.image_shape)))
+
+
+def _init(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Conv2d)):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
+                image_shape: tuple[int, int] | None = None,
+                generator: torch.Generator | None = None) -> nn.Module:
+    """Build an initialised model; ``generator`` makes the initialisation reproducible."""
+    if config.kind == "linear":
+        model: nn.Module = nn.Sequential(nn.Linear(n_features, n_classes))
+    elif config.kind == "cnn":
+        if image_shape is None:
+            raise ValueError("model.kind 'cnn' needs image data (e.g. mnist)")
+        model = CNN(image_shape, n_classes, config.activation)
+    else:
+        act = ACTIVATIONS[config.activation]
+        layers: list[nn.Module] = [nn.Linear(n_features, config.nhidden), act()]
+        for _ in range(config.nlayers - 1):
+            layers += [nn.Linear(config.nhidden, config.nhidden), act()]
+        layers.append(nn.Linear(config.nhidden, n_classes))
+        model = nn.Sequential(*layers)
+    if generator is None:
+        model.apply(_init)
+    else:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                fan_out = m.weight.shape[0] * (m.weight[0].numel() // m.weight.shape[1])
+                bound = (6.0 / (fan_in + fan_out)) ** 0.5
+                with torch.no_grad():
+                    m.weight.copy_((torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound)
+                    m.bias.zero_()
+    return model
