@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -45,7 +46,18 @@ def _range_text(meta: Mapping) -> str:
 
 
 def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+    """Human names: ``tuple[float, ...]`` -> ``a list of number``, ``None`` -> ``null``."""
+    if tp is type(None):
+        return "null"
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if typing.get_origin(tp) is typing.Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    return {float: "number", int: "integer", str: "string", bool: "true/false"}.get(
+        tp, getattr(tp, "__name__", str(tp).replace("typing.", "")))
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -128,9 +140,14 @@ def _check_meta(value: Any, meta: Mapping, where: str) -> None:
                 raise ConfigError(f"{where}: got {item!r}; allowed: {_range_text(meta)}")
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def check(obj: Any, group: str) -> None:
     """Coerce and validate every field of the frozen dataclass ``obj`` in place."""
-    hints = typing.get_type_hints(type(obj))
+    hints = _hints(type(obj))
     for f in dataclasses.fields(obj):
         where = f"{group}.{f.name}"
         value = _coerce(getattr(obj, f.name), hints[f.name], where)
@@ -147,9 +164,11 @@ def unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
 
 def build(cls: type[T], mapping: Mapping[str, Any] | None, group: str) -> T:
     """Build dataclass ``cls`` from a mapping, rejecting unknown keys."""
-    mapping = dict(mapping or {})
-    if not isinstance(mapping, dict):
-        raise ConfigError(f"{group}: expected a mapping, got {mapping!r}")
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{group}: expected a mapping of key: value, got {mapping!r}")
+    mapping = dict(mapping)
     valid = [f.name for f in dataclasses.fields(cls)]
     for key in mapping:
         if key not in valid:
