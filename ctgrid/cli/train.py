@@ -1,0 +1,191 @@
+"""ctgrid train: train one model (vanilla or CT) and write it, its config and its history.
+
+Settings come from ``--config FILE.yaml`` (groups ``data``, ``model``,
+``generator``, ``training`` with the fields of the config dataclasses) and/or
+flags, which override the file. Everything — configs, dataset, ``nce`` against
+the training size, mutability names — is validated before ``--out`` is created,
+so bad input writes nothing. Re-running the same command after an interruption
+resumes from ``--out/checkpoint.pt``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from .._atomic import save_torch, write_parquet, write_text
+from .._validate import build, to_dict, unknown_key
+from ..data import DataConfig, load_dataset
+from ..errors import ConfigError
+from ..generators import GeneratorConfig
+from ..models import ModelConfig
+from ..training import TrainingConfig, train, validate
+
+GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
+          "training": TrainingConfig}
+#: flag dest -> (group, field)
+FLAGS = {
+    "data": ("data", "name"), "model": ("model", "kind"), "generator": ("generator", "name"),
+    "objective": ("training", "objective"), "lambda_clf": ("training", "lambda_clf"),
+    "lambda_div": ("training", "lambda_div"), "lambda_reg": ("training", "lambda_reg"),
+    "lambda_adv": ("training", "lambda_adv"), "tau": ("generator", "tau"),
+    "maxiter": ("generator", "maxiter"), "nce": ("training", "nce"), "burnin": ("training", "burnin"),
+    "nepochs": ("training", "nepochs"), "batch_size": ("training", "batch_size"),
+    "lr": ("training", "lr"), "seed": ("training", "seed"),
+}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "train", help="train one model (vanilla baseline or Counterfactual Training)",
+        description=__doc__.split("\n\n")[0] + " Flags override --config.")
+    p.add_argument("--config", type=Path, help="YAML file with groups data/model/generator/training")
+    p.add_argument("--data", help="dataset name (moons, circles, lin_sep, over, adult, ...)")
+    p.add_argument("--data-dir", type=Path, help="raw data files of the real datasets (else $CTGRID_DATA)")
+    p.add_argument("--model", help="model kind: mlp, linear, cnn")
+    p.add_argument("--generator", help="counterfactual generator: ecco, generic, revise")
+    p.add_argument("--objective", help="vanilla, full, energy, adversarial")
+    for term in ("clf", "div", "reg", "adv"):
+        p.add_argument(f"--lambda-{term}", type=float, metavar="W", help=f"weight of the {term} term")
+    p.add_argument("--tau", type=float, help="decision threshold of the training-time search")
+    p.add_argument("--maxiter", type=int, help="search steps T")
+    p.add_argument("--nce", type=int, help="counterfactuals per epoch")
+    p.add_argument("--burnin", type=float, help="fraction of epochs trained without CT")
+    p.add_argument("--nepochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="optimiser learning rate")
+    p.add_argument("--mutability", action="append", metavar="NAME=KIND",
+                   help="feature mutability (both/increase/decrease/none), repeatable; 'paper' for the paper's setting")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", type=Path, help="output directory (default results/train/<data>-<objective>)")
+    p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config: {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--config: {path} must hold a mapping with groups {', '.join(GROUPS)}")
+    for key, value in raw.items():
+        if key not in GROUPS:
+            raise unknown_key(str(key), list(GROUPS), "config")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+    return {g: dict(raw.get(g) or {}) for g in GROUPS}
+
+
+def _mutability(items: list[str]) -> tuple[tuple[str, str], ...] | str:
+    if items == ["paper"]:
+        return "paper"
+    pairs = []
+    for item in items:
+        name, sep, kind = item.partition("=")
+        if not sep or not name or not kind:
+            raise ConfigError(f"--mutability: got {item!r}; expected NAME=KIND or 'paper'")
+        pairs.append((name, kind))
+    return tuple(pairs)
+
+
+def resolve(args: argparse.Namespace) -> dict[str, Any]:
+    """The four configs from ``--config`` and the flags (flags win)."""
+    groups = _read_yaml(args.config) if args.config else {g: {} for g in GROUPS}
+    for dest, (group, field) in FLAGS.items():
+        value = getattr(args, dest)
+        if value is not None:
+            groups[group][field] = value
+    if args.mutability:
+        groups["data"]["mutability"] = _mutability(args.mutability)
+    return {g: build(cls, groups[g], g) for g, cls in GROUPS.items()}
+
+
+def _reporter(nepochs: int) -> Callable[[dict], None]:
+    """A progress bar on a terminal, one log line per epoch otherwise."""
+    tty = sys.stderr.isatty()
+
+    def report(row: dict) -> None:
+        e = row["epoch"]
+        text = (f"epoch {e}/{nepochs} loss {row['loss']:.4f} acc {row['acc_train']:.3f}/"
+                f"{row['acc_val']:.3f} mature {row['converged']:.2f} "
+                f"ce {row['t_ce']:.2f}s upd {row['t_update']:.2f}s")
+        if tty:
+            width = 24
+            done = int(width * e / nepochs)
+            end = "\n" if e == nepochs else ""
+            print(f"\r[{'#' * done}{'.' * (width - done)}] {text}", end=end, file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+    return report
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; training stops after the current epoch's checkpoint (a second signal aborts)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # a second signal: give up at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __call__(self) -> bool:
+        return self.signum != 0
+
+    def restore(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads < 1:
+        raise ConfigError(f"--threads: got {args.threads}; allowed: >= 1")
+    cfg = resolve(args)
+    dataset = load_dataset(cfg["data"], args.data_dir)
+    training = dataclasses.replace(cfg["training"], batch_size=cfg["training"].batch_size or dataset.batch_size)
+    validate(dataset, training)
+    out = args.out or Path("results") / "train" / f"{dataset.name}-{training.objective}"
+    resolved = {"data": to_dict(cfg["data"]), "model": to_dict(cfg["model"]),
+                "generator": to_dict(cfg["generator"]), "training": to_dict(training)}
+
+    torch.set_num_threads(args.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    stop = _StopFlag()
+    t0 = time.perf_counter()
+    try:
+        result = train(dataset, cfg["model"], cfg["generator"], training,
+                       checkpoint_path=out / "checkpoint.pt", cache_dir=args.cache_dir,
+                       progress=_reporter(training.nepochs), stop=stop)
+    finally:
+        stop.restore()
+    write_parquet(out / "history.parquet", result.history)
+    write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if not result.completed:
+        print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 128 + stop.signum
+    save_torch(out / "model.pt", {"state_dict": result.model.state_dict(), "model": resolved["model"],
+                                  "n_features": dataset.n_features, "n_classes": dataset.n_classes,
+                                  "image_shape": dataset.image_shape})
+    last = result.history.iloc[-1]
+    print(f"ctgrid train: {training.nepochs} epochs in {time.perf_counter() - t0:.1f}s, "
+          f"train acc {last['acc_train']:.3f}, val acc {last['acc_val']:.3f}; wrote {out}",
+          file=sys.stderr)
+    return 0

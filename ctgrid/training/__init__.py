@@ -1,0 +1,6 @@
+"""Counterfactual Training: objectives, the epoch loop, checkpoints (SPEC §1.2–1.3)."""
+from .config import OBJECTIVE_TERMS, OBJECTIVES, TrainingConfig
+from .loop import HISTORY_COLUMNS, TrainResult, train, validate
+
+__all__ = ["OBJECTIVES", "OBJECTIVE_TERMS", "TrainingConfig", "HISTORY_COLUMNS", "TrainResult",
+           "train", "validate"]

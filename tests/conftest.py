@@ -1,0 +1,22 @@
+"""Shared test set-up: one torch thread per test process, and the shared data directory."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data`` beside the repository root (or ``CTGRID_DATA``)."""
+    path = Path(os.environ.get("CTGRID_DATA", SHARED_DATA))
+    if not path.is_dir():
+        pytest.fail(f"real data not found at {path}: tests need ../shared/data or CTGRID_DATA")
+    return path
