@@ -45,3 +45,8 @@ class EvaluationConfig:
         if isinstance(self.mutability, Mapping):
             object.__setattr__(self, "mutability", tuple((str(k), v) for k, v in self.mutability.items()))
         check(self, "evaluation")
+        for key in ("lambda_energy", "fgsm_eps", "pgd_eps"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                from ..errors import ConfigError
+                raise ConfigError(f"evaluation.{key}: got {list(values)}; values must be distinct")

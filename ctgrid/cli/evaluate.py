@@ -1,0 +1,169 @@
+"""``ctgrid evaluate MODEL_DIR [MODEL_DIR...]``: evaluate trained models (SPEC §1.4).
+
+A model directory is what ``ctgrid train`` (or a grid job) writes: ``config.yaml`` (a
+:class:`~ctgrid.grid.job.JobConfig` mapping) and ``model.pt`` (the state dict, bare or
+as ``{"state_dict": ...}``). Each model is evaluated with its job's ``evaluation``
+settings, overridden by the flags, and ``evaluation.parquet`` / ``performance.parquet``
+are written atomically into the model directory, or into ``--out`` (one model) or
+``--out/<model dir name>`` (several). Models trained on the same data are evaluated on
+the same factual/target pairs per run (paired design), so a baseline and a CT model
+can be given together or separately. Every input is checked, and every model
+evaluated, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, DataError
+
+_DESCRIPTION = (
+    "Evaluate models written by 'ctgrid train' (MODEL_DIR holds config.yaml and model.pt): "
+    "counterfactual measures over the test-time grid and test accuracy, macro-F1 and robust "
+    "accuracy. Writes evaluation.parquet and performance.parquet into each MODEL_DIR (or --out). "
+    "Models trained on the same data get the same factual/target pairs per run (paired design).")
+_FLOAT_LISTS = {"lambda_energy": "--lambda-energy", "fgsm_eps": "--fgsm-eps", "pgd_eps": "--pgd-eps"}
+_SCALARS = ("n_runs", "n_individuals", "tau", "maxiter", "test_time", "mmd_length_scale")
+
+
+def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="evaluate trained models (counterfactuals, accuracy, robustness)",
+                       description=_DESCRIPTION)
+    p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR",
+                   help="directory with config.yaml and model.pt (from ctgrid train)")
+    p.add_argument("--data-dir", help="raw data files of the real datasets (default: $CTGRID_DATA)")
+    p.add_argument("--out", help="output directory (default: each model directory)")
+    p.add_argument("--cache-dir", help="cache of REVISE's VAE")
+    p.add_argument("--lambda-energy", metavar="L1,L2,...", help="ECCo energy weights, comma-separated")
+    p.add_argument("--n-runs", type=int, help="runs (factual/target pairs redrawn per run)")
+    p.add_argument("--n-individuals", type=int, help="factuals per run and energy weight")
+    p.add_argument("--tau", type=float, help="decision threshold of the search and strict validity")
+    p.add_argument("--maxiter", type=int, help="search steps T")
+    p.add_argument("--test-time", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw factuals from the test split (final results) instead of training")
+    p.add_argument("--fgsm-eps", metavar="E1,E2,...", help="FGSM budgets ('' for none)")
+    p.add_argument("--pgd-eps", metavar="E1,E2,...", help="PGD budgets ('' for none)")
+    p.add_argument("--mmd-length-scale", type=float, help="Gaussian kernel length scale of IP*")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.set_defaults(func=run)
+    return p
+
+
+def _float_list(text: str, flag: str) -> tuple[float, ...]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(float(t) for t in items)
+    except ValueError:
+        raise ConfigError(f"{flag}: got {text!r}; expected comma-separated numbers") from None
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The evaluation settings given on the command line."""
+    out: dict[str, Any] = {k: getattr(args, k) for k in _SCALARS if getattr(args, k) is not None}
+    for key, flag in _FLOAT_LISTS.items():
+        if getattr(args, key) is not None:
+            out[key] = _float_list(getattr(args, key), flag)
+    return out
+
+
+@dataclass
+class _Input:
+    model_dir: Path
+    out_dir: Path
+    job: Any
+    state_dict: dict
+
+
+def _read_model_dir(model_dir: Path) -> tuple[Any, dict]:
+    """``(JobConfig, state dict)`` of a model directory; DataError/ConfigError on bad files."""
+    import torch
+    import yaml
+
+    from ..grid.job import JobConfig
+    if not model_dir.is_dir():
+        raise DataError(f"MODEL_DIR {str(model_dir)!r}: not a directory")
+    cfg_path, model_path = model_dir / "config.yaml", model_dir / "model.pt"
+    for path in (cfg_path, model_path):
+        if not path.is_file():
+            raise DataError(f"{path}: not found (expected a directory written by 'ctgrid train')")
+    try:
+        mapping = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{cfg_path}: not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(mapping, dict):
+        raise DataError(f"{cfg_path}: expected a mapping of config groups, got {type(mapping).__name__}")
+    job = JobConfig.from_dict(mapping)
+    try:
+        state = torch.load(model_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a data error
+        raise DataError(f"{model_path}: not a readable torch file ({exc.__class__.__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise DataError(f"{model_path}: expected a state dict, got {type(state).__name__}")
+    return job, state
+
+
+def _inputs(args: argparse.Namespace) -> list[_Input]:
+    dirs = [Path(d) for d in args.model_dirs]
+    if args.out is None:
+        outs = dirs
+    elif len(dirs) == 1:
+        outs = [Path(args.out)]
+    else:
+        outs = [Path(args.out) / d.resolve().name for d in dirs]
+        if len(set(outs)) < len(outs):
+            raise ConfigError("--out: model directories share a name; give them distinct names or "
+                              "evaluate them one at a time")
+    ev = overrides(args)
+    items = []
+    for d, o in zip(dirs, outs):
+        job, state = _read_model_dir(d)
+        job = replace(job, evaluation=replace(job.evaluation, **ev))
+        items.append(_Input(d, o, job, state))
+    return items
+
+
+def _build(item: _Input, dataset: Any) -> Any:
+    from ..models import build_model
+    model = build_model(item.job.model, dataset.n_features, dataset.n_classes,
+                        image_shape=dataset.image_shape)
+    try:
+        model.load_state_dict(item.state_dict)
+    except (RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise DataError(f"{item.model_dir / 'model.pt'}: does not fit the model in config.yaml ({first})") from None
+    return model.eval()
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from .._atomic import write_parquet
+    from ..data import load_dataset
+    from ..evaluation.evaluate import evaluate_model
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads: got {args.threads}; allowed: >= 1")
+        torch.set_num_threads(args.threads)
+    items = _inputs(args)
+    datasets: dict[Any, Any] = {}
+    models = []
+    for item in items:
+        if item.job.data not in datasets:
+            datasets[item.job.data] = load_dataset(item.job.data, args.data_dir)
+        models.append(_build(item, datasets[item.job.data]))
+    results = []
+    for item, model in zip(items, models):
+        results.append(evaluate_model(model, datasets[item.job.data], item.job.evaluation,
+                                      generator_config=item.job.generator, cache_dir=args.cache_dir))
+    for item, (evaluation, performance) in zip(items, results):
+        write_parquet(item.out_dir / "evaluation.parquet", evaluation)
+        write_parquet(item.out_dir / "performance.parquet", performance)
+        acc = performance.loc[performance.metric == "accuracy", "value"].iloc[0]
+        valid = evaluation.loc[evaluation.metric == "validity", "value"].mean()
+        print(f"{item.out_dir}: evaluation.parquet ({len(evaluation)} rows), performance.parquet; "
+              f"accuracy {acc:.4f}, mean validity {valid:.4f}")
+    return 0

@@ -1,0 +1,181 @@
+"""Evaluation of one trained model: counterfactual measures and predictive metrics (SPEC §1.4).
+
+:func:`evaluate_model` returns two tidy frames, written by the CLI and the grid runner
+as ``evaluation.parquet`` and ``performance.parquet``:
+
+``evaluation`` — one row per counterfactual x metric (:data:`EVALUATION_COLUMNS`):
+``run``, ``individual`` (0..n_individuals-1 within the run), ``split`` (``train`` |
+``test``), ``factual_index`` (row within that split), ``factual_label`` (true label),
+``target``, ``generator``, ``lambda_energy``, ``metric``, ``value``. Metrics:
+``validity`` (argmax = target), ``validity_strict`` (softmax target probability >=
+``tau``; the reference's ignored ``tau``, §8.6), ``cost`` (L1), ``ip`` (mean L1 distance
+to ``n_ip_samples`` target-class points), ``energy_differential``, ``share_unchanged``,
+``converged``, ``steps``, ``ip_star`` and, with ``mmd_permutations > 0``,
+``ip_star_pvalue``. Every counterfactual is kept, valid or not: filtering on validity
+is the aggregation's choice (the reference's valid-only filter biases comparisons, §8.7).
+
+``ip_star`` is the unbiased MMD^2 of one group — the counterfactuals of one
+``(run, lambda_energy, target)`` — against the target-class points of the split, each
+side subsampled to ``mmd_samples`` (Gaussian kernel, ``mmd_length_scale``); as in the
+reference its value is attached to every counterfactual row of the group (so average
+it per group, not per row, if group sizes differ). Groups of one counterfactual get NaN.
+
+``performance`` — ``metric`` (``accuracy``, ``macro_f1``, ``robust_accuracy``),
+``attack`` (``none``, ``fgsm``, ``pgd``), ``eps``, ``value``, on the test split; the
+attacks are clamped to the data domain (§8.19).
+
+Every random draw (factuals, targets, reference samples, MMD subsamples, PGD starts)
+comes from a generator seeded by the evaluation data's identity and the run, never by
+the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..constraints import Constraints
+from ..data.dataset import Dataset
+from ..errors import ConfigError
+from ..generators import GeneratorConfig, load_or_train_vae
+from ..seeding import torch_generator
+from .config import EvaluationConfig
+from .grid import CHUNK_ROWS, EvaluationGrid, build_grid, data_identity, search_config, search_grid
+from .metrics import counterfactual_metrics
+from .mmd import mmd_by_group
+from .predictive import accuracy, macro_f1, predict_logits
+from .robustness import robust_accuracy
+
+EVALUATION_COLUMNS = ("run", "individual", "split", "factual_index", "factual_label", "target",
+                      "generator", "lambda_energy", "metric", "value")
+PERFORMANCE_COLUMNS = ("metric", "attack", "eps", "value")
+CE_METRICS = ("validity", "validity_strict", "cost", "ip", "energy_differential",
+              "share_unchanged", "converged", "steps", "ip_star")
+
+
+def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
+                           constraints: Constraints | None = None) -> Constraints:
+    """The training constraints (``constraints`` or the dataset's), or — when
+    ``config.mutability`` is set — their domain with that mutability alone (features it
+    does not name are free; an empty mapping lifts every mutability constraint)."""
+    base = dataset.constraints if constraints is None else constraints
+    if config.mutability is None:
+        return base
+    free = Constraints(base.lower, base.upper, ("both",) * base.n_features)
+    return free.with_mutability(dict(config.mutability), dataset.feature_names)
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig, *,
+                   generator_config: GeneratorConfig | None = None,
+                   cache_dir: str | os.PathLike | None = None,
+                   constraints: Constraints | None = None,
+                   chunk_rows: int = CHUNK_ROWS) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(evaluation, performance)`` frames of ``model`` on ``dataset`` (see module docstring).
+
+    ``generator_config`` supplies generator settings the evaluation config does not
+    (energy schedule, REVISE VAE sizes; default :class:`GeneratorConfig`); name, cost,
+    ``tau``, ``T`` and step come from ``config``. ``cache_dir`` caches REVISE's VAE.
+    ``config.enabled`` is the grid runner's switch and is not consulted here.
+    """
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    k = predict_logits(model, dataset.X_train[:1].to(device)).shape[1]
+    if k != dataset.n_classes:
+        raise ConfigError(f"evaluate_model: the model has {k} outputs; dataset {dataset.name!r} "
+                          f"has {dataset.n_classes} classes")
+    cons = evaluation_constraints(dataset, config, constraints)
+    return (counterfactual_frame(model, dataset, config, cons, generator_config=generator_config,
+                                 cache_dir=cache_dir, chunk_rows=chunk_rows),
+            performance_frame(model, dataset, config, cons))
+
+
+def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
+                         constraints: Constraints, *, generator_config: GeneratorConfig | None = None,
+                         cache_dir: str | os.PathLike | None = None,
+                         chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
+    """The ``evaluation`` frame: one batched search over the whole grid, then every measure."""
+    grid = build_grid(dataset, config)
+    gen_cfg = search_config(config, generator_config)
+    codec = None
+    if gen_cfg.latent:  # REVISE: the training's VAE (same data and seed; cached by content)
+        codec = load_or_train_vae(dataset.X_train, cache_dir, latent_dim=gen_cfg.latent_dim,
+                                  hidden=gen_cfg.vae_hidden, epochs=gen_cfg.vae_epochs)
+    batch = search_grid(model, grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
+    x_cf = batch.counterfactual
+    values = _per_run_metrics(model, grid, x_cf, config)
+    values["converged"] = batch.converged.double().cpu()
+    values["steps"] = batch.steps.double().cpu()
+    groups = grid.run * len(grid.lambdas) + grid.lambda_index
+    ip_star = mmd_by_group(x_cf, grid.target.to(x_cf.device), grid.X, grid.y,
+                           groups=groups.to(x_cf.device),
+                           length_scale=config.mmd_length_scale, n_subsample=config.mmd_samples,
+                           n_permutations=config.mmd_permutations,
+                           generator=torch_generator(*grid.identity, "ip_star"))
+    values["ip_star"] = ip_star["ip_star"]
+    if config.mmd_permutations:
+        values["ip_star_pvalue"] = ip_star["ip_star_p"]
+    return _long_frame(grid, gen_cfg.name, values)
+
+
+def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,
+                     config: EvaluationConfig) -> dict[str, torch.Tensor]:
+    """Per-CE measures, run by run: each run draws its own target-class reference samples
+    (IP, energy differential) from the split, seeded by the data identity and the run."""
+    names = ("validity", "validity_strict", "cost", "ip", "energy_differential", "share_unchanged")
+    out = {k: torch.empty(len(grid), dtype=torch.float64) for k in names}
+    x = grid.x
+    run = grid.run
+    bounds = torch.searchsorted(run, torch.arange(int(run.max()) + 2)).tolist()
+    for r, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        tgt = grid.target[lo:hi]
+        res = counterfactual_metrics(model, x[lo:hi].to(x_cf.device), x_cf[lo:hi],
+                                     tgt.to(x_cf.device), reference_X=grid.X, reference_y=grid.y,
+                                     generator=torch_generator(*grid.identity, "reference", r),
+                                     tau=config.tau, n_samples=config.n_ip_samples,
+                                     n_energy_samples=config.n_energy_samples)
+        for k in names:
+            out[k][lo:hi] = res[k]
+    return out
+
+
+def _long_frame(grid: EvaluationGrid, generator: str, values: dict[str, torch.Tensor]) -> pd.DataFrame:
+    """Melt ``{metric: (N,) values}`` into the tidy schema, metric-major then grid order."""
+    n, k = len(grid), len(values)
+    def tile(t: torch.Tensor, dtype) -> np.ndarray:
+        return np.tile(t.cpu().numpy().astype(dtype), k)
+    frame = pd.DataFrame({
+        "run": tile(grid.run, np.int64),
+        "individual": tile(grid.individual, np.int64),
+        "split": np.full(n * k, grid.split, dtype=object),
+        "factual_index": tile(grid.factual_index, np.int64),
+        "factual_label": tile(grid.factual_label, np.int64),
+        "target": tile(grid.target, np.int64),
+        "generator": np.full(n * k, generator, dtype=object),
+        "lambda_energy": tile(grid.lambda_energy, np.float64),
+        "metric": np.repeat(np.array(list(values), dtype=object), n),
+        "value": np.concatenate([v.cpu().numpy().astype(np.float64) for v in values.values()]),
+    })
+    return frame
+
+
+def performance_frame(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
+                      constraints: Constraints) -> pd.DataFrame:
+    """Test-set accuracy, macro-F1 and robust accuracy under FGSM/PGD at each budget."""
+    X, y = dataset.X_test, dataset.y_test
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    Xd, yd = X.to(device), y.to(device)
+    pred = predict_logits(model, Xd).argmax(1)
+    rows = [("accuracy", "none", 0.0, accuracy(yd, pred)),
+            ("macro_f1", "none", 0.0, macro_f1(yd, pred, dataset.n_classes))]
+    if config.fgsm_eps:
+        acc = robust_accuracy(model, Xd, yd, config.fgsm_eps, attack="fgsm", constraints=constraints)
+        rows += [("robust_accuracy", "fgsm", e, float(a)) for e, a in zip(config.fgsm_eps, acc)]
+    if config.pgd_eps:
+        gen = torch_generator(*data_identity(dataset, "test", X, y), "pgd")
+        acc = robust_accuracy(model, Xd, yd, config.pgd_eps, attack="pgd", constraints=constraints,
+                              steps=config.pgd_steps, alpha=config.pgd_alpha, generator=gen)
+        rows += [("robust_accuracy", "pgd", e, float(a)) for e, a in zip(config.pgd_eps, acc)]
+    frame = pd.DataFrame(rows, columns=list(PERFORMANCE_COLUMNS))
+    return frame.astype({"metric": object, "attack": object, "eps": np.float64, "value": np.float64})
