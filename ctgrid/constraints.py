@@ -46,10 +46,12 @@ class Constraints:
             raise ConfigError(f"mutability: got {bad[0]!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
         if bool((self.lower > self.upper).any()):
             raise ConfigError("domain: a lower bound exceeds its upper bound")
-        inc = torch.tensor([m in ("both", "increase") for m in self.mutability])
-        dec = torch.tensor([m in ("both", "decrease") for m in self.mutability])
-        object.__setattr__(self, "_may_increase", inc)
-        object.__setattr__(self, "_may_decrease", dec)
+        # per-feature bounds of an allowed step: 0 where a direction is forbidden, else -/+inf
+        inf = float("inf")
+        lo = torch.tensor([-inf if m in ("both", "decrease") else 0.0 for m in self.mutability])
+        hi = torch.tensor([inf if m in ("both", "increase") else 0.0 for m in self.mutability])
+        object.__setattr__(self, "_step_lo", lo)
+        object.__setattr__(self, "_step_hi", hi)
 
     @property
     def n_features(self) -> int:
@@ -85,12 +87,21 @@ class Constraints:
         """Clamp every feature of ``x`` (``(n, d)``) into its domain."""
         return torch.clamp(x, self.lower.to(x), self.upper.to(x))
 
+    def step_bounds(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lo, hi)``, shape ``(d,)``: an allowed step ``delta`` satisfies ``lo <= delta <= hi``
+        (``0`` bounds a forbidden direction, ``-/+inf`` a free one); dtype/device of ``like``."""
+        return self._step_lo.to(like), self._step_hi.to(like)  # type: ignore[attr-defined]
+
     def mask_step(self, delta: torch.Tensor) -> torch.Tensor:
         """Zero the components of a step ``delta`` that move a feature in a forbidden direction."""
-        inc = self._may_increase.to(delta.device)  # type: ignore[attr-defined]
-        dec = self._may_decrease.to(delta.device)  # type: ignore[attr-defined]
-        allowed = torch.where(delta > 0, inc, torch.where(delta < 0, dec, torch.ones_like(inc)))
-        return torch.where(allowed, delta, torch.zeros_like(delta))
+        lo, hi = self.step_bounds(delta)
+        return torch.clamp(delta, lo, hi)
+
+    def keep_direction(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """``new`` with every feature that moved away from ``old`` in a forbidden direction reset
+        to its ``old`` value (exact: allowed values are returned bit for bit)."""
+        lo, hi = self.step_bounds(new)
+        return torch.clamp(new, old + lo, old + hi)
 
     def protect(self, x_plus: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
         """CT's protection of constrained features (SPEC §1.2): returns a new ``x+``.
@@ -98,14 +109,8 @@ class Constraints:
         ``none`` -> ``x+[d] := x'[d]``; ``increase`` -> ``max(x'[d], x+[d])``;
         ``decrease`` -> ``min(x'[d], x+[d])``; ``both`` unchanged.
         """
-        kinds = self.mutability
-        dev = x_plus.device
-        none = torch.tensor([k == "none" for k in kinds], device=dev)
-        inc = torch.tensor([k == "increase" for k in kinds], device=dev)
-        dec = torch.tensor([k == "decrease" for k in kinds], device=dev)
-        out = torch.where(dec, torch.minimum(x_cf, x_plus), x_plus)
-        out = torch.where(inc, torch.maximum(x_cf, x_plus), out)
-        return torch.where(none, x_cf, out)
+        return self.keep_direction(x_plus, x_cf)
+
 
 def _feature_index(key: str | int, names: list[str]) -> int:
     if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):

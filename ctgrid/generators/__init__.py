@@ -10,7 +10,7 @@ from ..constraints import Constraints
 from ..errors import ConfigError
 from .config import GENERATORS, GeneratorConfig
 from .engine import Codec, CounterfactualBatch, SearchEngine, frozen
-from .penalties import l1_cost, make_energy
+from .penalties import l1_cost, make_energy, per_row
 from .vae import VAE, load_or_train_vae, train_vae
 
 __all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "VAE",
@@ -18,17 +18,25 @@ __all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch
 
 
 def make_generator(config: GeneratorConfig, constraints: Constraints, *,
-                   codec: Codec | None = None, lambda_energy: float | None = None) -> SearchEngine:
+                   codec: Codec | None = None,
+                   lambda_energy: float | torch.Tensor | None = None) -> SearchEngine:
     """The engine configured as ``config.name``.
 
     - ``generic`` (Wachter et al. 2017): cross-entropy + ``lambda_cost * ||x' - x||_1``.
     - ``ecco`` (ECCCo without conformal part): + ``lambda_energy * phi(t) * E(x')``.
     - ``revise`` (Joshi et al. 2019): generic objective searched in ``codec``'s latent space.
+
+    ``lambda_energy`` overrides ``config.lambda_energy``; a ``(n,)`` tensor gives every
+    row of an ``n``-row search its own weight (the engine then serves only such searches).
     """
     penalties = [(config.lambda_cost, l1_cost)]
     if config.name == "ecco":
         lam = config.lambda_energy if lambda_energy is None else lambda_energy
-        penalties.append((lam, make_energy(config.energy_schedule, config.energy_quadratic)))
+        energy = make_energy(config.energy_schedule, config.energy_quadratic)
+        if isinstance(lam, torch.Tensor):
+            penalties.append((1.0, per_row(lam.detach(), energy)))
+        else:
+            penalties.append((lam, energy))
     if config.name == "revise" and codec is None:
         raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
     return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,

@@ -76,6 +76,56 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+class _Rows:
+    """The still-active rows of a search, compacted: state, factual, target, running nascent,
+    and their positions ``idx`` in the caller's batch; finished rows are written to ``out``."""
+
+    def __init__(self, state: torch.Tensor, factual: torch.Tensor, target: torch.Tensor):
+        self.state, self.factual, self.target = state, factual, target
+        self.nascent = factual
+        n = factual.shape[0]
+        self.idx = torch.arange(n, device=factual.device)
+        self.out = CounterfactualBatch(factual, target, torch.empty_like(factual),
+                                       torch.zeros(n, dtype=torch.bool, device=factual.device),
+                                       torch.zeros(n, dtype=torch.long, device=factual.device),
+                                       torch.empty_like(factual))
+
+    def track_nascent(self, x_now: torch.Tensor, near: torch.Tensor) -> None:
+        """The nascent point is the last one within the eps-ball: take ``x_now`` where ``near``."""
+        if bool(near.all()):
+            self.nascent = x_now
+        elif bool(near.any()):
+            self.nascent = torch.where(near[:, None], x_now, self.nascent)
+
+    def finish(self, x_now: torch.Tensor, done: torch.Tensor, step: int,
+               last: bool) -> torch.Tensor | None:
+        """Write the rows that stop at ``step`` (``done``, or all if ``last``) to ``out``.
+
+        Returns the positions (in the working set) of the rows that go on, or ``None``
+        when every row goes on; an empty tensor when none is left.
+        """
+        if last or bool(done.all()):
+            at, sel, go_on = self.idx, slice(None), self.idx[:0]
+        elif bool(done.any()):
+            fin = done.nonzero().squeeze(1)
+            at, sel, go_on = self.idx.index_select(0, fin), fin, (~done).nonzero().squeeze(1)
+        else:
+            return None
+        out = self.out
+        out.counterfactual.index_copy_(0, at, x_now[sel])
+        out.nascent.index_copy_(0, at, self.nascent[sel])
+        out.converged.index_copy_(0, at, done[sel])
+        out.steps.index_fill_(0, at, step)
+        return go_on
+
+    def keep(self, rows: torch.Tensor, new_state: torch.Tensor) -> None:
+        self.state = new_state.index_select(0, rows)
+        self.factual = self.factual.index_select(0, rows)
+        self.target = self.target.index_select(0, rows)
+        self.nascent = self.nascent.index_select(0, rows)
+        self.idx = self.idx.index_select(0, rows)
+
+
 class SearchEngine:
     """Gradient search ``x' <- x' - lr * grad[CE(M(x'), t) + sum_k w_k pen_k(x')]``.
 
@@ -87,6 +137,10 @@ class SearchEngine:
         lr, maxiter, tau: SGD step size, step budget, decision threshold.
         codec: optional latent space (REVISE); the search state is ``z`` and
             ``x' = clamp(decode(z))``.
+
+    Rows are independent (the model is put in eval mode), so a batch gives the same
+    result as its rows searched one by one. Only rows still searching are computed
+    on; the working set is compacted on the steps where some rows finish.
     """
 
     def __init__(self, constraints: Constraints, *, penalties: Sequence[tuple[float, Penalty]] = (),
@@ -101,57 +155,64 @@ class SearchEngine:
         x = self.constraints.clamp(self.codec.decode(state))
         return self.constraints.protect(x, factual) if self.constraints.is_constrained else x
 
-    def _objective(self, x_cf: torch.Tensor, factual: torch.Tensor, target: torch.Tensor,
-                   logits: torch.Tensor, step: int, maxiter: int) -> torch.Tensor:
+    def _objective(self, x_cf: torch.Tensor, factual: torch.Tensor, gap: torch.Tensor,
+                   target: torch.Tensor, logits: torch.Tensor, step: int, maxiter: int,
+                   rows: torch.Tensor | None = None) -> torch.Tensor:
         loss = F.cross_entropy(logits, target, reduction="none")
-        if self.penalties:
-            st = SearchState(x_cf, factual, target, logits, step, maxiter)
+        if self.penalties:  # rows: positions in the caller's batch (per-row penalty weights)
+            st = SearchState(x_cf=x_cf, factual=factual, gap=gap, target=target, logits=logits,
+                             step=step, maxiter=maxiter, rows=rows)
             for weight, pen in self.penalties:
                 loss = loss + weight * pen(st)
         return loss
 
+    def _step(self, state: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """One SGD step (NaN/inf gradient components -> no move), then the constraints.
+
+        In input space the point is clamped to the domain and every feature that moved in
+        a forbidden direction is reset (mutability wins over the domain for a factual
+        outside it); clamped values are exact, so points never leave the domain.
+        """
+        if not bool(torch.isfinite(grad.sum())):  # one cheap reduction instead of a rewrite
+            grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        new = state.add(grad, alpha=-self.lr)
+        if self.codec is not None:
+            return new
+        new = self.constraints.clamp(new)
+        return self.constraints.keep_direction(new, state) if self.constraints.is_constrained else new
+
     def search(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
                nascent_eps: float = 0.3, maxiter: int | None = None,
                tau: float | None = None) -> CounterfactualBatch:
-        """Search counterfactuals for factuals ``x`` ``(n, d)`` towards classes ``target`` ``(n,)``."""
+        """Search counterfactuals for factuals ``x`` ``(n, d)`` towards classes ``target`` ``(n,)``.
+
+        A row whose target probability reaches ``tau`` after ``k`` steps is frozen there
+        (``steps = k``, ``converged``); the others stop after ``maxiter`` steps.
+        """
         T = self.maxiter if maxiter is None else int(maxiter)
         tau = self.tau if tau is None else float(tau)
-        x = x.detach()
-        target = target.detach().long()
-        n = x.shape[0]
+        x, target = x.detach(), target.detach().long()
         with frozen(model), torch.enable_grad():
-            state = x.clone() if self.codec is None else self.codec.encode(x).detach()
-            final, nascent = x.clone(), x.clone()
-            converged = torch.zeros(n, dtype=torch.bool, device=x.device)
-            steps = torch.zeros(n, dtype=torch.long, device=x.device)
-            active = torch.arange(n, device=x.device)
+            state = x if self.codec is None else self.codec.encode(x).detach()
+            rows = _Rows(state, x, target)
             for t in range(T + 1):
-                if active.numel() == 0:
+                if rows.idx.numel() == 0:
                     break
-                s = state[active].requires_grad_(True)
-                fa, ta = x[active], target[active]
-                xa = self._to_input(s, fa)
+                s = rows.state.detach().requires_grad_(True)
+                xa = self._to_input(s, rows.factual)
                 logits = model(xa)
                 x_now = xa.detach()
-                final[active] = x_now
-                near = (x_now - fa).abs().amax(dim=1) <= nascent_eps
-                nascent[active[near]] = x_now[near]
-                done = logits.detach().softmax(dim=1).gather(1, ta[:, None]).squeeze(1) >= tau
-                converged[active[done]] = True
-                keep = ~done
-                if t == T or not bool(keep.any()):
+                gap = (xa - rows.factual).abs()
+                rows.track_nascent(x_now, gap.detach().amax(dim=1) <= nascent_eps)
+                p = logits.detach().softmax(dim=1).gather(1, rows.target[:, None]).squeeze(1)
+                go_on = rows.finish(x_now, p >= tau, t, last=t == T)
+                if go_on is not None and go_on.numel() == 0:
                     break
-                loss = self._objective(xa, fa, ta, logits, t, T)
-                (grad,) = torch.autograd.grad(loss[keep].sum(), s)
-                delta = torch.nan_to_num(-self.lr * grad[keep], nan=0.0, posinf=0.0, neginf=0.0)
-                new = s.detach()[keep]
-                if self.codec is None:
-                    moved = self.constraints.clamp(new + self.constraints.mask_step(delta))
-                    # mutability wins over the domain for factuals outside it
-                    new = new + self.constraints.mask_step(moved - new)
+                loss = self._objective(xa, rows.factual, gap, rows.target, logits, t, T, rows.idx)
+                (grad,) = torch.autograd.grad(loss.sum(), s)
+                new = self._step(s.detach(), grad)
+                if go_on is None:
+                    rows.state = new
                 else:
-                    new = new + delta
-                active = active[keep]
-                state[active] = new
-                steps[active] += 1
-        return CounterfactualBatch(x, target, final, converged, steps, nascent)
+                    rows.keep(go_on, new)
+        return rows.out

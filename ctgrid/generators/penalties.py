@@ -18,15 +18,30 @@ class SearchState:
 
     x_cf: torch.Tensor      # (n, d) current counterfactual in input space
     factual: torch.Tensor   # (n, d)
+    gap: torch.Tensor       # (n, d) |x_cf - factual| (differentiable; shared with the nascent check)
     target: torch.Tensor    # (n,)
     logits: torch.Tensor    # (n, K) model logits at x_cf
     step: int
     maxiter: int
+    rows: torch.Tensor | None = None  # (n,) indices of these rows in the searched batch
+
+
+def per_row(weights: torch.Tensor, penalty):
+    """``weights[i] * penalty`` for row ``i`` of the searched batch: one weight per factual.
+
+    Lets one search serve several settings at once (e.g. every test-time
+    ``lambda_energy``); rows are independent, so this equals separate searches.
+    """
+    def weighted(state: SearchState) -> torch.Tensor:
+        if state.rows is None:
+            raise ValueError("per-row penalty weights need SearchState.rows")
+        return weights.to(state.logits)[state.rows] * penalty(state)
+    return weighted
 
 
 def l1_cost(state: SearchState) -> torch.Tensor:
     """L1 distance ``||x' - x||_1`` (unweighted, as the reference's 'Wachter')."""
-    return (state.x_cf - state.factual).abs().sum(dim=1)
+    return state.gap.sum(dim=1)
 
 
 def energy_decay(step: int, maxiter: int, schedule: str) -> float:

@@ -16,16 +16,29 @@ import torch
 from torch import nn
 
 
+_CACHE_VERSION = 2  # bump when training changes what a (data, settings, seed) key produces
+
+
 class VAE(nn.Module):
     """A small Gaussian VAE; ``encode`` returns the posterior mean."""
 
-    def __init__(self, n_features: int, latent_dim: int, hidden: int):
+    def __init__(self, n_features: int, latent_dim: int, hidden: int,
+                 generator: torch.Generator | None = None):
         super().__init__()
-        self.enc = nn.Linear(n_features, hidden)
-        self.mu = nn.Linear(hidden, latent_dim)
-        self.log_sigma = nn.Linear(hidden, latent_dim)
-        self.dec = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(), nn.Linear(hidden, n_features))
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's own init must not touch the global RNG
+            self.enc = nn.Linear(n_features, hidden)
+            self.mu = nn.Linear(hidden, latent_dim)
+            self.log_sigma = nn.Linear(hidden, latent_dim)
+            self.dec = nn.Sequential(nn.Linear(latent_dim, hidden), nn.Tanh(),
+                                     nn.Linear(hidden, n_features))
         self.shape = (n_features, latent_dim, hidden)
+        if generator is not None:  # PyTorch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)), seeded
+            with torch.no_grad():
+                for m in self.modules():
+                    if isinstance(m, nn.Linear):
+                        bound = m.in_features ** -0.5
+                        m.weight.uniform_(-bound, bound, generator=generator)
+                        m.bias.uniform_(-bound, bound, generator=generator)
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.sigmoid(self.enc(x))
@@ -50,8 +63,7 @@ def train_vae(X: torch.Tensor, *, latent_dim: int | None = None, hidden: int | N
     """Fit a VAE on ``X``: summed MSE + KL per batch + ``0.01 * ||decoder W||^2`` (reference loss)."""
     L, H = vae_shape(X.shape[1], latent_dim, hidden)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # nn.Linear init draws from the global RNG; seeded for reproducibility
-    vae = VAE(X.shape[1], L, H)
+    vae = VAE(X.shape[1], L, H, generator=gen)
     opt = torch.optim.Adam(vae.parameters(), lr=lr)
     n = X.shape[0]
     for _ in range(epochs):
@@ -87,7 +99,7 @@ def load_or_train_vae(X: torch.Tensor, cache_dir: str | os.PathLike | None, *, s
     if cache_dir is None:
         return train_vae(X, latent_dim=L, hidden=H, epochs=epochs, seed=seed)
     h = hashlib.sha256(X.detach().cpu().contiguous().numpy().tobytes())
-    h.update(f"{L}-{H}-{epochs}-{seed}".encode())
+    h.update(f"{_CACHE_VERSION}-{L}-{H}-{epochs}-{seed}".encode())
     path = Path(cache_dir) / f"vae-{h.hexdigest()[:16]}.pt"
     if path.exists():
         vae = VAE(X.shape[1], L, H)
