@@ -1,0 +1,107 @@
+"""The MNIST figure: a factual x target grid of counterfactual images, BL next to CT.
+
+One test image per class (predicted correctly by the baseline, drawn with a seeded
+generator) is the factual of its row; column ``j`` shows its counterfactual for
+target class ``j`` (the diagonal shows the factual). Both models get the same
+factuals and the test-time generator of their evaluation config, with the
+largest ``lambda_energy`` of the evaluation grid (the reference's figure used a
+larger, hand-picked one).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import load_dataset
+from ..errors import ConfigError, DataError
+from ..generators import GeneratorConfig, make_generator
+from ..models import build_model
+from ..seeding import numpy_generator
+from .figures import _grid, save
+from .load import Results
+
+
+def _load_model(results: Results, source: int, job_id: str, data) -> torch.nn.Module:
+    cfg = results.config(job_id)
+    model = build_model(cfg.model, data.n_features, data.n_classes, image_shape=data.image_shape)
+    state = torch.load(results.model_path(source, job_id), map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
+    return model.eval()
+
+
+def _pick_pair(results: Results, pairs: pd.DataFrame) -> pd.Series | None:
+    cand = pairs[(pairs["dataset"] == "mnist") & pairs["bl_job"].notna() & ~pairs["constrained"]]
+    for _, row in cand.sort_values(["setting", "ct_job"]).iterrows():
+        if results.model_path(row["source"], row["ct_job"]).exists() and \
+                results.model_path(int(row["bl_source"]), row["bl_job"]).exists():
+            return row
+    return None
+
+
+def _factuals(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, n_classes: int,
+              seed: int) -> torch.Tensor:
+    with torch.no_grad():
+        pred = model(X).argmax(dim=1)
+    rng = numpy_generator("aggregate-mnist-figure", seed)
+    idx = []
+    for c in range(n_classes):
+        ok = torch.nonzero((y == c) & (pred == c)).flatten().numpy()
+        if not len(ok):
+            ok = torch.nonzero(y == c).flatten().numpy()
+        idx.append(int(rng.choice(ok)))
+    return X[idx]
+
+
+def _mosaic(model: torch.nn.Module, engine, factuals: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+    k = len(factuals)
+    rows = torch.arange(k).repeat_interleave(k)
+    targets = torch.arange(k).repeat(k)
+    batch = engine.search(model, factuals[rows], targets)
+    cf = batch.counterfactual.detach().clone()
+    same = rows == targets
+    cf[same] = factuals[rows[same]]  # the diagonal shows the factual itself
+    images = cf.reshape(k, k, *shape)
+    h, w = shape
+    return images.permute(0, 2, 1, 3).reshape(k * h, k * w).numpy()
+
+
+def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,
+               data_dir: str | os.PathLike | None, seed: int = 0) -> tuple[list[Path], str | None]:
+    """Draw the figure; returns (paths, note) — a note says why it was skipped."""
+    row = _pick_pair(results, pairs)
+    if row is None:
+        return [], "no finished MNIST baseline/CT pair with model.pt: MNIST figure skipped"
+    cfg = results.config(row["ct_job"])
+    try:
+        data = load_dataset(cfg.data, data_dir)
+    except (DataError, ConfigError) as exc:
+        return [], f"MNIST figure skipped: {str(exc).splitlines()[0]}"
+    try:
+        bl = _load_model(results, int(row["bl_source"]), row["bl_job"], data)
+        ct = _load_model(results, int(row["source"]), row["ct_job"], data)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+        return [], f"MNIST figure skipped: cannot load model.pt ({str(exc).splitlines()[0]})"
+    ev = cfg.evaluation
+    lam = max(ev.lambda_energy) if ev.lambda_energy else 0.0
+    gen = GeneratorConfig(name=ev.generator if ev.generator != "revise" else "ecco", lr=ev.lr,
+                          maxiter=ev.maxiter, tau=ev.tau, lambda_cost=ev.lambda_cost, lambda_energy=lam)
+    engine = make_generator(gen, data.constraints)
+    factuals = _factuals(bl, data.X_test, data.y_test, data.n_classes, seed)
+    fig, axs = _grid(1, 2, 5.0, 5.3)
+    h, w = data.image_shape
+    k = data.n_classes
+    for ax, (name, model) in zip(axs[0], (("BL", bl), ("CT" if row["setting"] == "—" else f"CT ({row['setting']})", ct))):
+        ax.imshow(_mosaic(model, engine, factuals, data.image_shape), cmap="gray", vmin=-1, vmax=1)
+        ax.set_xticks([w * (j + 0.5) for j in range(k)], [str(j) for j in range(k)], fontsize=7)
+        ax.set_yticks([h * (i + 0.5) for i in range(k)], [str(i) for i in range(k)], fontsize=7)
+        ax.set_xlabel("target class")
+        ax.set_ylabel("factual class")
+        ax.set_title(name, fontsize=9)
+    fig.suptitle(f"MNIST counterfactuals ({gen.name}, λ_energy={lam:g}, τ={ev.tau:g}, T={ev.maxiter})",
+                 fontsize=10)
+    fig.tight_layout()
+    return save(fig, out_dir, "mnist_counterfactuals"), None

@@ -1,0 +1,171 @@
+"""Pair every CT job with its baseline and summarise paired per-run differences.
+
+A CT job pairs with the ``vanilla`` job trained on the same data, model,
+replicate (``training.seed``) and schedule: the job id of the CT configuration
+with ``training.objective = "vanilla"``, canonicalised. The evaluation draws the
+same factual/target pairs for both (same run and individual -> same factual), so
+each evaluation *run* of a pair is one paired unit.
+
+Headline numbers follow SPEC §1.4: ``% reduction = 100 * (1 - mean_u(CT_u / BL_u))``
+over units ``u`` (pair x run), ``CT_u``/``BL_u`` the per-run means over individuals
+(and over ``lambda_energy`` for aggregated figures).
+
+Intervals, two choices (``interval``):
+
+- ``"bootstrap"`` (default): percentile bootstrap over units of the statistic itself
+  (``n_boot`` resamples from a seeded generator); the significance star marks an
+  interval of the mean paired difference ``mean_u(CT_u - BL_u)`` that excludes zero.
+- ``"runs"``: the reference's choice (ANCHOR_NOTES §5.2): quantiles of the per-unit
+  values themselves (``100 (1 - CT_u/BL_u)`` and ``CT_u - BL_u``), no resampling. It
+  reads the spread of single runs, not the uncertainty of their mean.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..seeding import numpy_generator
+from .load import Results, setting_axes
+
+#: Short names for the labels of CT settings (full ``group.key`` where they would collide).
+SHORT = {"generator.tau": "tau", "training.lambda_reg": "lambda_reg", "training.lambda_div": "lambda_div",
+         "training.lambda_adv": "lambda_adv", "training.nce": "nce", "generator.name": "generator",
+         "training.objective": "objective", "generator.lambda_energy": "lambda_energy",
+         "generator.maxiter": "maxiter", "training.burnin": "burnin", "training.nepochs": "nepochs",
+         "generator.lr": "generator.lr"}
+
+
+def _empty(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and np.isnan(v)) or v in ("", "[]", "{}")
+
+
+def is_constrained(row: Any) -> bool:
+    """Whether mutability constraints bound the job's evaluation: the evaluation's own
+    (``evaluation.mutability``; empty lifts them all) or else the training data's."""
+    em = row.get("evaluation.mutability")
+    if em is not None and not (isinstance(em, float) and np.isnan(em)):
+        return not _empty(em)
+    return not _empty(row.get("data.mutability"))
+
+
+def _fmt_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, str) and v.startswith("["):
+        return ",".join(str(x) for x in json.loads(v))
+    return str(v)
+
+
+def setting_label(row: Any, axes: tuple[str, ...]) -> str:
+    """``tau=0.5, lambda_reg=0.1`` from the job's values of the varied ``axes`` (``—`` if none)."""
+    if not axes:
+        return "—"
+    shorts = [SHORT.get(a, a.split(".", 1)[1]) for a in axes]
+    names = [a if shorts.count(s) > 1 else s for a, s in zip(axes, shorts)]
+    return ", ".join(f"{n}={_fmt_value(row.get(a))}" for n, a in zip(names, axes))
+
+
+def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
+    """One row per CT job: ``source, ct_job, bl_source, bl_job`` (None when the baseline is not
+    done), ``dataset``, ``objective``, ``setting``, ``constrained``.
+
+    ``setting`` labels the job by the grid's varied axes that take several values among the
+    dataset's CT jobs (so per-dataset subgrid values, replicate seeds and constraints do not
+    split rows); ``pool_settings`` gives every CT job of a dataset one label instead."""
+    jobs = results.jobs
+    done = {(s, j) for s, j in zip(jobs["source"], jobs["job_id"])}
+    by_id = dict(zip(jobs["job_id"], jobs["source"]))
+    ct = jobs[jobs["training.objective"] != "vanilla"]
+    rows = []
+    for (src, _d), frame in ct.groupby(["source", "data.name"], sort=True):
+        axes = setting_axes(results, int(src), frame["training.objective"].nunique())
+        axes = tuple(a for a in axes if a in frame and frame[a].astype(str).nunique() > 1)
+        for row in frame.to_dict("records"):
+            cfg = results.config(row["job_id"])
+            bl = replace(cfg, training=replace(cfg.training, objective="vanilla")).job_id
+            bl_src = src if (src, bl) in done else by_id.get(bl)
+            label = "all settings ({n} CT jobs)" if pool_settings else setting_label(row, axes)
+            rows.append({"source": int(src), "ct_job": row["job_id"], "bl_source": bl_src,
+                         "bl_job": bl if bl_src is not None else None, "dataset": row["data.name"],
+                         "objective": row["training.objective"], "setting": label,
+                         "constrained": bool(is_constrained(row))})
+    pairs = pd.DataFrame(rows, columns=["source", "ct_job", "bl_source", "bl_job", "dataset",
+                                        "objective", "setting", "constrained"])
+    if pool_settings and len(pairs):
+        n = pairs.groupby(["dataset", "constrained"])["ct_job"].transform("nunique")
+        pairs["setting"] = [s.format(n=k) for s, k in zip(pairs["setting"], n)]
+    return pairs
+
+
+def paired_units(pairs: pd.DataFrame, values: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """Join per-job ``values`` (columns ``source, job_id, *keys, value``) onto the CT and baseline
+    side of ``pairs``: columns of ``pairs`` plus ``keys``, ``ct``, ``bl`` (inner join)."""
+    p = pairs.dropna(subset=["bl_job"])
+    v = values[["source", "job_id", *keys, "value"]]
+    ct = p.merge(v.rename(columns={"job_id": "ct_job", "value": "ct"}), on=["source", "ct_job"])
+    blv = v.rename(columns={"source": "bl_source", "job_id": "bl_job", "value": "bl"})
+    ct["bl_source"] = ct["bl_source"].astype(int)
+    return ct.merge(blv, on=["bl_source", "bl_job", *keys])
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A % reduction with its interval and the paired-difference test (``star``)."""
+
+    pct: float
+    lo: float
+    hi: float
+    sd: float          # 100 * std of the per-unit ratio (the reference's "±", ANCHOR_NOTES §8.8)
+    diff: float        # mean paired difference CT - BL
+    diff_lo: float
+    diff_hi: float
+    star: bool
+    n: int             # units used
+    n_dropped: int     # units with a zero or non-finite baseline (ratio undefined)
+
+    @staticmethod
+    def empty() -> "Reduction":
+        nan = float("nan")
+        return Reduction(nan, nan, nan, nan, nan, nan, nan, False, 0, 0)
+
+
+def reduction(ct: np.ndarray, bl: np.ndarray, *, n_boot: int, confidence: float,
+              seed_parts: tuple, interval: str = "bootstrap") -> Reduction:
+    """``100 (1 - mean(ct/bl))`` over paired units, with interval and star (module docstring)."""
+    ct, bl = np.asarray(ct, float), np.asarray(bl, float)
+    ok = np.isfinite(ct) & np.isfinite(bl)
+    ct, bl = ct[ok], bl[ok]
+    usable = bl != 0
+    ratio, diff = ct[usable] / bl[usable], ct - bl
+    if not len(ratio):
+        return replace(Reduction.empty(), n_dropped=int((~usable).sum()))
+    pct = 100.0 * (1.0 - ratio.mean())
+    sd = 100.0 * ratio.std(ddof=1) if len(ratio) > 1 else float("nan")
+    alpha = (1.0 - confidence) / 2.0
+    qs = [alpha, 1.0 - alpha]
+    nan2 = (float("nan"), float("nan"))
+    if interval == "runs":
+        lo, hi = (np.quantile(100.0 * (1.0 - ratio), qs) if len(ratio) > 1 else nan2)
+        dlo, dhi = np.quantile(diff, qs) if len(diff) > 1 else nan2
+    elif n_boot > 0 and len(ratio) > 1:
+        rng = numpy_generator("aggregate-bootstrap", *seed_parts)
+        idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+        lo, hi = np.quantile(100.0 * (1.0 - _boot_ratio(ct, bl, idx)), qs)
+        dlo, dhi = np.quantile(diff[idx].mean(axis=1), qs)
+    else:
+        (lo, hi), (dlo, dhi) = nan2, nan2
+    star = bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0))
+    return Reduction(float(pct), float(lo), float(hi), float(sd), float(diff.mean()), float(dlo),
+                     float(dhi), star, int(len(ratio)), int((~usable).sum()))
+
+
+def _boot_ratio(ct: np.ndarray, bl: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Mean ratio of each resample, over the resampled units whose baseline is nonzero."""
+    c, b = ct[idx], bl[idx]
+    usable = b != 0
+    ratio = np.where(usable, c / np.where(usable, b, 1.0), 0.0)
+    return ratio.sum(axis=1) / np.maximum(usable.sum(axis=1), 1)

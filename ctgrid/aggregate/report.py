@@ -1,0 +1,181 @@
+"""``aggregate``: results directories -> the paper's tables, figures and one ``summary.md``.
+
+All tables are computed before anything is written; every file is written
+atomically. Output layout under ``out``::
+
+    summary.md                       links, inputs, versions, notes
+    key_results.{md,tex,csv}         Table 1
+    final_hyperparameters.{...}      Table 2
+    predictive_<grid>.{...}          Tables 3-5 (one per results directory)
+    figures/*.png, figures/*.pdf
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from .. import __version__, _atomic
+from .._validate import check, param
+from ..errors import ConfigError
+from ..store import ResultStore
+from .keyresults import key_results, run_level
+from .load import Results
+from .pairing import pair_jobs
+from .render import FORMATS, Table
+from .tables import hyperparameter_table, predictive_tables
+
+
+@dataclass(frozen=True)
+class AggregateOptions:
+    """How to aggregate.
+
+    ``valid_only``: keep only valid counterfactuals for IP and cost (the reference's
+    choice; biased when validity differs, so off by default). ``interval``:
+    ``"bootstrap"`` (percentile bootstrap of the mean over units, ``bootstrap``
+    resamples) or ``"runs"`` (the reference's quantiles of per-run values).
+    ``pool_settings``: one Table 1 row per dataset pooling all CT settings instead of
+    one row per setting.
+    """
+
+    formats: tuple[str, ...] = param(FORMATS, choices=FORMATS)
+    valid_only: bool = param(False)
+    bootstrap: int = param(1000, ge=0)
+    confidence: float = param(0.99, gt=0, lt=1)
+    seed: int = param(0, ge=0)
+    interval: str = param("bootstrap", choices=("bootstrap", "runs"))
+    pool_settings: bool = param(False)
+    figures: bool = param(True)
+    data_dir: str | None = param(None)
+
+    def __post_init__(self) -> None:
+        check(self, "aggregate")
+        if not self.formats:
+            raise ConfigError(f"aggregate.formats: got none; allowed: {', '.join(FORMATS)}")
+
+
+def _versions() -> dict[str, str]:
+    import pyarrow
+    import torch
+    return {"ctgrid": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "pandas": pd.__version__, "pyarrow": pyarrow.__version__}
+
+
+def _run_versions(results: Results) -> list[str]:
+    """Distinct version records the runner stored in ``done.json`` (if any)."""
+    out = set()
+    for src in results.sources:
+        store = ResultStore(src.root)
+        for job_id in results.jobs.loc[results.jobs["source"] == src.index, "job_id"]:
+            try:
+                rec = json.loads(store.job(job_id).done.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            vers = rec.get("versions") or ({"ctgrid": rec["ctgrid_version"]}
+                                           if "ctgrid_version" in rec else None)
+            if isinstance(vers, dict):
+                out.add(", ".join(f"{k} {v}" for k, v in sorted(vers.items())))
+    return sorted(out)
+
+
+def _links(stem: str, formats: Sequence[str]) -> str:
+    return " · ".join(f"[{fmt}]({stem}.{fmt})" for fmt in formats)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def summary_text(results: Results, tables: list[Table], figures: list[Path], notes: list[str],
+                 opts: AggregateOptions, out: Path) -> str:
+    ver = _versions()
+    lines = ["# ctgrid aggregate: summary", "",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()) + ".", ""]
+    run_vers = _run_versions(results)
+    if run_vers:
+        lines += ["Jobs were run with: " + "; ".join(run_vers) + ".", ""]
+    interval = (f"percentile bootstrap over runs ({opts.bootstrap} resamples, seed {opts.seed})"
+                if opts.interval == "bootstrap" else "quantiles of the per-run values (reference)")
+    lines += [f"Options: counterfactuals {'valid only' if opts.valid_only else 'all'}; intervals: "
+              f"{interval}, confidence {opts.confidence:g}; Table 1 rows "
+              f"{'pooled per dataset' if opts.pool_settings else 'per CT setting'}.",
+              "", "## Inputs", "", "| Grid | Results directory | Grid file | Jobs done |", "|---|---|---|---:|"]
+    for s in results.sources:
+        grid = (f"[grid.yaml]({os.path.relpath(s.grid_file, out)}) (sha256 {_sha(s.grid_file)})"
+                if s.grid_file else "—")
+        lines.append(f"| {s.name} | `{s.root}` | {grid} | {s.n_done} / {s.n_jobs} |")
+    lines += ["", "## Tables", ""]
+    for t in tables:
+        lines += [f"{t.title}: {_links(t.name, opts.formats)}", ""]
+        if "md" in opts.formats:
+            lines += [t.markdown().replace("### ", "#### ", 1), ""]
+    lines += ["## Figures", ""]
+    for png in (p for p in figures if p.suffix == ".png"):
+        rel = os.path.relpath(png, out)
+        lines += [f"![{png.stem}]({rel}) ([pdf]({rel[:-4]}.pdf))", ""]
+    if not figures:
+        lines += ["(no figures)", ""]
+    if notes:
+        lines += ["## Notes", "", *(f"- {n}" for n in notes), ""]
+    return "\n".join(lines)
+
+
+def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table], dict]:
+    """Compute every table (nothing written); also returns what the figures reuse."""
+    pairs = pair_jobs(results, pool_settings=opts.pool_settings)
+    rl = run_level(results, valid_only=opts.valid_only)
+    perf = results.performance()
+    tables = [key_results(results, pairs, rl, perf, opts),
+              hyperparameter_table(results, opts.data_dir), *predictive_tables(results, perf)]
+    return tables, {"pairs": pairs, "run_level": rl, "perf": perf}
+
+
+def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOptions) -> tuple[list[Path], list[str]]:
+    from . import figures
+    from .mnist import mnist_grid
+    pairs = parts["pairs"]
+    ce = parts["run_level"].ce
+    paths: list[Path] = []
+    notes: list[str] = []
+    for metric in ("ip", "cost"):
+        paths += figures.outcome_boxplots(results, pairs, ce, metric, out_dir)
+    paths += figures.maturity(results, out_dir)
+    paths += figures.robust_accuracy(results, parts["perf"], out_dir)
+    drawn = {p.stem for p in paths}
+    why = {"outcomes_ip": "no paired IP evaluations", "outcomes_cost": "no paired cost evaluations",
+           "maturity": "no CT training history with a CE phase",
+           "robust_accuracy": "no FGSM/PGD performance records"}
+    notes += [f"figure {stem} not drawn: {reason}" for stem, reason in why.items() if stem not in drawn]
+    if (results.jobs["data.name"] == "mnist").any():
+        mnist_paths, note = mnist_grid(results, pairs, out_dir, data_dir=opts.data_dir, seed=opts.seed)
+        paths += mnist_paths
+        notes += [note] if note else []
+    else:
+        notes.append("no MNIST results: MNIST counterfactual figure skipped")
+    return paths, notes
+
+
+def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
+              opts: AggregateOptions | None = None) -> list[Path]:
+    """Read ``inputs`` (results directories), write tables, figures and ``summary.md`` to ``out``.
+
+    Returns the written paths (``summary.md`` last).
+    """
+    opts = opts or AggregateOptions()
+    results = Results.load(inputs)
+    tables, parts = build_tables(results, opts)
+    out = Path(out)
+    written: list[Path] = []
+    for t in tables:
+        written += t.write(out, opts.formats)
+    figs, notes = make_figures(results, parts, out / "figures", opts) if opts.figures else ([], [])
+    written += figs
+    summary = summary_text(results, tables, figs, notes, opts, out)
+    written.append(_atomic.write_text(out / "summary.md", summary))
+    return written
