@@ -1,0 +1,93 @@
+"""Wall time and load balance of a whole grid under MPI (scheduler + two workers).
+
+Runs ``grids/penalties.yaml`` (moons, paper settings: 100 epochs, batch 30,
+nce 1000; 270 grid points = 136 distinct jobs) with
+``mpiexec -n 3 python -m ctgrid run`` into a fresh results directory and prints
+
+- ``grid_wall_seconds``: wall time of the ``mpiexec`` command (start-up included);
+- ``grid_jobs``: jobs finished;
+- ``grid_busy_share``: sum of the per-job times recorded in ``done.json`` divided
+  by (worker ranks x wall time): 1.0 means the workers never waited and the
+  scheduler's start-up, hand-outs and the tail of the last job cost nothing.
+
+``--quick`` runs the same grid with 2 epochs, nce 100 and a small evaluation
+(figures named ``grid_quick_*``), to check the script in a minute or two.
+
+Usage: python benchmarks/bench_grid.py [--ranks 3] [--quick] [--results DIR] [--grid FILE]
+Prints ``BENCH <name> <value> <unit>`` lines.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from ctgrid.store import find_stores  # noqa: E402
+
+QUICK = {"training": {"nepochs": 2, "nce": 100},
+         "evaluation": {"n_runs": 1, "n_individuals": 10, "lambda_energy": [0.5]}}
+
+
+def quick_grid(src: Path, dest: Path) -> Path:
+    raw = yaml.safe_load(src.read_text())
+    for group, values in QUICK.items():
+        raw.setdefault(group, {}).update(values)
+    raw["name"] = f"{raw['name']}-quick"
+    dest.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return dest
+
+
+def mpiexec() -> str:
+    found = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if found is None:
+        sys.exit("bench_grid: no mpiexec (install the mpich extra)")
+    return found
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--grid", type=Path, default=REPO / "grids" / "penalties.yaml")
+    ap.add_argument("--ranks", type=int, default=3, help="MPI ranks (scheduler + workers)")
+    ap.add_argument("--quick", action="store_true", help="2 epochs, nce 100, small evaluation")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="results root (must not hold this grid yet; default: a temporary one)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grid-"))
+    grid = quick_grid(args.grid, tmp / "grid.yaml") if args.quick else args.grid
+    results = args.results or tmp / "results"
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    cmd = [mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "ctgrid", "run", str(grid),
+           "--results", str(results), "--threads", "1"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench_grid: {' '.join(cmd)} exited with {proc.returncode}")
+    (store,) = find_stores(results)
+    if store.status().counts["done"] != len(store.job_ids()):
+        sys.exit(f"bench_grid: not every job of {store.root} is done")
+    records = store.done_records()
+    if any(r.get("resumed_from_epoch") for r in records):
+        sys.exit("bench_grid: the results directory was not fresh (some job resumed)")
+    busy = sum(r["seconds"] * r.get("shard_size", 1) for r in records)
+    workers = args.ranks - 1 if args.ranks > 1 else 1
+    prefix = "grid_quick" if args.quick else "grid"
+    print(f"BENCH {prefix}_wall_seconds {wall:.1f} s")
+    print(f"BENCH {prefix}_jobs {len(records)} jobs")
+    print(f"BENCH {prefix}_busy_share {busy / (workers * wall):.3f} ratio")
+    if args.results is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""``ctgrid run GRID`` (in-process or under mpiexec/srun) and ``ctgrid status RESULTS``.
+
+Exit codes of ``run``: 0 every job of the grid is done; 1 the run ended but some
+job failed (``error.json``; ``--retry-failed`` re-runs them); 2 bad input (grid,
+data, results directory locked by another run or holding another grid);
+3 interrupted by SIGTERM/SIGUSR1/Ctrl-C (run the same command again to continue).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
+    return value
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from ..parallel import default_threads
+    p = sub.add_parser("run", help="run every job of a grid (in-process, or under mpiexec/srun)",
+                       description=("Train and evaluate every job of GRID into RESULTS/<grid name>/; "
+                                    "finished jobs are skipped, interrupted ones resume. Under "
+                                    "mpiexec/srun rank 0 schedules and the other ranks run jobs. "
+                                    "Exit codes: 0 all done, 1 some failed, 2 bad input, "
+                                    "3 interrupted."))
+    from ..grid import DEFAULT_GRID
+    p.add_argument("grid", nargs="?", default=DEFAULT_GRID, metavar="GRID",
+                   help=f"grid YAML file, or the name of a shipped grid (default: {DEFAULT_GRID})")
+    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+                   help="results root; the grid's results go to DIR/<grid name>/ (default: ./results)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="directory of the real datasets' files (default: $CTGRID_DATA)")
+    p.add_argument("--threads", type=_positive, default=default_threads(), metavar="N",
+                   help="torch intra-op threads per process (default: $SLURM_CPUS_PER_TASK or 1)")
+    p.add_argument("--shard-size", type=_positive, default=1, metavar="K",
+                   help="MPI only: K ranks train each job together, splitting every epoch's "
+                        "counterfactual search (needs 1 + K*m ranks; default 1)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="re-run failed jobs (by default they are skipped and reported)")
+    p.add_argument("--force", action="store_true",
+                   help="allow writing into a results directory that holds a different grid "
+                        "(shared, content-addressed jobs are reused)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be skipped and run, in order, and write nothing")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..parallel import GridRun, RunSettings, run_grid
+    settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
+                           shard_size=args.shard_size)
+    return run_grid(GridRun(args.grid, settings, retry_failed=args.retry_failed, force=args.force,
+                            dry_run=args.dry_run))
+
+
+def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("status", help="done/failed/running/pending jobs of a results directory",
+                       description=("Count the jobs of RESULTS (a RESULTS/<grid name> directory, or "
+                                    "a results root holding several) by state and list the failed "
+                                    "ones. running = has a checkpoint but no done/error record "
+                                    "(in progress, or interrupted: the next run resumes it)."))
+    p.add_argument("results", type=Path, metavar="RESULTS", help="results directory")
+    p.add_argument("--traceback", action="store_true", help="print the failed jobs' tracebacks")
+    p.set_defaults(func=status)
+    return p
+
+
+def status(args: argparse.Namespace) -> int:
+    from ..store import STATES, find_stores
+    for store in find_stores(args.results):
+        st = store.status()
+        counts = ", ".join(f"{st.counts[s]} {s}" for s in STATES)
+        print(f"{store.root}: {st.n_points} grid points, {st.n_jobs} jobs: {counts}")
+        if st.n_other:
+            print(f"  ({st.n_other} other job directories, not in this grid)")
+        for rec in st.failed:
+            print(f"  failed {rec.get('job_id')}: {rec.get('error_type')}: {rec.get('message')}"
+                  f"  (log: {rec.get('log_path')})")
+            if args.traceback and rec.get("traceback"):
+                sys.stdout.write("    " + rec["traceback"].rstrip().replace("\n", "\n    ") + "\n")
+    return 0

@@ -1,0 +1,36 @@
+"""Running a grid: in this process, or under mpiexec/srun with rank 0 as the scheduler.
+
+``run_grid`` picks the mode: without an MPI launcher (no ``PMI_*``/``OMPI_*``/
+``PMIX_*``/multi-task ``SLURM_*`` variables) the jobs run here, one after another,
+and ``mpi4py`` is never imported; under a launcher rank 0 hands jobs to the other
+ranks (:mod:`ctgrid.parallel.mpi`).
+"""
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from .mpi import under_mpi_launcher
+from .runner import JobOutcome, RunSettings, default_threads, run_job, torch_threads
+from .scheduler import GridRun, Plan, make_plan, prepare, run_serial
+from .sharded import ShardedGenerate, shard_bounds
+from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "GridRun", "JobOutcome",
+           "Plan", "RunSettings", "ShardedGenerate", "StopFlag", "default_threads", "make_plan",
+           "prepare", "run_grid", "run_job", "run_serial", "shard_bounds", "torch_threads",
+           "under_mpi_launcher"]
+
+
+def run_grid(run: GridRun, out: TextIO | None = None) -> int:
+    """Run (or with ``dry_run`` only plan) the grid; return the exit code (0, 1, 3; 2 raises).
+
+    Progress goes to ``out`` (default: ``sys.stdout`` at call time), on rank 0 only.
+    """
+    out = sys.stdout if out is None else out
+    with StopFlag() as stop:
+        if under_mpi_launcher():
+            from .mpi import run_mpi
+            return run_mpi(run, stop, out)
+        torch_threads(run.settings.threads)
+        return run_serial(run, stop, out)

@@ -1,0 +1,282 @@
+"""The grid under MPI: rank 0 schedules, the other ranks (or groups of ranks) run jobs.
+
+Protocol (a pull queue, no static chunks and no dummy jobs; ANCHOR_NOTES §8.12):
+a worker sends ``("ready", outcome of its last job)``; rank 0 answers with
+``("job", id, config, results dir)`` (longest expected first) or ``("stop", code)``.
+A worker that was interrupted says ``"interrupted"`` instead; rank 0 then stops
+handing out jobs and sends ``("interrupt",)`` to every busy worker, which its
+training's stop hook notices (``Iprobe``) after the current epoch's checkpoint.
+
+Rank 0 never blocks in ``recv`` (MPICH's blocking receive spins at 100% CPU):
+it polls with ``Iprobe`` and sleeps :data:`POLL` seconds. Workers poll the same
+way (with a shorter sleep) for their replies and, in sharded mode, the group
+members poll for their leader's next job while the leader evaluates.
+
+With ``--shard-size k`` the ranks ``1..N-1`` form groups of ``k`` consecutive
+ranks (:mod:`ctgrid.parallel.sharded`); the lowest rank of a group is its leader
+and the only one that talks to rank 0 and writes files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Mapping, TextIO
+
+from ..errors import ConfigError, CTGridError
+from ..store import ResultStore
+from .runner import JobOutcome, run_job, torch_threads, warm_up
+from .scheduler import GridRun, Progress, prepare, print_plan, run_serial
+from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
+from .signals import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag, either
+
+#: rank 0's sleep between polls (seconds)
+POLL = 0.05
+#: a worker's sleep between polls for its reply (rank 0 answers within ~POLL)
+WORKER_POLL = 0.005
+#: a group member's sleep between polls for its leader's next job (the leader may be evaluating)
+MEMBER_POLL = 0.02
+TAG_REQUEST, TAG_REPLY, TAG_GROUP = 11, 12, 13
+
+_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "PMI_FD")
+_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS",
+              "SLURM_NTASKS")
+
+
+def under_mpi_launcher(env: Mapping[str, str] = os.environ) -> bool:
+    """Whether an MPI launcher (mpiexec/mpirun/srun) started this process.
+
+    Only then is ``mpi4py`` imported: a plain ``ctgrid run`` never initialises MPI.
+    """
+    if any(v in env for v in _RANK_VARS):
+        return True
+    for var in _SIZE_VARS:
+        try:
+            if int(env.get(var, "0")) > 1:
+                return True
+        except ValueError:
+            continue
+    return False
+
+
+def poll_recv(comm: Any, source: int, tag: int, interval: float) -> Any:
+    """``comm.recv`` without spinning: ``Iprobe`` + sleep until the message is there."""
+    while not comm.Iprobe(source=source, tag=tag):
+        time.sleep(interval)
+    return comm.recv(source=source, tag=tag)
+
+
+class RootInterrupt:
+    """Sticky check for an ``("interrupt",)`` from rank 0 while a job runs (not consumed)."""
+
+    def __init__(self, comm: Any):
+        self.comm, self.seen = comm, False
+
+    def __call__(self) -> bool:
+        if not self.seen and self.comm.Iprobe(source=0, tag=TAG_REPLY):
+            self.seen = True
+        return self.seen
+
+
+class Scheduler:
+    """Rank 0: prepare the grid, hand out jobs on request, show progress."""
+
+    def __init__(self, comm: Any, run: GridRun, stop: StopFlag, leaders: list[int], out: TextIO):
+        self.comm, self.run, self.stop, self.leaders, self.out = comm, run, stop, leaders, out
+        self._sends: list[Any] = []
+        self.drained = False   # every worker was told to stop: safe to raise
+
+    def _requests(self) -> Any:
+        """Yield ``(source, message)`` of worker requests, sleeping between polls."""
+        from mpi4py import MPI
+        status = MPI.Status()
+        while True:
+            if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=TAG_REQUEST, status=status):
+                src = status.Get_source()
+                yield src, self.comm.recv(source=src, tag=TAG_REQUEST)
+            else:
+                yield None, None
+                time.sleep(POLL)
+
+    def drain(self, code: int) -> None:
+        """Answer every leader's first request with ``stop`` (setup failed or dry run)."""
+        waiting = set(self.leaders)
+        for src, _ in self._requests():
+            if src is not None:
+                self.comm.send(("stop", code), dest=src, tag=TAG_REPLY)
+                waiting.discard(src)
+            if not waiting:
+                self.drained = True
+                return
+
+    def serve(self) -> int:
+        try:
+            prep = prepare(self.run)
+        except CTGridError:
+            self.drain(EXIT_USAGE)
+            raise
+        if self.run.dry_run:
+            print_plan(prep, self.out)
+            self.drain(EXIT_OK)
+            return EXIT_OK
+        try:
+            return self._loop(prep)
+        finally:
+            prep.release()
+
+    def _loop(self, prep: Any) -> int:
+        progress = Progress(prep, len(self.leaders), self.out)
+        queue = deque(prep.plan.todo)
+        active, busy = set(self.leaders), {}
+        for src, msg in self._requests():
+            if not progress.interrupted and self.stop():
+                self._interrupt(progress, busy)
+            if src is not None:
+                kind, outcome = msg
+                if outcome is not None:
+                    busy.pop(src, None)
+                    progress.finished(JobOutcome(**outcome))
+                if kind == "interrupted":
+                    self._interrupt(progress, busy)
+                if progress.interrupted or not queue:
+                    code = EXIT_INTERRUPTED if progress.interrupted else EXIT_OK
+                    self.comm.send(("stop", code), dest=src, tag=TAG_REPLY)
+                    active.discard(src)
+                else:
+                    job_id = queue.popleft()
+                    busy[src] = job_id
+                    progress.started(job_id, src)
+                    self.comm.send(("job", job_id, prep.jobs[job_id], str(prep.store.root)),
+                                   dest=src, tag=TAG_REPLY)
+            if not active:
+                break
+        from mpi4py import MPI
+        MPI.Request.Waitall(self._sends)
+        return progress.close()
+
+    def _interrupt(self, progress: Progress, busy: dict[int, str]) -> None:
+        if not progress.interrupted:
+            progress.interrupted = True
+            for rank in busy:
+                self._sends.append(self.comm.isend(("interrupt",), dest=rank, tag=TAG_REPLY))
+
+
+class Worker:
+    """A rank that runs jobs: alone, or as the leader / a member of a sharded group."""
+
+    def __init__(self, comm: Any, group: Any, run: GridRun, stop: StopFlag):
+        self.comm, self.group, self.run, self.stop = comm, group, run, stop
+        self.rank = comm.Get_rank()
+        self.root_interrupt = RootInterrupt(comm)
+        self.sharded = group is not None and group.Get_size() > 1
+
+    def _generate_factory(self, leader: bool) -> Callable[..., Any] | None:
+        if not self.sharded:
+            return None
+        return lambda job, dataset, cache_dir: ShardedGenerate(self.group, job, dataset, cache_dir,
+                                                               leader=leader)
+
+    def _reply(self) -> tuple:
+        while True:
+            msg = poll_recv(self.comm, 0, TAG_REPLY, WORKER_POLL)
+            if msg[0] != "interrupt":
+                return msg
+            self.root_interrupt.seen = True
+
+    def lead(self) -> int:
+        """Request jobs from rank 0 until told to stop; run each (with the group)."""
+        outcome: JobOutcome | None = None
+        local = either(self.stop, self.root_interrupt)
+        while True:
+            kind = "interrupted" if outcome is not None and outcome.status == "interrupted" else "ready"
+            self.comm.send((kind, outcome.to_dict() if outcome else None), dest=0, tag=TAG_REQUEST)
+            msg = self._reply()
+            if msg[0] == "stop":
+                code = max(msg[1], EXIT_INTERRUPTED if local() else EXIT_OK)
+                self._tell_members(("stop", code))
+                return code
+            _, job_id, job, root = msg
+            if local():
+                outcome = JobOutcome(job_id, "interrupted", rank=self.rank)
+                continue
+            store = ResultStore(Path(root))
+            if self.sharded:
+                self._tell_members(("job", job_id, job, root, read_checkpoint(store.job(job_id).checkpoint)))
+            stop = group_stop(self.group, local) if self.sharded else local
+            outcome = run_job(store, job_id, job, self.run.settings, stop=stop, local_stop=local,
+                              make_generate=self._generate_factory(True), rank=self.rank)
+
+    def _tell_members(self, msg: tuple) -> None:
+        if self.sharded:
+            for member in range(1, self.group.Get_size()):
+                self.group.send(msg, dest=member, tag=TAG_GROUP)
+
+    def follow(self) -> int:
+        """A group member: train the leader's jobs from the leader's checkpoint; write nothing."""
+        while True:
+            msg = poll_recv(self.group, 0, TAG_GROUP, MEMBER_POLL)
+            if msg[0] == "stop":
+                return max(msg[1], EXIT_INTERRUPTED if self.stop() else EXIT_OK)
+            _, job_id, job, root, data = msg
+            with private_checkpoint(data) as path:
+                run_job(ResultStore(Path(root)), job_id, job, self.run.settings,
+                        stop=group_stop(self.group, self.stop), local_stop=self.stop,
+                        make_generate=self._generate_factory(False), rank=self.rank,
+                        leader=False, checkpoint=path)
+
+
+def _check_world(size: int, shard: int) -> None:
+    steps = os.environ.get("SLURM_STEP_NUM_TASKS")
+    if size == 1 and steps and steps.isdigit() and int(steps) > 1:
+        raise ConfigError(f"srun started {steps} tasks but MPI sees 1 process: launch with "
+                          f"'srun --mpi=pmi2' (or pmix) or with mpiexec")
+    if size > 1 and ((size - 1) % shard or size - 1 < shard):
+        raise ConfigError(f"--shard-size: got {shard} with {size} MPI ranks; allowed: a divisor of "
+                          f"{size - 1} (rank 0 schedules, the other ranks form groups of --shard-size)")
+
+
+def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    size, rank, shard = comm.Get_size(), comm.Get_rank(), run.settings.shard_size
+    try:
+        _check_world(size, shard)
+    except ConfigError:
+        if rank == 0:
+            raise
+        return EXIT_USAGE
+    if size == 1:   # one rank: it runs the jobs itself
+        torch_threads(run.settings.threads)
+        return run_serial(run, stop, out)
+    scheduler = None
+    try:
+        group = None
+        if shard > 1:
+            group = comm.Split(MPI.UNDEFINED if rank == 0 else (rank - 1) // shard, rank)
+        if rank == 0:
+            torch_threads(1)
+            scheduler = Scheduler(comm, run, stop, list(range(1, size, shard)), out)
+            return scheduler.serve()
+        torch_threads(run.settings.threads)
+        warm_up()
+        worker = Worker(comm, group, run, stop)
+        return worker.lead() if group is None or group.Get_rank() == 0 else worker.follow()
+    except CTGridError:
+        if scheduler is not None and scheduler.drained:
+            raise   # bad input (exit 2); every worker has already been told to stop
+        traceback.print_exc()
+        comm.Abort(EXIT_USAGE)
+        raise
+    except KeyboardInterrupt:   # a second Ctrl-C: give up at once, everywhere
+        comm.Abort(130)
+        raise
+    except BaseException:
+        # an unexpected error on one rank would leave the others waiting forever
+        traceback.print_exc()
+        sys.stderr.flush()
+        comm.Abort(1)
+        raise

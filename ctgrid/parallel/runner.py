@@ -1,0 +1,252 @@
+"""Run one job: load data, train (resuming from the job's checkpoint), evaluate, store.
+
+Every outcome is a record, never a crash of the run (submitit's
+``("error", trace)``): an exception or a non-finite model becomes ``error.json``
+and the scheduler goes on with the other jobs. ``done.json`` is written last,
+with the job's timings, so a job is finished exactly when its marker exists.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from .. import __version__, _atomic
+from ..errors import JobFailedError
+from ..store import JobPaths, ResultStore, now
+
+log = logging.getLogger("ctgrid")
+
+#: ``make_generate(job, dataset, cache_dir) -> generate`` builds the training's CE hook
+GenerateFactory = Callable[[Any, Any, Path], Callable[..., Any]]
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every rank needs to run jobs (the same on all ranks: it comes from the command line)."""
+
+    results: Path
+    data_dir: str | None = None
+    threads: int = 1
+    shard_size: int = 1
+
+
+@dataclass
+class JobOutcome:
+    """What a worker reports back about one job."""
+
+    job_id: str
+    status: str                  # done | failed | interrupted
+    seconds: float = 0.0
+    error_type: str | None = None
+    message: str | None = None
+    rank: int = 0
+    epochs_done: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class NonFiniteError(JobFailedError):
+    """Training ended with non-finite weights or losses."""
+
+
+def warm_up() -> None:
+    """Import what a job needs before the first job starts, so its timing is the job's alone."""
+    from .. import data, training  # noqa: F401
+    from ..evaluation import evaluate  # noqa: F401
+
+
+def torch_threads(threads: int) -> None:
+    """Intra-op threads of this process (one process per core is the grid's unit of work)."""
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def default_threads() -> int:
+    """``$SLURM_CPUS_PER_TASK`` when set, else 1."""
+    try:
+        return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
+    except ValueError:
+        return 1
+
+
+@contextlib.contextmanager
+def job_log(path: Path | None) -> Iterator[logging.Logger]:
+    """Append the ``ctgrid`` logger and Python warnings to the job's ``log.txt`` meanwhile."""
+    logger = logging.getLogger("ctgrid.job")
+    if path is None:
+        yield logger
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("ctgrid")
+    old_level, old_prop = root.level, root.propagate
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    root.propagate = False
+    old_show = warnings.showwarning
+    warnings.showwarning = (lambda msg, cat, fn, ln, *a, **k:
+                            root.warning("%s: %s (%s:%s)", cat.__name__, msg, fn, ln))
+    try:
+        yield logger
+    finally:
+        warnings.showwarning = old_show
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        root.propagate = old_prop
+        handler.close()
+
+
+def _epoch_line(row: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+    keys = ("loss", "acc_train", "acc_val", "converged", "search_steps", "skipped")
+    return f"epoch {row.get('epoch')}: " + " ".join(f"{k}={fmt(row[k])}" for k in keys if k in row)
+
+
+def check_finite(model: torch.nn.Module, history: Any) -> None:
+    """Raise :class:`NonFiniteError` for NaN/inf weights or a last epoch without any update."""
+    for name, p in model.state_dict().items():
+        if torch.is_floating_point(p) and not bool(torch.isfinite(p).all()):
+            raise NonFiniteError(f"non-finite weights in {name!r} after training")
+    if len(history) and "loss" in history and not math.isfinite(float(history["loss"].iloc[-1])):
+        raise NonFiniteError(f"every mini-batch loss of epoch {int(history['epoch'].iloc[-1])} "
+                             f"was non-finite (no update)")
+
+
+def evaluate(model: torch.nn.Module, dataset: Any, job: Any, cache_dir: Path) -> tuple[Any, Any]:
+    """``(evaluation, performance)`` tables of a trained model. With
+    ``evaluation.enabled: false`` only the (cheap) predictive performance is computed
+    (Tables 3–5 need it for every job) and ``evaluation`` is ``None``."""
+    from ..evaluation.evaluate import evaluate_model, evaluation_constraints, performance_frame
+    if job.evaluation.enabled:
+        return evaluate_model(model, dataset, job.evaluation, generator_config=job.generator,
+                              cache_dir=cache_dir)
+    return None, performance_frame(model, dataset, job.evaluation,
+                                   evaluation_constraints(dataset, job.evaluation))
+
+
+def _train(job: Any, dataset: Any, store: ResultStore, checkpoint: Path, stop: Callable[[], bool],
+           generate: Callable[..., Any] | None, logger: logging.Logger) -> tuple[Any, int]:
+    from ..training import train
+    ran = []
+
+    def progress(row: dict[str, Any]) -> None:
+        ran.append(row["epoch"])
+        logger.info(_epoch_line(row))
+
+    result = train(dataset, job.model, job.generator, replace(job.training, seed=job.seed),
+                   checkpoint_path=checkpoint, cache_dir=store.cache_dir, progress=progress,
+                   stop=stop, generate=generate)
+    return result, result.epochs_done - len(ran)
+
+
+def _write_results(paths: JobPaths, job: Any, result: Any, tables: tuple[Any, Any]) -> None:
+    _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
+                                     "config": job.canonical().to_dict()})
+    _atomic.write_parquet(paths.history, result.history)
+    evaluation, performance = tables
+    if evaluation is not None:
+        _atomic.write_parquet(paths.evaluation, evaluation)
+    _atomic.write_parquet(paths.performance, performance)
+
+
+@dataclass
+class _Attempt:
+    """One execution of one job on one rank (what the steps of :func:`run_job` share)."""
+
+    store: ResultStore
+    job_id: str
+    job: Any
+    settings: RunSettings
+    rank: int
+    leader: bool
+    logger: logging.Logger
+    t0: float = field(default_factory=time.perf_counter)
+    started: str = field(default_factory=now)
+
+    def outcome(self, status: str, seconds: float, epochs: int = 0) -> JobOutcome:
+        return JobOutcome(self.job_id, status, seconds, rank=self.rank, epochs_done=epochs)
+
+    def train(self, checkpoint: Path, stop: Callable[[], bool],
+              make_generate: GenerateFactory | None) -> tuple[Any, Any, int]:
+        from ..data import load_dataset
+        if self.leader:
+            self.store.begin(self.job_id)
+            self.store.write_config(self.job_id, self.job)
+        self.logger.info("job %s (%s) on rank %d of %s, seed %d", self.job_id, self.job.name,
+                         self.rank, socket.gethostname(), self.job.seed)
+        dataset = load_dataset(self.job.data, self.settings.data_dir)
+        generate = make_generate(self.job, dataset, self.store.cache_dir) if make_generate else None
+        result, resumed = _train(self.job, dataset, self.store, checkpoint, stop, generate, self.logger)
+        return dataset, result, resumed
+
+    def finish(self, dataset: Any, result: Any, resumed: int, t_train: float) -> JobOutcome:
+        """Evaluate, write the results, then the ``done.json`` marker (last)."""
+        tables = evaluate(result.model, dataset, self.job, self.store.cache_dir)
+        _write_results(self.store.job(self.job_id), self.job, result, tables)
+        seconds = time.perf_counter() - self.t0
+        self.store.mark_done(self.job_id, {
+            "name": self.job.name, "started": self.started, "seconds": seconds,
+            "train_seconds": t_train, "eval_seconds": seconds - t_train,
+            "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.rank,
+            "host": socket.gethostname(), "shard_size": self.settings.shard_size,
+            "threads": self.settings.threads, "data_summary": dataset.summary(),
+            "ctgrid_version": __version__})
+        self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train)
+        return self.outcome("done", seconds, result.epochs_done)
+
+    def fail(self, exc: Exception) -> JobOutcome:
+        seconds = time.perf_counter() - self.t0
+        self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+        if self.leader:
+            self.store.mark_failed(self.job_id, exc, {"rank": self.rank, "seconds": seconds,
+                                                      "started": self.started},
+                                   drop_checkpoint=isinstance(exc, NonFiniteError))
+        out = self.outcome("failed", seconds)
+        out.error_type, out.message = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
+        return out
+
+
+def run_job(store: ResultStore, job_id: str, job: Any, settings: RunSettings, *,
+            stop: Callable[[], bool] = lambda: False, local_stop: Callable[[], bool] | None = None,
+            make_generate: GenerateFactory | None = None, rank: int = 0, leader: bool = True,
+            checkpoint: Path | None = None) -> JobOutcome:
+    """Run ``job`` to completion, failure or interruption and record the result.
+
+    ``stop`` is the training's between-epoch check (in sharded mode a collective
+    over the group); ``local_stop`` (default ``stop``) is checked once more before
+    the evaluation. A non-``leader`` (sharded member) trains from ``checkpoint``
+    (its private copy of the leader's) and writes nothing into the results.
+    """
+    paths = store.job(job_id)
+    local_stop = stop if local_stop is None else local_stop
+    with job_log(paths.log if leader else None) as logger:
+        run = _Attempt(store, job_id, job, settings, rank, leader, logger)
+        try:
+            dataset, result, resumed = run.train(checkpoint or paths.checkpoint, stop, make_generate)
+            t_train = time.perf_counter() - run.t0
+            if not result.completed:
+                logger.info("interrupted after epoch %d (checkpoint kept)", result.epochs_done)
+                return run.outcome("interrupted", t_train, result.epochs_done)
+            check_finite(result.model, result.history)
+            if not leader:
+                return run.outcome("done", t_train, result.epochs_done)
+            if local_stop():
+                logger.info("interrupted before the evaluation (training complete, checkpoint kept)")
+                return run.outcome("interrupted", t_train, result.epochs_done)
+            return run.finish(dataset, result, resumed, t_train)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a failed job is a record, not a crash
+            return run.fail(exc)

@@ -1,0 +1,246 @@
+"""Planning a grid run and running it in one process.
+
+:func:`prepare` (the scheduler's side, rank 0 under MPI) loads the grid, takes the
+results directory's lock, writes the grid files and plans: done jobs are skipped,
+failed ones skipped unless ``retry_failed``, the rest ordered longest expected
+first (ANCHOR_NOTES §8.12: no static chunks, no dummy jobs). :func:`run_serial`
+then runs the plan in this process; :mod:`ctgrid.parallel.mpi` hands it out to
+worker ranks instead. Both report through :class:`Progress`.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import ConfigError, DataError
+from ..store import ResultStore, RunLock
+from .runner import JobOutcome, RunSettings, run_job, warm_up
+from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StopFlag
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """One ``ctgrid run`` invocation."""
+
+    grid: str | Path   # a grid file, or the name of a shipped grid
+    settings: RunSettings
+    retry_failed: bool = False
+    force: bool = False
+    dry_run: bool = False
+
+
+@dataclass
+class Plan:
+    """Which of the grid's jobs run now, in which order, and which are skipped."""
+
+    todo: list[str]
+    done: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)      # skipped (no --retry-failed)
+    resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
+    costs: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    store: ResultStore
+    jobs: dict[str, Any]
+    plan: Plan
+    lock: RunLock | None
+    n_points: int = 0
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def job_cost(job: Any) -> float:
+    """``JobConfig.expected_cost`` with the dataset's default training size."""
+    from ..data import dataset_defaults
+    n_train = job.data.n_train or dataset_defaults(job.data.name).get("n_train") or 3000
+    return float(job.expected_cost(int(n_train)))
+
+
+def make_plan(store: ResultStore, jobs: dict[str, Any], *, retry_failed: bool) -> Plan:
+    """Skip done (and, unless ``retry_failed``, failed) jobs; longest expected first."""
+    plan = Plan(todo=[])
+    for job_id in jobs:
+        state = store.job(job_id).status
+        if state == "done":
+            plan.done.append(job_id)
+        elif state == "failed" and not retry_failed:
+            plan.failed.append(job_id)
+        else:
+            plan.todo.append(job_id)
+            if store.job(job_id).checkpoint.exists():
+                plan.resume.add(job_id)
+    plan.costs = {j: job_cost(jobs[j]) for j in plan.todo}
+    plan.todo.sort(key=lambda j: (-plan.costs[j], j))
+    return plan
+
+
+def preflight(jobs: dict[str, Any], data_dir: str | None) -> None:
+    """Fail early (exit 2, nothing written) when a dataset's files are missing."""
+    from ..data import dataset_defaults
+    from ..data.registry import resolve_data_dir
+    for name in sorted({j.data.name for j in jobs.values()}):
+        files = dataset_defaults(name).get("files") or []
+        if not files:
+            continue
+        root = resolve_data_dir(data_dir, name)
+        missing = [f for f in files if not (root / f).exists()]
+        if missing:
+            raise DataError(f"dataset {name!r}: missing {', '.join(missing)} in {root} "
+                            f"(--data-dir / CTGRID_DATA)")
+
+
+def prepare(run: GridRun) -> Prepared:
+    """Load and check the grid, lock and initialise its results directory, plan the run."""
+    from ..grid import load_grid
+    grid = load_grid(run.grid)
+    store = ResultStore.for_grid(run.settings.results, grid.name)
+    jobs = grid.jobs()
+    preflight(jobs, run.settings.data_dir)
+    if run.dry_run:
+        return Prepared(store, jobs, make_plan(store, jobs, retry_failed=run.retry_failed),
+                        None, len(grid))
+    lock = store.lock().acquire()
+    try:
+        store.initialise(grid, force=run.force)
+        plan = make_plan(store, jobs, retry_failed=run.retry_failed)
+    except BaseException:
+        lock.release()
+        raise
+    return Prepared(store, jobs, plan, lock, len(grid))
+
+
+def print_plan(prep: Prepared, out: TextIO) -> None:
+    """The ``--dry-run`` report: what would be skipped and what would run, in order."""
+    p = prep.plan
+    print(f"grid results: {prep.store.root}", file=out)
+    print(f"{prep.n_points} grid points -> {len(prep.jobs)} jobs: {len(p.done)} done, "
+          f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
+          f"({len(p.resume)} resume from a checkpoint)", file=out)
+    for job_id in p.todo:
+        tag = "  resume" if job_id in p.resume else ""
+        print(f"  {job_id}  {prep.jobs[job_id].name:<28} cost {p.costs[job_id]:>10.0f}{tag}", file=out)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Done/failed/running counts, elapsed time and ETA, printed on every event.
+
+    One line per event; on a terminal a single line updated in place (failures
+    and the final summary still get lines of their own). The ETA divides the
+    expected cost still to run by the cost finished per second so far.
+    """
+
+    def __init__(self, prep: Prepared, n_workers: int, out: TextIO):
+        self.prep, self.n_workers, self.out = prep, n_workers, out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.t0 = time.monotonic()
+        self.total = len(prep.jobs)
+        self.done = len(prep.plan.done)
+        self.failed = len(prep.plan.failed)
+        self.running: dict[str, int] = {}
+        self.pending = len(prep.plan.todo)
+        self.cost_done = 0.0
+        self.interrupted = False
+        self.outcomes: list[JobOutcome] = []
+
+    def _eta(self) -> str:
+        elapsed = time.monotonic() - self.t0
+        if self.cost_done <= 0 or elapsed <= 0:
+            return "?"
+        costs = self.prep.plan.costs
+        left = sum(costs.get(j, 0.0) for j in self.running) * 0.5 + sum(
+            costs[j] for j in self.prep.plan.todo[len(self.prep.plan.todo) - self.pending:])
+        return _duration(left / (self.cost_done / elapsed))
+
+    def line(self) -> str:
+        return (f"[{_duration(time.monotonic() - self.t0)}] done {self.done}/{self.total} "
+                f"failed {self.failed} running {len(self.running)} pending {self.pending} "
+                f"ETA {self._eta()}")
+
+    def _emit(self, event: str, permanent: bool = False) -> None:
+        if self.tty:
+            text = f"\r\x1b[K{self.line()} | {event}"
+            self.out.write(text + ("\n" if permanent else ""))
+        else:
+            self.out.write(f"{self.line()} | {event}\n")
+        self.out.flush()
+
+    def started(self, job_id: str, rank: int) -> None:
+        self.running[job_id] = rank
+        self.pending -= 1
+        tag = " (resume)" if job_id in self.prep.plan.resume else ""
+        self._emit(f"start {job_id} {self.prep.jobs[job_id].name} on rank {rank}{tag}")
+
+    def finished(self, outcome: JobOutcome) -> None:
+        self.running.pop(outcome.job_id, None)
+        self.outcomes.append(outcome)
+        name = self.prep.jobs[outcome.job_id].name
+        if outcome.status == "done":
+            self.done += 1
+            self.cost_done += self.prep.plan.costs.get(outcome.job_id, 0.0)
+            self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s)")
+        elif outcome.status == "failed":
+            self.failed += 1
+            self._emit(f"FAILED {outcome.job_id} {name}: {outcome.error_type}: {outcome.message}",
+                       permanent=True)
+        else:
+            self.interrupted = True
+            self.pending += 1
+            self._emit(f"interrupted {outcome.job_id} {name} after epoch {outcome.epochs_done}")
+
+    def close(self) -> int:
+        """Print the summary; return the exit code."""
+        if self.tty:
+            self.out.write("\n")
+        code = exit_code(self.done, self.total, self.interrupted)
+        what = {EXIT_OK: "all jobs done", EXIT_FAILED: "some jobs failed (ctgrid status shows them)",
+                EXIT_INTERRUPTED: "interrupted: run the same command again to continue"}[code]
+        print(f"ctgrid: {self.done}/{self.total} jobs done, {self.failed} failed, "
+              f"{self.pending + len(self.running)} not run in {_duration(time.monotonic() - self.t0)}: "
+              f"{what}; results in {self.prep.store.root}", file=self.out, flush=True)
+        return code
+
+
+def exit_code(done: int, total: int, interrupted: bool) -> int:
+    """3 when interrupted, else 0 when every job is done, else 1."""
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if done == total else EXIT_FAILED
+
+
+def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """Run the grid's pending jobs one after another in this process."""
+    if run.settings.shard_size > 1:
+        raise ConfigError(f"--shard-size: got {run.settings.shard_size}; sharded jobs need MPI "
+                          f"(mpiexec/srun with 1 + k*m ranks), allowed here: 1")
+    prep = prepare(run)
+    if run.dry_run:
+        print_plan(prep, out)
+        return EXIT_OK
+    try:
+        warm_up()
+        progress = Progress(prep, 1, out)
+        for job_id in prep.plan.todo:
+            if stop():
+                progress.interrupted = True
+                break
+            progress.started(job_id, 0)
+            outcome = run_job(prep.store, job_id, prep.jobs[job_id], run.settings, stop=stop)
+            progress.finished(outcome)
+            if outcome.status == "interrupted":
+                break
+        return progress.close()
+    finally:
+        prep.release()

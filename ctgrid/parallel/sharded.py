@@ -1,0 +1,107 @@
+"""Sharded jobs: a group of ranks trains one model, splitting each epoch's CE search.
+
+Every rank of the group runs the same training (same seed, same data, same
+deterministic updates), so the models stay identical without sending weights.
+In every CT epoch the training calls the ``generate`` hook built here: each rank
+searches the counterfactuals of its contiguous slice of the epoch's factuals and
+an ``allgather`` on the group's communicator gives every rank the full
+:class:`~ctgrid.generators.CounterfactualBatch`, in the order of the factuals.
+
+Unlike the reference's sequential mode (ANCHOR_NOTES §8.14–8.15) nothing goes
+through the disk or the root, and all ranks of a group resume from the same
+checkpoint: the leader reads it and sends its bytes to the others, which train
+from a private copy (only the leader writes into the results). Every rank calls
+the same collectives in the same order: the hook once per CT epoch, and
+:func:`group_stop` once per epoch. A search error on one rank travels through the
+allgather, so all ranks of the group fail the job together.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from ..errors import JobFailedError
+
+
+def shard_bounds(n: int, k: int, r: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of rank ``r`` of ``k`` among ``n`` rows: contiguous, sizes differ by <= 1."""
+    return (r * n) // k, ((r + 1) * n) // k
+
+
+class ShardedGenerate:
+    """The training's ``generate(model, x, target, **kw)`` hook for one job on ``group``."""
+
+    def __init__(self, group: Any, job: Any, dataset: Any, cache_dir: Path | None, *, leader: bool):
+        self.group, self.job, self.dataset = group, job, dataset
+        self.cache_dir, self.leader = cache_dir, leader
+        self._engine: Any = None
+
+    def engine(self) -> Any:
+        """The job's search engine; built by the leader first, so that the members only
+        read REVISE's cached VAE (collective: the first CT epoch of every rank calls it)."""
+        if self._engine is None:
+            from ..generators import generator_for
+            build = lambda: generator_for(self.job.generator, self.dataset.constraints,  # noqa: E731
+                                          self.dataset.X_train, cache_dir=self.cache_dir)
+            error = None
+            if self.leader:
+                self._engine, error = _attempt(build)
+            error = self.group.bcast(error, root=0)
+            if error is None:
+                if not self.leader:
+                    self._engine, error = _attempt(build)
+                error = next((e for e in self.group.allgather(error) if e is not None), None)
+            if error is not None:
+                self._engine = None
+                raise JobFailedError(f"building the generator failed: {error}")
+        return self._engine
+
+    def __call__(self, model: Any, x: Any, target: Any, **kw: Any) -> Any:
+        from ..generators import CounterfactualBatch
+        engine = self.engine()
+        lo, hi = shard_bounds(len(x), self.group.Get_size(), self.group.Get_rank())
+        part, error = _attempt(lambda: engine.search(model, x[lo:hi], target[lo:hi], **kw))
+        gathered = self.group.allgather((part, error))
+        errors = [(r, e) for r, (_, e) in enumerate(gathered) if e is not None]
+        if errors:
+            rank, err = errors[0]
+            raise JobFailedError(f"counterfactual search failed on group rank {rank}: {err}")
+        return CounterfactualBatch.concat([p for p, _ in gathered])
+
+
+def _attempt(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+    try:
+        return fn(), None
+    except Exception as exc:  # noqa: BLE001 - shipped to the other ranks, re-raised there
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def group_stop(group: Any, local: Callable[[], bool]) -> Callable[[], bool]:
+    """A stop check the whole group agrees on (logical OR over its ranks; collective)."""
+    from mpi4py import MPI
+    return lambda: bool(group.allreduce(bool(local()), op=MPI.LOR))
+
+
+def read_checkpoint(path: Path) -> bytes | None:
+    """The leader's checkpoint bytes, to send to the members (``None``: start afresh)."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+@contextmanager
+def private_checkpoint(data: bytes | None) -> Iterator[Path]:
+    """A member's own checkpoint file, holding the leader's bytes; removed afterwards."""
+    tmp = tempfile.mkdtemp(prefix=f"ctgrid-shard-{os.getpid()}-")
+    path = Path(tmp) / "checkpoint.pt"
+    try:
+        if data is not None:
+            path.write_bytes(data)
+        yield path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

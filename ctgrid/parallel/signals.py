@@ -1,0 +1,74 @@
+"""Graceful interruption: SIGTERM / SIGUSR1 set a flag that the run checks between epochs.
+
+SLURM sends SIGTERM at the time limit (``KillWait`` seconds before SIGKILL) and,
+with ``--signal=USR1@120``, SIGUSR1 two minutes earlier. A process that gets one
+finishes the epoch it is in (its checkpoint is written), takes no new job and
+exits with :data:`EXIT_INTERRUPTED`; a re-run resumes from the checkpoints.
+A second SIGTERM / SIGUSR1 only repeats the request. SIGINT (Ctrl-C; ``mpiexec``
+forwards it to every rank) is graceful the first time and raises
+``KeyboardInterrupt`` the second time.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+from types import FrameType
+from typing import Callable
+
+#: every job of the grid is done
+EXIT_OK = 0
+#: the run ended but some job failed (``error.json``)
+EXIT_FAILED = 1
+#: bad input: grid/config error, missing data, results directory locked or foreign
+EXIT_USAGE = 2
+#: interrupted by SIGTERM/SIGUSR1: run the same command again to continue
+EXIT_INTERRUPTED = 3
+
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class StopFlag:
+    """A flag set by the interruption signals; call it to ask "should I stop?"."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def set(self, signum: int = signal.SIGTERM) -> None:
+        if self.signum is None:
+            self.signum = signum
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        first = self.signum is None
+        if not first and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set(signum)
+        if first:
+            name = signal.Signals(signum).name
+            print(f"ctgrid: {name} received: finishing the current epoch, then stopping",
+                  file=sys.stderr, flush=True)
+
+    def install(self) -> "StopFlag":
+        """Install the handlers (main thread only); :meth:`restore` puts the old ones back."""
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def restore(self) -> None:
+        for sig, old in self._previous.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def __enter__(self) -> "StopFlag":
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+def either(*checks: Callable[[], bool]) -> Callable[[], bool]:
+    """A stop check that is true as soon as one of ``checks`` is."""
+    return lambda: any(c() for c in checks)

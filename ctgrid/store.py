@@ -1,0 +1,350 @@
+"""The results directory of a grid run: the one module that owns result paths.
+
+Layout (``<results>`` defaults to ``./results``)::
+
+    <results>/<grid name>/
+        grid.yaml            copy of the grid file this directory was written from
+        jobs.parquet         point table: every grid point -> its job id (+ parameters)
+        .lock                fcntl lock held by the scheduler (rank 0) for the whole run
+        cache/               shared caches (REVISE VAEs, keyed by content)
+        jobs/<job_id>/
+            config.yaml      the resolved canonical job (``JobConfig.from_dict`` reads it back)
+            checkpoint.pt    training state after the last finished epoch (removed when done)
+            model.pt         ``{"state_dict", "job_id", "config"}`` of the trained model
+            history.parquet  one row per epoch
+            evaluation.parquet, performance.parquet
+            log.txt          job log (appended: the only file not replaced atomically)
+            error.json       failure record: status, error type, message, traceback, log path
+            done.json        completion marker with timings, written last
+
+A job is *done* iff ``done.json`` exists; *failed* iff it has ``error.json`` and no
+marker; *running* iff it has a checkpoint and neither (in progress, or interrupted:
+the next run resumes it); otherwise *pending*. Jobs are content-addressed (the job
+id hashes the canonical configuration), so grids that share a job share its results.
+
+A results directory whose ``grid.yaml`` differs from the grid being run is refused
+(:class:`StoreError`) unless both expand to the same point table (a cosmetic edit:
+``grid.yaml`` is updated) or ``force=True``: then the old ``grid.yaml`` and
+``jobs.parquet`` are kept as ``grid.<time>.yaml`` / ``jobs.<time>.parquet``, the new
+ones replace them, and finished jobs the new grid shares are reused. Job directories
+of the old grid that the new one lacks stay on disk but are not part of its status.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import socket
+import traceback as _tb
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from . import _atomic
+from .errors import ConfigError, StoreError
+
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
+_GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+STATES = ("done", "failed", "running", "pending")
+
+
+def check_job_id(job_id: str) -> str:
+    """``job_id`` if it is 16 lower-case hex digits (so it cannot leave the results dir)."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise StoreError(f"invalid job id {job_id!r}: expected 16 hex digits")
+    return job_id
+
+
+def check_grid_name(name: str) -> str:
+    """``name`` if it is safe as one directory name (letters, digits, ``._-``)."""
+    if not isinstance(name, str) or not _GRID_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(f"grid name: got {name!r}; allowed: letters, digits, '.', '_', '-' "
+                          f"(starting with a letter or digit, at most 128 characters)")
+    return name
+
+
+def now() -> str:
+    """The current UTC time in ISO 8601 (seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, record: Mapping[str, Any]) -> None:
+    _atomic.write_text(path, json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"unreadable record {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """Every file of one job (submitit's ``JobPaths``): names live here and nowhere else."""
+
+    root: Path
+    job_id: str
+
+    def __post_init__(self) -> None:
+        check_job_id(self.job_id)
+
+    @property
+    def dir(self) -> Path:
+        return self.root / "jobs" / self.job_id
+
+    config = property(lambda self: self.dir / "config.yaml")
+    checkpoint = property(lambda self: self.dir / "checkpoint.pt")
+    model = property(lambda self: self.dir / "model.pt")
+    history = property(lambda self: self.dir / "history.parquet")
+    evaluation = property(lambda self: self.dir / "evaluation.parquet")
+    performance = property(lambda self: self.dir / "performance.parquet")
+    log = property(lambda self: self.dir / "log.txt")
+    error = property(lambda self: self.dir / "error.json")
+    done = property(lambda self: self.dir / "done.json")
+
+    @property
+    def status(self) -> str:
+        """``done``, ``failed``, ``running`` (checkpoint, no record) or ``pending``."""
+        if self.done.exists():
+            return "done"
+        if self.error.exists():
+            return "failed"
+        if self.checkpoint.exists():
+            return "running"
+        return "pending"
+
+    def done_record(self) -> dict[str, Any] | None:
+        return _read_json(self.done)
+
+    def error_record(self) -> dict[str, Any] | None:
+        return _read_json(self.error)
+
+
+class RunLock:
+    """An exclusive ``fcntl.flock`` on ``<grid dir>/.lock``.
+
+    The kernel releases it when the holder dies, so a killed run never blocks the
+    next one. (flock is node-local on some network file systems: run one scheduler.)
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh: Any = None
+
+    def acquire(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreError(f"results directory {self.path.parent} is in use by another run "
+                                 f"({holder}); wait for it or use --results elsewhere") from None
+            raise StoreError(f"cannot lock {self.path}: {exc}") from exc
+        # informational only (the lock is the flock, not the content)
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()} since {now()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+@dataclass
+class StoreStatus:
+    """Counts per state over the grid's jobs, and the failure records."""
+
+    counts: dict[str, int]
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    n_points: int = 0
+    n_other: int = 0   # job directories not in this grid (left by an earlier grid)
+
+    @property
+    def n_jobs(self) -> int:
+        return sum(self.counts.values())
+
+
+class ResultStore:
+    """The directory ``<results>/<grid name>`` and everything written into it."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @classmethod
+    def for_grid(cls, results_dir: str | os.PathLike, grid_name: str) -> "ResultStore":
+        return cls(Path(results_dir) / check_grid_name(grid_name))
+
+    grid_file = property(lambda self: self.root / "grid.yaml")
+    jobs_file = property(lambda self: self.root / "jobs.parquet")
+    lock_file = property(lambda self: self.root / ".lock")
+    cache_dir = property(lambda self: self.root / "cache")
+
+    def job(self, job_id: str) -> JobPaths:
+        return JobPaths(self.root, job_id)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.lock_file)
+
+    # -- writing the grid ------------------------------------------------------------
+    def initialise(self, grid: Any, *, force: bool = False) -> None:
+        """Write ``grid.yaml``, ``jobs.parquet`` and every job's ``config.yaml``.
+
+        ``grid`` needs ``name``, ``source_text``, ``jobs()`` and ``point_table()``
+        (:class:`ctgrid.grid.Grid`). Call it while holding :meth:`lock`.
+        """
+        table = grid.point_table()
+        self._check_same_grid(grid.source_text, table, force)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for job_id, job in grid.jobs().items():
+            self.write_config(job_id, job)
+        _atomic.write_parquet(self.jobs_file, table)
+        _atomic.write_text(self.grid_file, grid.source_text)
+
+    def _check_same_grid(self, source_text: str, table: Any, force: bool) -> None:
+        if not self.grid_file.exists():
+            return
+        if self.grid_file.read_text(encoding="utf-8") == source_text:
+            return
+        if self._same_points(table):
+            return
+        if not force:
+            raise StoreError(f"{self.root} holds results of a different grid (its grid.yaml "
+                             f"differs and expands to other jobs); use another --results or "
+                             f"--force to switch it to this grid (finished shared jobs are reused)")
+        stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+        os.replace(self.grid_file, self.root / f"grid.{stamp}.yaml")
+        if self.jobs_file.exists():
+            os.replace(self.jobs_file, self.root / f"jobs.{stamp}.parquet")
+
+    def _same_points(self, table: Any) -> bool:
+        try:
+            old = self.point_table()
+        except StoreError:
+            return False
+        def pairs(t: Any) -> list[tuple[int, str]]:
+            return list(zip(t["point"].astype(int).tolist(), t["job_id"].astype(str).tolist()))
+        return pairs(old) == pairs(table)
+
+    def write_config(self, job_id: str, job: Any) -> None:
+        """The job's canonical configuration as YAML (skipped when already there)."""
+        import yaml
+        paths = self.job(job_id)
+        if paths.config.exists():
+            return
+        header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
+        body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
+        _atomic.write_text(paths.config, header + body)
+
+    # -- reading -------------------------------------------------------------------------
+    def point_table(self) -> Any:
+        import pandas as pd
+        if not self.jobs_file.exists():
+            raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
+        return pd.read_parquet(self.jobs_file)
+
+    def job_ids(self) -> list[str]:
+        """The grid's distinct job ids, in order of first appearance in the point table."""
+        ids = dict.fromkeys(self.point_table()["job_id"].astype(str).tolist())
+        return [check_job_id(i) for i in ids]
+
+    def read_config(self, job_id: str) -> Any:
+        """The :class:`~ctgrid.grid.job.JobConfig` stored for ``job_id``."""
+        import yaml
+        from .grid.job import JobConfig
+        return JobConfig.from_dict(yaml.safe_load(self.job(job_id).config.read_text(encoding="utf-8")))
+
+    def status(self) -> StoreStatus:
+        table = self.point_table()
+        ids = [check_job_id(i) for i in dict.fromkeys(table["job_id"].astype(str).tolist())]
+        counts = {s: 0 for s in STATES}
+        failed = []
+        for job_id in ids:
+            paths = self.job(job_id)
+            state = paths.status
+            counts[state] += 1
+            if state == "failed":
+                failed.append(paths.error_record() or {"job_id": job_id})
+        others = 0
+        jobs_dir = self.root / "jobs"
+        if jobs_dir.is_dir():
+            known = set(ids)
+            others = sum(1 for p in jobs_dir.iterdir() if p.name not in known)
+        return StoreStatus(counts, failed, n_points=len(table), n_other=others)
+
+    # -- job records -------------------------------------------------------------------
+    def mark_done(self, job_id: str, record: Mapping[str, Any]) -> None:
+        """Write ``done.json`` (last), then drop the stale error record and the checkpoint."""
+        paths = self.job(job_id)
+        _write_json(paths.done, {"status": "done", "job_id": job_id, "finished": now(), **record})
+        for stale in (paths.error, paths.checkpoint):
+            stale.unlink(missing_ok=True)
+
+    def mark_failed(self, job_id: str, exc: BaseException, record: Mapping[str, Any] | None = None,
+                    *, drop_checkpoint: bool = False) -> dict[str, Any]:
+        """Write ``error.json`` for ``exc`` (type, message, traceback, log path); return it."""
+        paths = self.job(job_id)
+        rec = {"status": "failed", "job_id": job_id, "time": now(),
+               "error_type": type(exc).__name__, "message": str(exc).strip().splitlines()[0]
+               if str(exc).strip() else "",
+               "traceback": "".join(_tb.format_exception(type(exc), exc, exc.__traceback__)),
+               "log_path": str(paths.log.absolute()), "host": socket.gethostname(), **(record or {})}
+        _write_json(paths.error, rec)
+        if drop_checkpoint:
+            paths.checkpoint.unlink(missing_ok=True)
+        return rec
+
+    def begin(self, job_id: str) -> None:
+        """A job (re)starts: drop its old error record and temporary files a killed run left."""
+        paths = self.job(job_id)
+        paths.error.unlink(missing_ok=True)
+        if paths.dir.is_dir():
+            for tmp in paths.dir.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+    def done_records(self, job_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The ``done.json`` records of the given (default: all of the grid's) finished jobs."""
+        out = []
+        for job_id in self.job_ids() if job_ids is None else job_ids:
+            rec = self.job(job_id).done_record()
+            if rec is not None:
+                out.append(rec)
+        return out
+
+    def remove_job(self, job_id: str) -> None:
+        """Delete one job's directory (e.g. to re-run it from scratch)."""
+        shutil.rmtree(self.job(job_id).dir, ignore_errors=True)
+
+
+def find_stores(path: str | os.PathLike) -> list[ResultStore]:
+    """``path`` itself if it is a grid results directory, else its grid subdirectories."""
+    path = Path(path)
+    if (path / "jobs.parquet").exists():
+        return [ResultStore(path)]
+    if not path.is_dir():
+        raise StoreError(f"no results directory at {path}")
+    stores = [ResultStore(p) for p in sorted(path.iterdir()) if (p / "jobs.parquet").exists()]
+    if not stores:
+        raise StoreError(f"{path} holds no ctgrid results (no jobs.parquet in it or its subdirectories)")
+    return stores

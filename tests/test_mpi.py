@@ -1,0 +1,214 @@
+"""The grid under real MPI (the venv's mpiexec): same results at any rank count and in
+sharded mode, kill-and-resume, interruption of one rank, failures, lock and usage errors.
+
+Only files are compared (never per-rank stdout). The grid's jobs have different
+lengths, so a run can be caught with one job done and another half-way.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ctgrid.cli import main
+from ctgrid.store import ResultStore
+
+from test_scheduler import ENV, SMALL_EVAL, assert_same_results, wait_for
+
+MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+HAVE_MPI = MPIEXEC is not None and importlib.util.find_spec("mpi4py") is not None
+pytestmark = [pytest.mark.mpi,
+              pytest.mark.skipif(not HAVE_MPI, reason="needs mpiexec and mpi4py (the mpich extra)")]
+
+GRID = textwrap.dedent(f"""\
+    name: mpigrid
+    data: {{name: moons, n_train: 200, n_val: 40, n_test: 60}}
+    generator: {{name: ecco, maxiter: 10}}
+    training: {{nce: 80}}
+    {SMALL_EVAL}
+    subgrids:
+      - training: {{objective: full, nepochs: [4, 12], lambda_reg: 0.25}}
+      - training: {{objective: vanilla, nepochs: 4}}
+      - training: {{objective: full, nepochs: 2, nce: 500}}   # more factuals than rows: fails
+    """)
+TIMEOUT = 240
+
+
+def mpi_cmd(n: int, grid: Path, results: Path, *extra: str) -> list[str]:
+    return [MPIEXEC, "-n", str(n), sys.executable, "-m", "ctgrid", "run", str(grid),
+            "--results", str(results), *extra]
+
+
+def mpi_run(n: int, grid: Path, results: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run(mpi_cmd(n, grid, results, *extra), env=ENV, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and all its descendants (hydra puts its proxy and ranks in new sessions)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def rank_pid(root_pid: int, rank: int) -> int:
+    for pid in descendants(root_pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"PMI_RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} under {root_pid}")
+
+
+def kill_all(root_pid: int) -> None:
+    for pid in descendants(root_pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("mpigrid") / "grid.yaml"
+    path.write_text(GRID)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(grid) -> ResultStore:
+    """The grid run in-process (no MPI): what every MPI run must reproduce."""
+    results = grid.parent / "inprocess"
+    assert main(["run", str(grid), "--results", str(results)]) == 1   # one job fails
+    store = ResultStore(results / "mpigrid")
+    assert store.status().counts == {"done": 3, "failed": 1, "running": 0, "pending": 0}
+    return store
+
+
+@pytest.mark.parametrize("n,extra", [(2, ()), (3, ()), (3, ("--shard-size", "2"))],
+                         ids=["n2-rank0-schedules-one-worker", "n3-two-workers", "n3-sharded-group-of-2"])
+def test_mpi_runs_reproduce_the_in_process_results(grid, reference, tmp_path, n, extra):
+    proc = mpi_run(n, grid, tmp_path, *extra)
+    assert proc.returncode == 1, proc.stderr        # the failing job, recorded; the others done
+    store = ResultStore(tmp_path / "mpigrid")
+    assert_same_results(reference, store)
+    ranks = {store.job(j).done_record()["rank"] for j in store.job_ids() if store.job(j).status == "done"}
+    assert 0 not in ranks, "rank 0 only schedules"
+    shard = int(extra[1]) if extra else 1
+    assert {store.job(j).done_record()["shard_size"] for j in store.job_ids()
+            if store.job(j).status == "done"} == {shard}
+
+
+def test_sigkill_everything_then_rerun_completes_the_grid(grid, reference, tmp_path):
+    store = ResultStore(tmp_path / "mpigrid")
+    proc = subprocess.Popen(mpi_cmd(3, grid, tmp_path), env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        def half_done() -> bool:
+            if not store.jobs_file.exists():
+                return False
+            states = [store.job(j).status for j in store.job_ids()]
+            return "done" in states and "running" in states
+        wait_for(half_done, proc, TIMEOUT)
+    finally:
+        kill_all(proc.pid)
+        proc.wait()
+    assert store.status().counts["running"] >= 1
+    rerun = mpi_run(3, grid, tmp_path)    # the dead run's flock is gone with it
+    assert rerun.returncode == 1, rerun.stderr
+    assert_same_results(reference, store)
+    resumed = [store.job(j).done_record()["resumed_from_epoch"] for j in store.job_ids()
+               if store.job(j).status == "done"]
+    assert max(resumed) > 0, "a half-done job resumed from its checkpoint"
+
+
+def test_usr1_to_one_member_of_a_sharded_group_interrupts_and_resumes_consistently(grid, reference,
+                                                                                   tmp_path):
+    store = ResultStore(tmp_path / "mpigrid")
+    proc = subprocess.Popen(mpi_cmd(3, grid, tmp_path, "--shard-size", "2"), env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: store.jobs_file.exists()
+                 and any(store.job(j).status == "running" for j in store.job_ids()), proc, TIMEOUT)
+        os.kill(rank_pid(proc.pid, 2), signal.SIGUSR1)      # rank 2: a group member, not the leader
+        assert proc.wait(timeout=TIMEOUT) == 3
+    finally:
+        kill_all(proc.pid)
+    counts = store.status().counts
+    assert counts["running"] >= 1 and counts["done"] < 3, counts
+    rerun = mpi_run(3, grid, tmp_path, "--shard-size", "2")
+    assert rerun.returncode == 1, rerun.stderr
+    assert_same_results(reference, store)
+
+
+def test_locked_results_directory_under_mpi_is_exit_2_on_every_rank(grid, tmp_path):
+    store = ResultStore(tmp_path / "mpigrid")
+    with store.lock():
+        proc = mpi_run(2, grid, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert not (store.root / "jobs").exists()
+
+
+def test_shard_size_that_does_not_divide_the_workers_is_exit_2(grid, tmp_path):
+    proc = mpi_run(2, grid, tmp_path, "--shard-size", "2")     # 1 worker, groups of 2
+    assert proc.returncode == 2, proc.stderr
+    assert not (tmp_path / "mpigrid").exists()
+
+
+LOCAL_SLURM = Path(__file__).resolve().parents[2] / "shared" / "slurm" / "local_slurm.sh"
+SBATCH = Path(__file__).resolve().parents[1] / "slurm" / "run_grid.sbatch"
+
+
+def _port_in_use(port: int) -> bool:
+    import socket
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("slurmctld") is None or shutil.which("sbatch") is None
+                    or os.geteuid() != 0 or not LOCAL_SLURM.exists(),
+                    reason="needs Slurm installed (slurmctld, sbatch), root and ../shared/slurm")
+def test_sbatch_script_runs_the_grid_on_a_local_slurm_cluster(grid, reference, tmp_path):
+    """slurm/run_grid.sbatch on a one-node cluster (srun --mpi=pmi2 with the pip MPICH)."""
+    if _port_in_use(6817):
+        pytest.skip("a Slurm controller is already running on this machine")
+    had_munge = subprocess.run(["pgrep", "-u", "munge", "-x", "munged"], capture_output=True).returncode == 0
+    cluster = tmp_path / "cluster"
+    subprocess.run(["bash", str(LOCAL_SLURM), "start", str(cluster)], check=True, timeout=120,
+                   capture_output=True)
+    env = {**ENV, "SLURM_CONF": str(cluster / "slurm.conf"), "CTGRID_PYTHON": sys.executable}
+    try:
+        proc = subprocess.run(
+            ["sbatch", "--wait", "--ntasks=3", "--overcommit", "--mem-per-cpu=100M",
+             f"--output={tmp_path}/slurm-%j.out", str(SBATCH), str(grid), "--results", str(tmp_path)],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 1, proc.stderr   # the grid's failing job; the rest done
+        assert_same_results(reference, ResultStore(tmp_path / "mpigrid"))
+    finally:
+        subprocess.run(["bash", str(LOCAL_SLURM), "stop", str(cluster)], timeout=60)
+        if not had_munge:
+            found = subprocess.run(["pgrep", "-u", "munge", "-x", "munged"], capture_output=True, text=True)
+            for pid in found.stdout.split():
+                os.kill(int(pid), signal.SIGTERM)
