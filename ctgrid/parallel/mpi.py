@@ -34,7 +34,7 @@ from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_check
 from .signals import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag, either
 
 #: rank 0's sleep between polls (seconds)
-POLL = 0.05
+POLL = 0.01
 #: a worker's sleep between polls for its reply (rank 0 answers within ~POLL)
 WORKER_POLL = 0.005
 #: a group member's sleep between polls for its leader's next job (the leader may be evaluating)

@@ -20,6 +20,7 @@ raised it to one per batch); batches without counterfactuals train on ``L_clf``.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,18 @@ def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=config.lr)
 
 
+def step_function(optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
+    """``optimizer.step`` without its public wrapper's profiler/hook bookkeeping.
+
+    That wrapper costs ~55 us per call, ~15% of a mini-batch step on the paper's
+    synthetic data (batch 30, MLP 1x32). ctgrid registers no optimizer hooks, so
+    the undecorated step is equivalent; torch versions without ``__wrapped__`` use
+    the public step.
+    """
+    raw = getattr(type(optimizer).step, "__wrapped__", None)
+    return (lambda: raw(optimizer)) if raw is not None else optimizer.step
+
+
 def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return frame.astype({"epoch": "int64", "n_ce": "int64", "skipped": "int64"})
@@ -114,6 +127,7 @@ class _Epochs:
     def __init__(self, dataset: Dataset, model: nn.Module, optimizer: torch.optim.Optimizer,
                  config: TrainingConfig, generate: Callable[[], Callable[..., CounterfactualBatch]]):
         self.ds, self.model, self.opt, self.cfg = dataset, model, optimizer, config
+        self._step = step_function(optimizer)
         self.lam = obj.weights(config)
         self.names = tuple(self.lam)
         self._generate = generate
@@ -194,12 +208,12 @@ class _Epochs:
         for b in batches:
             terms = self.evaluate(b)
             loss = terms @ b.weights
-            if not bool(torch.isfinite(loss)):
+            if not math.isfinite(loss.item()):  # .item() is ~40 us cheaper than torch.isfinite
                 skipped += 1
                 continue
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt.step()
+            self._step()
             logged.setdefault(b.names, []).append(torch.cat([loss[None], terms]).detach())
         return _epoch_means(logged), skipped
 
