@@ -127,7 +127,6 @@ class _Epochs:
     def __init__(self, dataset: Dataset, model: nn.Module, optimizer: torch.optim.Optimizer,
                  config: TrainingConfig, generate: Callable[[], Callable[..., CounterfactualBatch]]):
         self.ds, self.model, self.opt, self.cfg = dataset, model, optimizer, config
-        self._step = step_function(optimizer)
         self.lam = obj.weights(config)
         self.names = tuple(self.lam)
         self._generate = generate
@@ -203,6 +202,7 @@ class _Epochs:
     def _updates(self, batches: list[_Batch]) -> tuple[dict[str, float], int]:
         """One optimiser step per mini-batch; non-finite losses skip the step and are counted."""
         self.model.train()
+        step = step_function(self.opt)
         logged: dict[tuple[str, ...], list[torch.Tensor]] = {}
         skipped = 0
         for b in batches:
@@ -213,7 +213,7 @@ class _Epochs:
                 continue
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            self._step()
+            step()
             logged.setdefault(b.names, []).append(torch.cat([loss[None], terms]).detach())
         return _epoch_means(logged), skipped
 
