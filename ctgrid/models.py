@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ._validate import check, param
+from .errors import ConfigError
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -48,38 +49,40 @@ class CNN(nn.Module):
         return self.head(self.features(x.reshape(-1, 1, *self.image_shape)))
 
 
-def _init(module: nn.Module) -> None:
-    if isinstance(module, (nn.Linear, nn.Conv2d)):
-        nn.init.xavier_uniform_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
 def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
                 image_shape: tuple[int, int] | None = None,
                 generator: torch.Generator | None = None) -> nn.Module:
-    """Build an initialised model; ``generator`` makes the initialisation reproducible."""
-    if config.kind == "linear":
-        model: nn.Module = nn.Sequential(nn.Linear(n_features, n_classes))
-    elif config.kind == "cnn":
-        if image_shape is None:
-            raise ValueError("model.kind 'cnn' needs image data (e.g. mnist)")
-        model = CNN(image_shape, n_classes, config.activation)
-    else:
-        act = ACTIVATIONS[config.activation]
-        layers: list[nn.Module] = [nn.Linear(n_features, config.nhidden), act()]
-        for _ in range(config.nlayers - 1):
-            layers += [nn.Linear(config.nhidden, config.nhidden), act()]
-        layers.append(nn.Linear(config.nhidden, n_classes))
-        model = nn.Sequential(*layers)
-    if generator is None:
-        model.apply(_init)
-    else:
-        for m in model.modules():
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                fan_in = m.weight[0].numel()
-                fan_out = m.weight.shape[0] * (m.weight[0].numel() // m.weight.shape[1])
-                bound = (6.0 / (fan_in + fan_out)) ** 0.5
-                with torch.no_grad():
-                    m.weight.copy_((torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound)
-                    m.bias.zero_()
+    """Build a model with Glorot-uniform weights drawn from ``generator`` (seed 0 if None).
+
+    Layers are constructed under ``torch.random.fork_rng`` so the global RNG is never
+    consumed (their default initialisation is overwritten anyway).
+    """
+    if config.kind == "cnn" and image_shape is None:
+        raise ConfigError("model.kind: got 'cnn'; allowed only for image data (mnist)")
+    with torch.random.fork_rng(devices=[]):
+        model = _layers(config, n_features, n_classes, image_shape)
+    gen = generator if generator is not None else torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * (m.weight[0].numel() // m.weight.shape[1])
+            bound = (6.0 / (fan_in + fan_out)) ** 0.5
+            with torch.no_grad():
+                m.weight.copy_((torch.rand(m.weight.shape, generator=gen) * 2 - 1) * bound)
+                m.bias.zero_()
     return model
+
+
+def _layers(config: ModelConfig, n_features: int, n_classes: int,
+            image_shape: tuple[int, int] | None) -> nn.Module:
+    if config.kind == "linear":
+        return nn.Sequential(nn.Linear(n_features, n_classes))
+    if config.kind == "cnn":
+        assert image_shape is not None
+        return CNN(image_shape, n_classes, config.activation)
+    act = ACTIVATIONS[config.activation]
+    layers: list[nn.Module] = [nn.Linear(n_features, config.nhidden), act()]
+    for _ in range(config.nlayers - 1):
+        layers += [nn.Linear(config.nhidden, config.nhidden), act()]
+    layers.append(nn.Linear(config.nhidden, n_classes))
+    return nn.Sequential(*layers)

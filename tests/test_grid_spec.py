@@ -120,10 +120,13 @@ def test_mutability_and_tuning_grids():
 
 
 def test_quickstart_is_small():
+    """Two jobs at the paper's final moons settings, with a bounded evaluation (~30 s on one core)."""
     g = grid("quickstart")
+    assert len(g.jobs()) == 2
     for p in g:
-        assert p.training.nepochs <= 10 and p.training.nce <= 200
-        assert p.evaluation.n_runs * p.evaluation.n_individuals <= 40
+        assert p.data.name == "moons"
+        assert p.training.nepochs <= 100 and p.training.nce <= 1000
+        assert p.evaluation.n_runs * p.evaluation.n_individuals <= 500
         assert len(p.evaluation.lambda_energy) == 2
 
 

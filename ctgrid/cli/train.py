@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve(args)
     dataset = load_dataset(cfg["data"], args.data_dir)
     training = dataclasses.replace(cfg["training"], batch_size=cfg["training"].batch_size or dataset.batch_size)
-    validate(dataset, training)
+    validate(dataset, training, cfg["model"])
     out = args.out or Path("results") / "train" / f"{dataset.name}-{training.objective}"
     resolved = {"data": to_dict(cfg["data"]), "model": to_dict(cfg["model"]),
                 "generator": to_dict(cfg["generator"]), "training": to_dict(training)}

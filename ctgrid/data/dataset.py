@@ -45,6 +45,9 @@ class DataConfig:
                                   "(e.g. {age: none}), or 'paper'")
             object.__setattr__(self, "mutability", tuple(tuple(x) for x in mut))
         check(self, "data")
+        for i, (lower, upper) in enumerate(self.domain or ()):
+            if lower > upper:
+                raise ConfigError(f"data.domain[{i}]: got {[lower, upper]}; allowed: lower <= upper")
         if isinstance(self.mutability, str):
             if self.mutability != "paper":
                 raise ConfigError(f"data.mutability: got {self.mutability!r}; "

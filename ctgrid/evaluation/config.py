@@ -44,9 +44,18 @@ class EvaluationConfig:
         from collections.abc import Mapping
         if isinstance(self.mutability, Mapping):
             object.__setattr__(self, "mutability", tuple((str(k), v) for k, v in self.mutability.items()))
+        elif isinstance(self.mutability, list) and all(isinstance(x, (list, tuple)) for x in self.mutability):
+            object.__setattr__(self, "mutability", tuple(tuple(x) for x in self.mutability))
         check(self, "evaluation")
+        from ..constraints import MUTABILITY_KINDS
+        from ..errors import ConfigError
+        for key, kind in self.mutability or ():
+            if kind not in MUTABILITY_KINDS:
+                raise ConfigError(f"evaluation.mutability[{key!r}]: got {kind!r}; "
+                                  f"allowed: {', '.join(MUTABILITY_KINDS)}")
+        if self.generator == "ecco" and not self.lambda_energy:
+            raise ConfigError("evaluation.lambda_energy: got []; the ecco evaluation needs at least one value")
         for key in ("lambda_energy", "fgsm_eps", "pgd_eps"):
             values = getattr(self, key)
             if len(set(values)) != len(values):
-                from ..errors import ConfigError
                 raise ConfigError(f"evaluation.{key}: got {list(values)}; values must be distinct")

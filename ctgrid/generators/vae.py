@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .._atomic import save_torch
 
 
 _CACHE_VERSION = 2  # bump when training changes what a (data, settings, seed) key produces
@@ -106,9 +107,5 @@ def load_or_train_vae(X: torch.Tensor, cache_dir: str | os.PathLike | None, *, s
         vae.load_state_dict(torch.load(path, weights_only=True))
         return _freeze(vae)
     vae = train_vae(X, latent_dim=L, hidden=H, epochs=epochs, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".vae-", suffix=".tmp")
-    os.close(fd)
-    torch.save(vae.state_dict(), tmp)
-    os.replace(tmp, path)
+    save_torch(path, vae.state_dict())
     return vae

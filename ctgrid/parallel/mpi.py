@@ -240,7 +240,12 @@ def _check_world(size: int, shard: int) -> None:
 
 def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
     """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
-    from mpi4py import MPI
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ConfigError("started by an MPI launcher or inside a multi-task SLURM step, but mpi4py "
+                          "is not installed: pip install 'ctgrid[mpi]' (or [mpich]), or run "
+                          "ctgrid outside srun/mpiexec") from exc
     comm = MPI.COMM_WORLD
     size, rank, shard = comm.Get_size(), comm.Get_rank(), run.settings.shard_size
     try:

@@ -130,8 +130,9 @@ def evaluate(model: torch.nn.Module, dataset: Any, job: Any, cache_dir: Path) ->
     (Tables 3–5 need it for every job) and ``evaluation`` is ``None``."""
     from ..evaluation.evaluate import evaluate_model, evaluation_constraints, performance_frame
     if job.evaluation.enabled:
-        return evaluate_model(model, dataset, job.evaluation, generator_config=job.generator,
-                              cache_dir=cache_dir)
+        # No training generator: a baseline (whose canonical generator is the default) and its
+        # CT models must get the identical test-time search (paired design).
+        return evaluate_model(model, dataset, job.evaluation, cache_dir=cache_dir)
     return None, performance_frame(model, dataset, job.evaluation,
                                    evaluation_constraints(dataset, job.evaluation))
 

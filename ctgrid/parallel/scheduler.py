@@ -81,9 +81,13 @@ def make_plan(store: ResultStore, jobs: dict[str, Any], *, retry_failed: bool) -
 
 
 def preflight(jobs: dict[str, Any], data_dir: str | None) -> None:
-    """Fail early (exit 2, nothing written) when a dataset's files are missing."""
+    """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
+    for job in jobs.values():
+        if job.model.kind == "cnn" and dataset_defaults(job.data.name)["kind"] != "image":
+            raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist), "
+                              f"not {job.data.name!r}")
     for name in sorted({j.data.name for j in jobs.values()}):
         files = dataset_defaults(name).get("files") or []
         if not files:

@@ -10,8 +10,8 @@ forwards it to every rank) is graceful the first time and raises
 """
 from __future__ import annotations
 
+import os
 import signal
-import sys
 from types import FrameType
 from typing import Callable
 
@@ -48,8 +48,9 @@ class StopFlag:
         self.set(signum)
         if first:
             name = signal.Signals(signum).name
-            print(f"ctgrid: {name} received: finishing the current epoch, then stopping",
-                  file=sys.stderr, flush=True)
+            # os.write, not print: a handler that prints while the main thread is writing
+            # to stderr raises "reentrant call" into whatever code is running
+            os.write(2, f"ctgrid: {name} received: finishing the current epoch, then stopping\n".encode())
 
     def install(self) -> "StopFlag":
         """Install the handlers (main thread only); :meth:`restore` puts the old ones back."""

@@ -58,8 +58,10 @@ class TrainResult:
     epochs_done: int
 
 
-def validate(dataset: Dataset, config: TrainingConfig) -> None:
-    """Checks that need the data (the configs check themselves): ``nce <= n_train``."""
+def validate(dataset: Dataset, config: TrainingConfig, model_config: ModelConfig | None = None) -> None:
+    """Checks that need the data (the configs check themselves): ``nce <= n_train``, CNN on images."""
+    if model_config is not None and model_config.kind == "cnn" and dataset.image_shape is None:
+        raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist), not {dataset.name!r}")
     n = len(dataset.y_train)
     if config.needs_counterfactuals and config.nce > n:
         raise ConfigError(f"training.nce: got {config.nce}; allowed: at most {n} "
@@ -251,7 +253,7 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
             replaces the generator's ``search`` (e.g. sharded over MPI ranks); it
             must return rows in the order of ``x``.
     """
-    validate(dataset, config)
+    validate(dataset, config, model_config)
     model = build_model(model_config, dataset.n_features, dataset.n_classes,
                         image_shape=dataset.image_shape, generator=torch_generator(config.seed, "init"))
     optimizer = make_optimizer(model, config)
