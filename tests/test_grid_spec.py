@@ -160,12 +160,22 @@ def test_jobs_are_canonical_first_seen():
 
 def test_job_id_is_pinned():
     """Job ids name result files: if this changes, existing results are no longer found.
-    Change the pin only on purpose (e.g. a new config field), knowing old results are orphaned."""
+    Only non-default values are hashed, so adding a config field with a default keeps this pin;
+    change it only on purpose, knowing old results are orphaned."""
     job = JobConfig.from_dict({"data": {"name": "moons"}, "generator": {"name": "ecco", "tau": 0.9},
                                "training": {"objective": "full", "lambda_reg": 0.25, "nce": 1000}})
-    assert job.job_id == "c03e8eaec8aadf26"
+    assert job.job_id == "446b3e8e08ad8d9d"
     g = parse_grid("data: {name: moons}\ngenerator: {tau: 0.9}\ntraining: {lambda_reg: 0.25}", "p")
-    assert g.job_ids == ("c03e8eaec8aadf26",)
+    assert g.job_ids == ("446b3e8e08ad8d9d",)
+
+
+def test_job_id_ignores_values_equal_to_their_defaults():
+    """Spelling out a default (or a future field added with a default) does not change the id."""
+    plain = JobConfig.from_dict({"training": {"objective": "full"}})
+    explicit = JobConfig.from_dict({"training": {"objective": "full", "lambda_reg": 0.1, "shuffle": True},
+                                    "evaluation": {"lambda_energy": [0.1, 0.5, 1.0, 5.0, 10.0]}})
+    assert plain.job_id == explicit.job_id
+    assert plain.job_id != JobConfig.from_dict({"training": {"lambda_reg": 0.2}}).job_id
 
 
 def test_point_and_job_tables_are_json_able():

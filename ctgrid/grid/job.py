@@ -76,8 +76,13 @@ class JobConfig:
 
     @property
     def job_id(self) -> str:
-        """16 hex digits of the SHA-256 of the canonical configuration (stable across runs)."""
-        text = json.dumps(self.canonical().to_dict(), sort_keys=True, separators=(",", ":"))
+        """16 hex digits of the SHA-256 of the canonical configuration's non-default values.
+
+        Only values that differ from their field's default are hashed, so a later
+        ctgrid release that adds a parameter (with a default that keeps the old
+        behaviour) keeps every existing job id and finds existing results.
+        """
+        text = json.dumps(_non_default(self.canonical()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -109,3 +114,19 @@ class JobConfig:
             ev = self.evaluation
             cost += len(ev.lambda_energy) * ev.n_runs * ev.n_individuals * ev.maxiter / 300.0
         return cost
+
+
+def _non_default(job: JobConfig) -> dict[str, dict[str, Any]]:
+    """``{group: {key: value}}`` of the values that differ from the field defaults."""
+    out: dict[str, dict[str, Any]] = {}
+    for group in GROUPS:
+        cfg = getattr(job, group)
+        values = to_dict(cfg)
+        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+        out[group] = {k: v for k, v in values.items() if v != _plain(defaults[k])}
+    return out
+
+
+def _plain(value: Any) -> Any:
+    """A default as :func:`to_dict` renders values (tuples as lists)."""
+    return [_plain(v) for v in value] if isinstance(value, tuple) else value
