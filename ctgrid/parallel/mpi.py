@@ -269,7 +269,11 @@ def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
         torch_threads(run.settings.threads)
         warm_up()
         worker = Worker(comm, group, run, stop)
-        return worker.lead() if group is None or group.Get_rank() == 0 else worker.follow()
+        code = worker.lead() if group is None or group.Get_rank() == 0 else worker.follow()
+        # Rank 0 carries the run's exit code (the launcher reports the highest); a worker
+        # that finished normally exits 0, so `srun --kill-on-bad-exit=1` only ever fires
+        # for a rank that died (OOM kill, segfault) and no rank is left waiting for it.
+        return EXIT_USAGE if code == EXIT_USAGE else EXIT_OK
     except CTGridError:
         if scheduler is not None and scheduler.drained:
             raise   # bad input (exit 2); every worker has already been told to stop
