@@ -92,11 +92,6 @@ class Constraints:
         (``0`` bounds a forbidden direction, ``-/+inf`` a free one); dtype/device of ``like``."""
         return self._step_lo.to(like), self._step_hi.to(like)  # type: ignore[attr-defined]
 
-    def mask_step(self, delta: torch.Tensor) -> torch.Tensor:
-        """Zero the components of a step ``delta`` that move a feature in a forbidden direction."""
-        lo, hi = self.step_bounds(delta)
-        return torch.clamp(delta, lo, hi)
-
     def keep_direction(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
         """``new`` with every feature that moved away from ``old`` in a forbidden direction reset
         to its ``old`` value (exact: allowed values are returned bit for bit)."""

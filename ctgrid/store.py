@@ -37,7 +37,6 @@ import fcntl
 import json
 import os
 import re
-import shutil
 import socket
 import traceback as _tb
 from dataclasses import dataclass, field
@@ -335,10 +334,6 @@ class ResultStore:
             if rec is not None:
                 out.append(rec)
         return out
-
-    def remove_job(self, job_id: str) -> None:
-        """Delete one job's directory (e.g. to re-run it from scratch)."""
-        shutil.rmtree(self.job(job_id).dir, ignore_errors=True)
 
 
 def find_stores(path: str | os.PathLike) -> list[ResultStore]:

@@ -41,9 +41,5 @@ class GeneratorConfig:
         check(self, "generator")
 
     @property
-    def uses_energy(self) -> bool:
-        return self.name == "ecco" and self.lambda_energy > 0
-
-    @property
     def latent(self) -> bool:
         return self.name == "revise"
