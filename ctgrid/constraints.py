@@ -1,9 +1,11 @@
-"""Actionability constraints: domain bounds and per-feature mutability.
+"""Actionability constraints: domain bounds, per-feature mutability and one-hot groups.
 
 One :class:`Constraints` object is built per dataset and used everywhere a
 counterfactual moves: the search clamps to the domain after every step and
 zeroes step components that move a feature in a forbidden direction; the CT
-loss protects constrained features of ``x+`` (SPEC §1.2).
+loss protects constrained features of ``x+`` (SPEC §1.2). One-hot groups
+(categorical variables) can be projected back onto valid one-hot vectors
+(:meth:`Constraints.project_onehot`); a group's mutability is the group's.
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ import torch
 from .errors import ConfigError
 
 MUTABILITY_KINDS = ("both", "increase", "decrease", "none")
+#: How a search treats one-hot groups: ``none`` as continuous features (the reference's
+#: training searches), ``final`` argmax-projected once at the end (the reference's
+#: evaluation), ``step`` the model sees the projected point at every step (the state
+#: stays continuous; straight-through gradient).
+CATEGORICAL_MODES = ("none", "final", "step")
 
 
 def infer_domain(X: torch.Tensor, nstd: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,11 +38,13 @@ def infer_domain(X: torch.Tensor, nstd: float = 2.0) -> tuple[torch.Tensor, torc
 
 @dataclass(frozen=True, eq=False)
 class Constraints:
-    """Domain bounds (``lower``/``upper``, shape ``(d,)``) and mutability per feature."""
+    """Domain bounds (``lower``/``upper``, shape ``(d,)``), mutability per feature and the
+    column indices of each one-hot group (``groups``; every group is ``both`` or ``none``)."""
 
     lower: torch.Tensor
     upper: torch.Tensor
     mutability: tuple[str, ...]
+    groups: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         d = self.lower.numel()
@@ -46,6 +55,14 @@ class Constraints:
             raise ConfigError(f"mutability: got {bad[0]!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
         if bool((self.lower > self.upper).any()):
             raise ConfigError("domain: a lower bound exceeds its upper bound")
+        object.__setattr__(self, "groups", tuple(tuple(int(i) for i in g) for g in self.groups))
+        for g in self.groups:
+            if not g or min(g) < 0 or max(g) >= d:
+                raise ValueError(f"one-hot group {list(g)}: needs column indices in 0..{d - 1}")
+            kinds = {self.mutability[i] for i in g}
+            if len(kinds) > 1 or kinds - {"both", "none"}:
+                raise ConfigError(f"mutability of one-hot group {list(g)}: got {sorted(kinds)}; "
+                                  "allowed: one kind for the whole group, 'both' or 'none'")
         # per-feature bounds of an allowed step: 0 where a direction is forbidden, else -/+inf
         inf = float("inf")
         lo = torch.tensor([-inf if m in ("both", "decrease") else 0.0 for m in self.mutability])
@@ -73,15 +90,54 @@ class Constraints:
         return cls(lower, upper, tuple(mutability) if mutability else ("both",) * X.shape[1])
 
     def with_mutability(self, spec: Mapping[str | int, str], feature_names: Sequence[str]) -> "Constraints":
-        """Set mutability by feature name or 0-based index (``{"age": "none", 3: "increase"}``)."""
+        """Set mutability by feature name or 0-based index (``{"age": "none", 3: "increase"}``).
+
+        A one-hot group is named by its variable (``sex`` for ``sex=Male``, ``sex=Female``)
+        or by any of its columns, and the kind applies to the whole group: ``both`` or
+        ``none`` (a category has no direction).
+        """
         kinds = list(self.mutability)
         names = list(feature_names)
         for key, kind in spec.items():
             if kind not in MUTABILITY_KINDS:
                 raise ConfigError(f"data.mutability[{key!r}]: got {kind!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
-            idx = _feature_index(key, names)
-            kinds[idx] = kind
+            group = self._group_named(key, names)
+            if group is None:
+                kinds[_feature_index(key, names)] = kind
+                continue
+            if kind not in ("both", "none"):
+                raise ConfigError(f"data.mutability[{key!r}]: got {kind!r} for a categorical "
+                                  "variable (one-hot group); allowed: both, none")
+            for i in group:
+                kinds[i] = kind
         return replace(self, mutability=tuple(kinds))
+
+    def _group_named(self, key: str | int, names: list[str]) -> tuple[int, ...] | None:
+        """The one-hot group that ``key`` names (its variable or one of its columns), if any."""
+        idx = None
+        if isinstance(key, int) or str(key).lstrip("-").isdigit():
+            idx = int(key)
+        elif key in names:
+            idx = names.index(key)
+        for g in self.groups:
+            if idx is not None and idx in g:
+                return g
+            if idx is None and all(names[i].startswith(f"{key}=") for i in g):
+                return g
+        return None
+
+    def project_onehot(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` with every one-hot group replaced by the one-hot vector of its largest entry
+        (first on ties); other columns unchanged. A valid one-hot row is returned as is."""
+        if not self.groups:
+            return x
+        out = x.clone()
+        for g in self.groups:
+            cols = torch.tensor(g, device=x.device)
+            block = x.index_select(1, cols)
+            hot = torch.zeros_like(block).scatter_(1, block.argmax(dim=1, keepdim=True), 1.0)
+            out[:, cols] = hot
+        return out
 
     def clamp(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp every feature of ``x`` (``(n, d)``) into its domain."""

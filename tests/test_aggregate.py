@@ -176,6 +176,31 @@ def test_key_results_valid_only(results_dir):
     assert any("valid ones only" in n for n in table.notes)
 
 
+def test_individuals_whose_target_a_model_predicts_are_excluded(results_dir):
+    # the baseline already predicts the target (1) for individual 1 in every run and lambda:
+    # only individual 0 is compared. CT1: IP 4 vs 9 at lambda 0.1, 2 vs 9 at lambda 1.
+    path = results_dir / "jobs" / BL.job_id / "evaluation.parquet"
+    ev = pd.read_parquet(path)
+    ev["predicted"] = np.where(ev["individual"] == 1, 1, 0)
+    ev.to_parquet(path, index=False)
+    for job in (CT1, CT2):
+        p = results_dir / "jobs" / job.job_id / "evaluation.parquet"
+        e = pd.read_parquet(p)
+        e["predicted"] = 0
+        e.to_parquet(p, index=False)
+    rows, table = key_rows(results_dir)
+    a = rows["lambda_reg=0.1"]
+    assert a["IP λ=0.1"].startswith(f"{100 * (1 - 4 / 9):.1f}*")
+    assert a["IP λ=1"].startswith(f"{100 * (1 - 2 / 9):.1f}*")
+    assert a["Val. CT"] == "100.0"        # CT1's only invalid counterfactual was individual 1's
+    assert a["Excl."] == "50.0" and rows["lambda_reg=0.5"]["Excl."] == "50.0"
+    assert any(n.startswith("Excl.: % of (run, individual) units left out") for n in table.notes)
+    kept, table = key_rows(results_dir, exclude_predicted=False)
+    assert kept["lambda_reg=0.1"]["IP"] == "62.5* [62.5, 62.5]"   # the old numbers
+    assert kept["lambda_reg=0.1"]["Excl."] == "50.0"
+    assert any("counted here (--keep-predicted), not excluded" in n for n in table.notes)
+
+
 def test_runs_interval_is_the_spread_of_single_runs(results_dir):
     rows, _ = key_rows(results_dir, interval="runs")
     # per-run reductions 20, -20, 0 -> 0.5 % / 99.5 % quantiles (linear) = -19.8 / 19.8
@@ -184,7 +209,8 @@ def test_runs_interval_is_the_spread_of_single_runs(results_dir):
 
 def test_predictive_and_hyperparameter_tables(results_dir):
     tables, _ = build_tables(Results.load([results_dir]), opts())
-    hp, pred = tables[1], tables[2]
+    named = {t.name: t for t in tables}
+    hp, pred = named["final_hyperparameters"], named["predictive_toy"]
     rows = {r[1]: r for r in pred.rows}
     # full: accuracy 86 and 80 -> mean 83, sample sd sqrt((3^2 + 3^2) / 1) = 4.24; F1 84, 78
     assert rows["full"] == ["moons", "full", "83.00", "4.24", "81.00", "4.24", "2"]
@@ -210,8 +236,9 @@ def test_cost_from_a_mutability_grid_among_the_inputs(results_dir, tmp_path):
     assert set(rows) == {"lambda_reg=0.1", "lambda_reg=0.5"}  # no row of its own
     assert all(r["Cost"] == "75.0* [75.0, 75.0] (mut.)" for r in rows.values())
     assert rows["lambda_reg=0.1"]["IP"] == "62.5* [62.5, 62.5]"  # IP still from the main grid
-    assert [t.name for t in tables[2:]] == ["predictive_toy", "predictive_mut"]
-    assert len(tables[1].rows) == 2  # Table 2 lists the unconstrained configurations
+    assert [t.name for t in tables if t.name.startswith("predictive")] == ["predictive_toy", "predictive_mut"]
+    named = {t.name: t for t in tables}
+    assert len(named["final_hyperparameters"].rows) == 2  # Table 2 lists the unconstrained configurations
 
 
 def test_different_factuals_are_reported(results_dir):
@@ -227,7 +254,7 @@ def test_sizes_are_computed_when_the_runner_stored_none(results_dir, monkeypatch
     for done in (results_dir / "jobs").glob("*/done.json"):
         done.write_text(json.dumps({"status": "done"}))
     tables, _ = build_tables(Results.load([results_dir]), opts())
-    hp = tables[1]
+    hp = next(t for t in tables if t.name == "final_hyperparameters")
     # moons is generated in-package: 3000 train / 600 validation / 900 test (SPEC §1.5)
     assert all(r[-3:] == ["3000", "600", "900"] for r in hp.rows)
     assert any("from loading the dataset" in n for n in hp.notes)
@@ -287,7 +314,7 @@ def test_cli_writes_tables_figures_and_summary(results_dir, tmp_path):
         assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
     summary = (out / "summary.md").read_text()
     assert "key_results.md" in summary and "figures/maturity.png" in summary
-    assert "ctgrid 0.1.0" in summary and "torch" in summary and "grid.yaml" in summary
+    assert "ctgrid 0.2.0" in summary and "torch" in summary and "grid.yaml" in summary
     assert "no MNIST results" in summary
     csv = pd.read_csv(out / "key_results.csv")
     assert {"dataset", "setting", "quantity", "value", "lo", "hi", "star"} <= set(csv.columns)

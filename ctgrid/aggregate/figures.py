@@ -21,7 +21,7 @@ import pandas as pd  # noqa: E402
 
 from .. import _atomic  # noqa: E402
 from .load import Results  # noqa: E402
-from .pairing import SHORT, paired_units  # noqa: E402
+from .pairing import SHORT  # noqa: E402
 
 MAX_LEVELS = 12
 #: History column of the per-epoch share of converged CEs (the runner's name first).
@@ -44,16 +44,28 @@ def _grid(nrows: int, ncols: int, w: float = 3.4, h: float = 2.8) -> tuple[plt.F
     return fig, axes
 
 
+def _panels(n: int, w: float, h: float, max_cols: int = 3) -> tuple[plt.Figure, list]:
+    """``n`` panels wrapped into rows of at most ``max_cols``; unused axes hidden."""
+    ncols = max(1, min(n, max_cols))
+    nrows = -(-n // ncols)
+    fig, axs = _grid(nrows, ncols, w, h)
+    flat = list(axs.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def _axis_name(axis: str) -> str:
     return SHORT.get(axis, axis)
 
 
-def outcome_boxplots(results: Results, pairs: pd.DataFrame, ce: pd.DataFrame, metric: str,
-                     out_dir: Path) -> list[Path]:
-    """Box plots of ``100 (CT - BL) / |BL|`` per (pair, run, lambda) for ``metric`` (ip or cost)."""
-    values = ce.dropna(subset=[metric]).rename(columns={metric: "value"})
-    units = paired_units(pairs[~pairs["constrained"]] if (~pairs["constrained"]).any() else pairs,
-                         values, ("run", "lambda_energy"))
+def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
+    """Box plots of ``100 (CT - BL) / |BL|`` per paired (run, lambda) unit for ``metric``.
+
+    ``units``: :func:`~.pairing.paired_ce_units`'s per-(run, λ) frame of ``metric``
+    (pair columns, ``run``, ``lambda_energy``, ``ct``, ``bl``). With varied grid axes: one
+    row per dataset, one column per axis; without: one panel, one box per dataset.
+    """
     units = units[units["bl"] != 0]
     if units.empty:
         return []
@@ -61,27 +73,36 @@ def outcome_boxplots(results: Results, pairs: pd.DataFrame, ce: pd.DataFrame, me
     jobs = results.jobs.set_index(["source", "job_id"])
     axes_used = _facet_axes(results, units)
     datasets = sorted(units["dataset"].unique())
-    fig, axs = _grid(len(datasets), max(1, len(axes_used)))
+    name = metric.upper() if metric == "ip" else metric
+    title = (f"{'Implausibility (IP)' if metric == 'ip' else 'Cost'}: CT vs matching baseline"
+             f"{' across hyper-parameters' if axes_used else ''} (negative = CT lower)")
+    if not axes_used:
+        fig, ax = plt.subplots(figsize=(1.2 + 0.85 * len(datasets), 3.6))
+        ax.boxplot([units.loc[units["dataset"] == d, "change"].to_numpy() for d in datasets],
+                   showfliers=False)
+        ax.set_xticks(range(1, len(datasets) + 1), datasets, rotation=30 if len(datasets) > 5 else 0,
+                      fontsize=8)
+        ax.axhline(0, color="grey", lw=0.8, ls="--")
+        ax.set_ylabel(f"% change in {name} vs BL\n(per run and λ)", fontsize=8)
+        ax.set_title(title, fontsize=10)
+        fig.tight_layout()
+        return save(fig, out_dir, f"outcomes_{metric}")
+    fig, axs = _grid(len(datasets), len(axes_used))
     for i, d in enumerate(datasets):
         u = units[units["dataset"] == d]
-        for j, axis in enumerate(axes_used or [None]):
+        for j, axis in enumerate(axes_used):
             ax = axs[i, j]
-            if axis is None:
-                groups, labels = [u["change"].to_numpy()], ["all settings"]
-            else:
-                level = jobs.loc[list(zip(u["source"], u["ct_job"])), axis].astype(str).to_numpy()
-                labels = sorted(set(level), key=_sort_key)
-                groups = [u["change"].to_numpy()[level == lv] for lv in labels]
+            level = jobs.loc[list(zip(u["source"], u["ct_job"])), axis].astype(str).to_numpy()
+            labels = sorted(set(level), key=_sort_key)
+            groups = [u["change"].to_numpy()[level == lv] for lv in labels]
             ax.boxplot(groups, showfliers=False)
             ax.set_xticks(range(1, len(labels) + 1), labels, rotation=30 if len(labels) > 4 else 0,
                            fontsize=8)
             ax.axhline(0, color="grey", lw=0.8, ls="--")
-            ax.set_title(f"{d}" + (f" — {_axis_name(axis)}" if axis else ""), fontsize=9)
+            ax.set_title(f"{d} — {_axis_name(axis)}", fontsize=9)
             if j == 0:
-                ax.set_ylabel(f"% change in {metric.upper() if metric == 'ip' else metric} vs BL",
-                              fontsize=8)
-    fig.suptitle(f"{'Implausibility (IP)' if metric == 'ip' else 'Cost'}: CT vs matching baseline\n"
-                 "across hyper-parameters (negative = CT lower)", fontsize=10)
+                ax.set_ylabel(f"% change in {name} vs BL", fontsize=8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, out_dir, f"outcomes_{metric}")
 
@@ -122,8 +143,8 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
     if hist.empty:
         return []
     datasets = sorted(hist["data.name"].unique())
-    fig, axs = _grid(1, len(datasets), 4.2, 3.2)
-    for ax, d in zip(axs[0], datasets):
+    fig, axs = _panels(len(datasets), 4.2, 3.2)
+    for i, (ax, d) in enumerate(zip(axs, datasets)):
         h = hist[hist["data.name"] == d]
         for (tau, lam), g in h.groupby(["generator.tau", "training.lambda_reg"], sort=True):
             s = g.groupby("epoch")["share"].agg(["mean", "std"]).fillna({"std": 0.0})
@@ -134,7 +155,8 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.set_title(d, fontsize=9)
         ax.legend(fontsize=7)
-    axs[0, 0].set_ylabel("share of mature (converged) CEs")
+        if i % 3 == 0:
+            ax.set_ylabel("share of mature (converged) CEs")
     fig.tight_layout()
     return save(fig, out_dir, "maturity")
 
@@ -152,8 +174,8 @@ def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list
     p = pd.concat([clean.assign(attack="fgsm"), clean.assign(attack="pgd"), attacked])
     p = p.assign(model=np.where(p["training.objective"] == "vanilla", "BL", "CT"))
     datasets = sorted(p["data.name"].unique())
-    fig, axs = _grid(1, len(datasets), 3.6, 3.0)
-    for ax, d in zip(axs[0], datasets):
+    fig, axs = _panels(len(datasets), 3.6, 3.0)
+    for i, (ax, d) in enumerate(zip(axs, datasets)):
         for (attack, model), g in p[p["data.name"] == d].groupby(["attack", "model"], sort=True):
             if attack == "pgd" and not (attacked["attack"] == "pgd").any():
                 continue
@@ -167,6 +189,7 @@ def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list
         ax.set_xlabel("attack budget ε")
         ax.set_title(d, fontsize=9)
         ax.legend(fontsize=7)
-    axs[0, 0].set_ylabel("test accuracy (%)")
+        if i % 3 == 0:
+            ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()
     return save(fig, out_dir, "robust_accuracy")

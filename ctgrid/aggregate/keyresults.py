@@ -5,7 +5,10 @@ Per-counterfactual values are first averaged per job, evaluation run and
 ``lambda_energy`` — the reference's two-stage mean (ANCHOR_NOTES §5.2 steps 3–4).
 By default *all* counterfactuals count, with validity reported beside them;
 ``valid_only`` keeps only valid ones, as the reference did, which biases IP and
-cost whenever BL and CT differ in validity (ANCHOR_NOTES §8.7).
+cost whenever BL and CT differ in validity (ANCHOR_NOTES §8.7). IP, cost and
+validity compare each pair on the individuals for which neither model already
+predicts the target (``exclude_predicted``, :func:`~.pairing.paired_ce_units`); the
+``Excl.`` column reports the share left out.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .load import Results, metric_filter, to_pandas
-from .pairing import Reduction, paired_units, reduction
+from .pairing import Reduction, paired_ce_units, paired_units, reduction
 from .render import Table, num
 
 CE_METRICS = ("validity", "ip", "cost")
@@ -35,6 +38,7 @@ class RunLevel:
     splits: tuple[str, ...]
     factuals: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
+    per_ce: pd.DataFrame = field(repr=False, default_factory=pd.DataFrame)  # + individual, target, predicted
 
 
 def run_level(results: Results, *, valid_only: bool) -> RunLevel:
@@ -44,8 +48,8 @@ def run_level(results: Results, *, valid_only: bool) -> RunLevel:
     column that is null on the other metrics' rows, and hash aggregations skip the nulls.
     ``valid_only`` applies to IP and cost; validity itself is over all counterfactuals.
     """
-    cols = [*RUN_KEYS[1:], "individual", "target", "generator", "split", "factual_index", "metric",
-            "value"]
+    cols = [*RUN_KEYS[1:], "individual", "target", "predicted", "generator", "split", "factual_index",
+            "metric", "value"]
     table = results.read_table("evaluation", cols, metric_filter((*CE_METRICS, "ip_star")))
     if table is None:
         return RunLevel(pd.DataFrame(columns=[*RUN_KEYS, *CE_METRICS]),
@@ -66,16 +70,24 @@ def run_level(results: Results, *, valid_only: bool) -> RunLevel:
         return pc.if_else(mask, pc.cast(values, pa.float64()), pa.scalar(None, pa.float64()))
 
     keys = {k: table[k] for k in RUN_KEYS}
-    ce = _per_run(table, keys, only, valid_only)
+    ce, per_ce = _per_run(table, keys, only, valid_only)
     star = _ip_star(table, keys, only)
+    if "predicted" not in table.column_names or per_ce["predicted"].isna().all():
+        notes.append("No predicted classes recorded (results of ctgrid < 0.2): no individual was "
+                     "excluded as already predicting its target.")
     return RunLevel(ce[[*RUN_KEYS, *CE_METRICS]], star, gen, splits,
-                    ce[[*RUN_KEYS, "value"]].dropna(subset=["value"]), notes)
+                    ce[[*RUN_KEYS, "value"]].dropna(subset=["value"]), notes, per_ce)
 
 
-def _per_run(table: pa.Table, keys: dict, only: Any, valid_only: bool) -> pd.DataFrame:
+def _per_run(table: pa.Table, keys: dict, only: Any,
+             valid_only: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per (job, lambda, run): means of validity, IP and cost (a mean per counterfactual
-    first; IP and cost nulled where invalid if ``valid_only``) and a factual fingerprint."""
-    cols = {**keys, "individual": table["individual"],
+    first; IP and cost nulled where invalid if ``valid_only``) and a factual fingerprint;
+    and the per-counterfactual values with ``target`` and ``predicted``."""
+    n = table.num_rows
+    labels = {c: (table[c] if c in table.column_names else pa.nulls(n, pa.int64()))
+              for c in ("target", "predicted")}
+    cols = {**keys, "individual": table["individual"], **labels,
             **{m: only(m, table["value"]) for m in CE_METRICS}}
     fingerprint = {"factual_index", "individual"} <= set(table.column_names)
     if fingerprint:  # sums of i and i * (individual + 1) over the factual indices i of a run
@@ -83,7 +95,7 @@ def _per_run(table: pa.Table, keys: dict, only: Any, valid_only: bool) -> pd.Dat
         cols["fa"] = fi
         cols["fb"] = pc.multiply(fi, pc.add(pc.cast(table["individual"], pa.float64()), 1.0))
     extra = ["fa", "fb"] if fingerprint else []
-    per_ce = pa.table(cols).group_by([*RUN_KEYS, "individual"]).aggregate(
+    per_ce = pa.table(cols).group_by([*RUN_KEYS, "individual", "target", "predicted"]).aggregate(
         [(c, "mean") for c in (*CE_METRICS, *extra)])
     per_ce = per_ce.rename_columns([c.removesuffix("_mean") for c in per_ce.column_names])
     if valid_only:
@@ -96,7 +108,7 @@ def _per_run(table: pa.Table, keys: dict, only: Any, valid_only: bool) -> pd.Dat
     out = to_pandas(out.rename_columns([c.rsplit("_", 1)[0] if c.endswith(("_mean", "_sum")) else c
                                         for c in out.column_names]))
     out["value"] = (out["fa"].astype(str) + ":" + out["fb"].astype(str)) if fingerprint else np.nan
-    return out
+    return out, to_pandas(per_ce.select([*RUN_KEYS, "individual", "target", "predicted", *CE_METRICS]))
 
 
 def _labels(table: pa.Table, column: str) -> list[str]:
@@ -171,6 +183,7 @@ class _Ctx:
     acc: pd.DataFrame
     opts: Any
     lambdas: list[float]
+    excluded: pd.DataFrame
 
 
 def _reduce(ctx: _Ctx, key: str, mask_jobs: set, parts: tuple, lam: float | None = None) -> Reduction:
@@ -211,14 +224,20 @@ def _row(ctx: _Ctx, g: pd.DataFrame, cons: pd.DataFrame) -> tuple[list[str], lis
               "acc_bl": (bl_acc["acc"], 100), "acc_ct": (ct_acc["acc"], 100),
               "robust_bl": (bl_acc["robust"], 100), "robust_ct": (ct_acc["robust"], 100)}
     n_units = max(r.n for r in red.values())
+    ex = ctx.excluded[ctx.excluded["ct_job"].isin(jobs)]
+    n_ind, n_ex = int(ex["n_units"].sum()), int(ex["n_excluded"].sum())
+    excl = 100.0 * n_ex / n_ind if n_ind else float("nan")
     cells = [ds_name, setting, *(_cell(red[f"ip@{lam:g}"]) for lam in ctx.lambdas), _cell(red["ip"]),
              _cell(red["ip_star"]), _cell(red["cost"], f" ({cost_src})" if red["cost"].n else ""),
-             *(num(s.mean() * k, 1) for s, k in levels.values()), str(n_units)]
+             *(num(s.mean() * k, 1) for s, k in levels.values()), num(excl, 1), str(n_units)]
     records = [{"dataset": ds_name, "setting": setting, "quantity": q, **_asdict(r),
                 "note": cost_src if q == "cost" else ""} for q, r in red.items()]
     records += [{"dataset": ds_name, "setting": setting, "quantity": q, "value": s.mean() * k,
                  "sd": s.std(ddof=1) * k if s.count() > 1 else np.nan, "n": int(s.count())}
                 for q, (s, k) in levels.items()]
+    records.append({"dataset": ds_name, "setting": setting, "quantity": "excluded_pct", "value": excl,
+                    "n": n_ind, "n_dropped": n_ex,
+                    "note": "excluded" if ctx.opts.exclude_predicted else "counted, not excluded"})
     return cells, records
 
 
@@ -234,23 +253,21 @@ def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.Da
     main = ok[~ok["constrained"]]
     only_cons = set(ok["dataset"]) - set(main["dataset"])
     main = pd.concat([main, ok[ok["constrained"] & ok["dataset"].isin(only_cons)]])
-    frames = {"ip_l": _values(rl.ce, "ip", True), "ip": _values(rl.ce, "ip", False),
-              "ip_star": _values(rl.ip_star, "ip_star", False), "cost": _values(rl.ce, "cost", False),
-              "validity": _values(rl.ce, "validity", False)}
-    units = {k: paired_units(ok, f, ("run", "lambda_energy") if k == "ip_l" else ("run",))
-             for k, f in frames.items()}
+    units, excluded = paired_ce_units(ok, rl.per_ce, exclude_predicted=opts.exclude_predicted)
+    units["ip_star"] = paired_units(ok, _values(rl.ip_star, "ip_star", False), ("run",))
     lambdas = sorted(units["ip_l"]["lambda_energy"].unique().tolist())
     eps = robust_eps(perf)
-    ctx = _Ctx(units, job_accuracy(perf, eps), opts, lambdas)
+    ctx = _Ctx(units, job_accuracy(perf, eps), opts, lambdas, excluded)
     rows, records = [], []
     for (d, _s, _c), g in main.groupby(["dataset", "setting", "constrained"], sort=True):
         cells, recs = _row(ctx, g, ok[ok["constrained"] & (ok["dataset"] == d)])
         rows.append(cells)
         records += recs
     header = ["Data", "Setting", *(f"IP λ={lam:g}" for lam in lambdas), "IP", "IP*", "Cost",
-              "Val. BL", "Val. CT", "Acc BL", "Acc CT", "Acc* BL", "Acc* CT", "Units"]
+              "Val. BL", "Val. CT", "Acc BL", "Acc CT", "Acc* BL", "Acc* CT", "Excl.", "Units"]
     data = pd.DataFrame.from_records(records)
-    dropped = int(data["n_dropped"].fillna(0).sum()) if "n_dropped" in data else 0
+    reductions = data[data["quantity"] != "excluded_pct"] if len(data) else data
+    dropped = int(reductions["n_dropped"].fillna(0).sum()) if "n_dropped" in data else 0
     notes = _notes(pairs, rl, opts, eps, factual_check(ok, rl.factuals), dropped)
     return Table("key_results", "Key results: % reduction of implausibility and cost, CT vs BL (Table 1)",
                  header, rows, notes, data, n_text=2)
@@ -273,9 +290,15 @@ def _notes(pairs: pd.DataFrame, rl: RunLevel, opts: Any, eps: float | None,
          "differ in validity" if opts.valid_only else
          "Counterfactuals: all, valid or not (the reference kept only valid ones)")
         + "; Val.: % valid over all counterfactuals.",
+        ("Excl.: % of (run, individual) units left out because the CT or the BL model already "
+         "predicts the target at the factual; IP, Cost and Val. use the others (SPEC §1.4)."
+         if opts.exclude_predicted else
+         "Excl.: % of (run, individual) units where the CT or the BL model already predicts the "
+         "target at the factual — counted here (--keep-predicted), not excluded."),
         "IP*: unbiased squared MMD of each (run, λ, target class) group of counterfactuals, clipped "
         "at 0 as the reference and averaged over the groups; a set statistic over all "
-        "counterfactuals (--valid-only does not filter it).",
+        "counterfactuals of the group (neither --valid-only nor the exclusion of "
+        "already-predicted targets filters it).",
         "Cost: (mut.) from jobs with mutability constraints; (same runs) from this row's unconstrained "
         "runs.",
         f"Acc, Acc*: test accuracy (%), clean and under FGSM at ε={eps:g}; mean over the row's CT "

@@ -6,6 +6,13 @@ with ``training.objective = "vanilla"``, canonicalised. The evaluation draws the
 same factual/target pairs for both (same run and individual -> same factual), so
 each evaluation *run* of a pair is one paired unit.
 
+**Informative individuals.** The targets are drawn from data (paired design), so a model
+may already predict an individual's target at the factual; such a "counterfactual" is
+cheap and plausible by construction and its share grows with 1 − accuracy. By default a
+pair is compared only on the individuals (run, individual) for which *neither* model
+already predicts the target (SPEC §1.4; :func:`paired_ce_units`); the excluded share is
+reported. ``exclude_predicted=False`` keeps every individual (ctgrid < 0.2 behaviour).
+
 Headline numbers follow SPEC §1.4: ``% reduction = 100 * (1 - mean_u(CT_u / BL_u))``
 over units ``u`` (pair x run), ``CT_u``/``BL_u`` the per-run means over individuals
 (and over ``lambda_energy`` for aggregated figures).
@@ -110,6 +117,60 @@ def paired_units(pairs: pd.DataFrame, values: pd.DataFrame, keys: tuple[str, ...
     blv = v.rename(columns={"source": "bl_source", "job_id": "bl_job", "value": "bl"})
     ct["bl_source"] = ct["bl_source"].astype(int)
     return ct.merge(blv, on=["bl_source", "bl_job", *keys])
+
+
+#: Per-counterfactual quantities the paired tables average (``ct_``/``bl_`` prefixed per side).
+CE_QUANTITIES = ("validity", "ip", "cost")
+_PAIR_COLS = ["source", "ct_job", "bl_source", "bl_job", "dataset", "objective", "setting",
+              "constrained"]
+
+
+def paired_ce_units(pairs: pd.DataFrame, per_ce: pd.DataFrame, *,
+                    exclude_predicted: bool = True) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """Paired units from per-counterfactual values, leaving out already-predicted targets.
+
+    ``per_ce``: one row per (``source, job_id, lambda_energy, run, individual``) with
+    ``target``, ``predicted`` (the job's class at the factual; null if not recorded) and
+    :data:`CE_QUANTITIES`. Each CT job's rows are joined to its baseline's on (run, λ,
+    individual, target) — the same factual and target by the paired design. With
+    ``exclude_predicted`` the rows where either model's ``predicted`` equals the target are
+    dropped before the per-run means over individuals.
+
+    Returns ``({"ip_l", "cost_l": per (run, λ), "ip", "cost", "validity": per run (mean over
+    λ of the per-λ means)}, excluded)``: unit frames shaped like :func:`paired_units`'s output, and
+    per CT job the ``n_units`` (run, individual) pairs compared and ``n_excluded``.
+    """
+    keys = ["lambda_energy", "run", "individual", "target"]
+    p = pairs.dropna(subset=["bl_job"])[_PAIR_COLS].copy()
+    p["bl_source"] = p["bl_source"].astype(int)
+    side = per_ce[["source", "job_id", *keys, "predicted", *CE_QUANTITIES]]
+    ct = p.merge(side.rename(columns={"job_id": "ct_job", "predicted": "pred_ct",
+                                      **{q: f"ct_{q}" for q in CE_QUANTITIES}}),
+                 on=["source", "ct_job"])
+    bl = side.rename(columns={"source": "bl_source", "job_id": "bl_job", "predicted": "pred_bl",
+                              **{q: f"bl_{q}" for q in CE_QUANTITIES}})
+    u = ct.merge(bl, on=["bl_source", "bl_job", *keys])
+    already = (u["pred_ct"] == u["target"]) | (u["pred_bl"] == u["target"])
+    first = u.drop_duplicates(["source", "ct_job", "run", "individual"])
+    flags = already.loc[first.index]
+    excluded = (pd.DataFrame({"source": first["source"], "ct_job": first["ct_job"], "x": flags})
+                .groupby(["source", "ct_job"])["x"].agg(n_units="size", n_excluded="sum").reset_index())
+    if exclude_predicted:
+        u = u[~already.to_numpy()]
+    per_lam = u.groupby([*_PAIR_COLS, "run", "lambda_energy"], sort=True)[
+        [f"{s}_{q}" for s in ("ct", "bl") for q in CE_QUANTITIES]].mean().reset_index()
+    per_run = per_lam.groupby([*_PAIR_COLS, "run"], sort=True)[
+        [f"{s}_{q}" for s in ("ct", "bl") for q in CE_QUANTITIES]].mean().reset_index()
+
+    def unit(frame: pd.DataFrame, q: str, extra: list[str]) -> pd.DataFrame:
+        out = frame[[*_PAIR_COLS, *extra, f"ct_{q}", f"bl_{q}"]].rename(
+            columns={f"ct_{q}": "ct", f"bl_{q}": "bl"})
+        return out.dropna(subset=["ct", "bl"]).reset_index(drop=True)
+
+    units = {"ip_l": unit(per_lam, "ip", ["run", "lambda_energy"]),
+             "cost_l": unit(per_lam, "cost", ["run", "lambda_energy"])}
+    units.update({q: unit(per_run, q, ["run"]) for q in CE_QUANTITIES})
+    return units, excluded
 
 
 @dataclass(frozen=True)

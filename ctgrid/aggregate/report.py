@@ -5,6 +5,8 @@ atomically. Output layout under ``out``::
 
     summary.md                       links, inputs, versions, notes
     key_results.{md,tex,csv}         Table 1
+    search.{...}                     test-time search behaviour, BL vs CT
+    sensitivity.{...}                IG sensitivity to immutable features (when evaluated)
     final_hyperparameters.{...}      Table 2
     predictive_<grid>.{...}          Tables 3-5 (one per results directory)
     figures/*.png, figures/*.pdf
@@ -25,9 +27,10 @@ from .. import __version__, _atomic
 from .._validate import check, param
 from ..errors import ConfigError
 from ..store import ResultStore
+from .explain import search_table, sensitivity_table
 from .keyresults import key_results, run_level
 from .load import Results
-from .pairing import pair_jobs
+from .pairing import pair_jobs, paired_ce_units
 from .render import FORMATS, Table
 from .tables import hyperparameter_table, predictive_tables
 
@@ -41,7 +44,8 @@ class AggregateOptions:
     ``"bootstrap"`` (percentile bootstrap of the mean over units, ``bootstrap``
     resamples) or ``"runs"`` (the reference's quantiles of per-run values).
     ``pool_settings``: one Table 1 row per dataset pooling all CT settings instead of
-    one row per setting.
+    one row per setting. ``exclude_predicted``: compare a BL/CT pair only on individuals
+    for which neither model already predicts the target (default; ``False`` keeps all).
     """
 
     formats: tuple[str, ...] = param(FORMATS, choices=FORMATS)
@@ -51,6 +55,7 @@ class AggregateOptions:
     seed: int = param(0, ge=0)
     interval: str = param("bootstrap", choices=("bootstrap", "runs"))
     pool_settings: bool = param(False)
+    exclude_predicted: bool = param(True)
     figures: bool = param(True)
     data_dir: str | None = param(None)
 
@@ -131,8 +136,10 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
     pairs = pair_jobs(results, pool_settings=opts.pool_settings)
     rl = run_level(results, valid_only=opts.valid_only)
     perf = results.performance()
-    tables = [key_results(results, pairs, rl, perf, opts),
-              hyperparameter_table(results, opts.data_dir), *predictive_tables(results, perf)]
+    tables = [key_results(results, pairs, rl, perf, opts), hyperparameter_table(results, opts.data_dir),
+              *predictive_tables(results, perf), search_table(results, pairs)]
+    sens = sensitivity_table(pairs, perf)
+    tables += [sens] if sens is not None else []
     return tables, {"pairs": pairs, "run_level": rl, "perf": perf}
 
 
@@ -140,11 +147,13 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
     from . import figures
     from .mnist import mnist_grid
     pairs = parts["pairs"]
-    ce = parts["run_level"].ce
+    ok = pairs.dropna(subset=["bl_job"])
+    free = ok[~ok["constrained"]] if (~ok["constrained"]).any() else ok
+    units, _ = paired_ce_units(free, parts["run_level"].per_ce, exclude_predicted=opts.exclude_predicted)
     paths: list[Path] = []
     notes: list[str] = []
     for metric in ("ip", "cost"):
-        paths += figures.outcome_boxplots(results, pairs, ce, metric, out_dir)
+        paths += figures.outcome_boxplots(results, units[f"{metric}_l"], metric, out_dir)
     paths += figures.maturity(results, out_dir)
     paths += figures.robust_accuracy(results, parts["perf"], out_dir)
     drawn = {p.stem for p in paths}

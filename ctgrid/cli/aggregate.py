@@ -24,6 +24,14 @@ def add_aggregate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     ces.add_argument("--all-ces", dest="valid_only", action="store_false",
                      help="IP and cost over all counterfactuals (default)")
     p.set_defaults(valid_only=False)
+    pred = p.add_mutually_exclusive_group()
+    pred.add_argument("--exclude-predicted", dest="exclude_predicted", action="store_true",
+                      help="Table 1: compare a BL/CT pair only on individuals for which neither "
+                           "model already predicts the target (default)")
+    pred.add_argument("--keep-predicted", dest="exclude_predicted", action="store_false",
+                      help="Table 1: keep every individual, also those whose target a model "
+                           "already predicts (ctgrid < 0.2)")
+    p.set_defaults(exclude_predicted=True)
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (1000)")
     p.add_argument("--confidence", type=float, default=0.99, help="interval level (0.99)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and figure draws (0)")
@@ -45,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     opts = AggregateOptions(formats=formats, valid_only=args.valid_only, bootstrap=args.bootstrap,
                             confidence=args.confidence, seed=args.seed, interval=args.interval,
                             pool_settings=args.pool_settings, figures=args.figures,
+                            exclude_predicted=args.exclude_predicted,
                             data_dir=args.data_dir)
     if args.out is None and len(args.results) != 1:
         raise ConfigError("--out: required when aggregating several RESULTS directories")

@@ -25,7 +25,8 @@ _DESCRIPTION = (
     "accuracy. Writes evaluation.parquet and performance.parquet into each MODEL_DIR (or --out). "
     "Models trained on the same data get the same factual/target pairs per run (paired design).")
 _FLOAT_LISTS = {"lambda_energy": "--lambda-energy", "fgsm_eps": "--fgsm-eps", "pgd_eps": "--pgd-eps"}
-_SCALARS = ("n_runs", "n_individuals", "tau", "maxiter", "test_time", "mmd_length_scale")
+_SCALARS = ("n_runs", "n_individuals", "tau", "maxiter", "test_time", "mmd_length_scale", "lr",
+            "step", "factuals", "categorical")
 
 
 def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
@@ -41,6 +42,14 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-individuals", type=int, help="factuals per run and energy weight")
     p.add_argument("--tau", type=float, help="decision threshold of the search and strict validity")
     p.add_argument("--maxiter", type=int, help="search steps T")
+    p.add_argument("--lr", type=float, help="search step size (SGD: lr x gradient; normalized: L2 length)")
+    p.add_argument("--step", choices=("sgd", "normalized"),
+                   help="search step rule: sgd (the reference) or normalized (steps of length lr)")
+    p.add_argument("--factuals", choices=("balanced", "uniform"),
+                   help="factual draw: balanced over classes (default, the reference) or uniform over rows")
+    p.add_argument("--categorical", choices=("none", "final", "step"),
+                   help="one-hot groups: projected at the end (default, the reference), at every "
+                        "step, or left continuous")
     p.add_argument("--test-time", action=argparse.BooleanOptionalAction, default=None,
                    help="draw factuals from the test split (final results) instead of training")
     p.add_argument("--fgsm-eps", metavar="E1,E2,...", help="FGSM budgets ('' for none)")

@@ -7,7 +7,7 @@ exactly these numbers, and ``docs/datasets.md`` shows them.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,7 +126,7 @@ def _domain(config: DataConfig, spec: DatasetSpec, X_train: np.ndarray) -> Const
 
 
 def _constraints(config: DataConfig, spec: DatasetSpec, splits: Splits) -> Constraints:
-    constraints = _domain(config, spec, splits.X_train)
+    constraints = replace(_domain(config, spec, splits.X_train), groups=splits.categorical_groups)
     if config.mutability == "paper":
         if not spec.paper_immutable:
             raise ConfigError(f"data.mutability: got 'paper'; dataset {spec.name!r} has no paper "

@@ -4,7 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._validate import check, param
-from ..generators.config import GENERATORS
+from ..constraints import CATEGORICAL_MODES
+from ..generators.config import GENERATORS, STEP_RULES
+
+#: How factuals are drawn: ``balanced`` (the reference: a class uniformly, then a row of
+#: it; here exactly ``n/k`` or ``n/k + 1`` per class) or ``uniform`` over the split's rows.
+FACTUAL_DRAWS = ("balanced", "uniform")
 
 
 @dataclass(frozen=True)
@@ -17,6 +22,17 @@ class EvaluationConfig:
     CT models of one comparison get the *same* factual/target pairs per run
     (paired design; the reference drew them per model). ``mutability`` overrides
     the training constraints at evaluation (``None`` keeps them).
+
+    ``factuals``: class-balanced draws (default, as the reference) or uniform over rows.
+    ``categorical``: one-hot groups projected at the end of the search (default, as the
+    reference), at every step, or left continuous (``none``). ``step``: the search's step
+    rule (``sgd`` as the reference; ``normalized`` takes steps of L2 length ``lr`` whatever
+    the model's steepness). ``redundancy``: also measure SPEC's redundancy (share of
+    features resettable to the factual with the counterfactual staying valid).
+    ``ig_rounds`` x ``ig_samples``: integrated-gradients sensitivity to the immutable
+    features (``ig_samples`` test rows drawn with replacement, baseline U(-1, 1),
+    ``ig_steps`` points, resampled ``ig_rounds`` times), measured only when the
+    evaluation's constraints make some feature immutable.
     """
 
     enabled: bool = param(True)
@@ -39,6 +55,13 @@ class EvaluationConfig:
     pgd_steps: int = param(40, ge=1)
     pgd_alpha: float = param(0.01, gt=0)
     mutability: tuple[tuple[str, str], ...] | None = param(None)
+    factuals: str = param("balanced", choices=FACTUAL_DRAWS)
+    categorical: str = param("final", choices=CATEGORICAL_MODES)
+    step: str = param("sgd", choices=STEP_RULES)
+    redundancy: bool = param(True)
+    ig_rounds: int = param(100, ge=0)
+    ig_samples: int = param(2500, ge=1)
+    ig_steps: int = param(50, ge=1)
 
     def __post_init__(self) -> None:
         from collections.abc import Mapping

@@ -6,12 +6,16 @@ as ``evaluation.parquet`` and ``performance.parquet``:
 ``evaluation`` — one row per counterfactual x metric (:data:`EVALUATION_COLUMNS`):
 ``run``, ``individual`` (0..n_individuals-1 within the run), ``split`` (``train`` |
 ``test``), ``factual_index`` (row within that split), ``factual_label`` (true label),
-``target``, ``generator``, ``lambda_energy``, ``metric``, ``value``. Metrics:
-``validity`` (argmax = target), ``validity_strict`` (softmax target probability >=
-``tau``; the reference's ignored ``tau``, §8.6), ``cost`` (L1), ``ip`` (mean L1 distance
-to ``n_ip_samples`` target-class points), ``energy_differential``, ``share_unchanged``,
-``converged``, ``steps``, ``ip_star`` and, with ``mmd_permutations > 0``,
-``ip_star_pvalue``. Every counterfactual is kept, valid or not: filtering on validity
+``target``, ``predicted`` (this model's class at the factual: where it equals
+``target`` the model already predicts the target), ``generator``, ``lambda_energy``,
+``metric``, ``value``. Metrics: ``validity`` (argmax = target), ``validity_strict``
+(softmax target probability >= ``tau``; the reference's ignored ``tau``, §8.6), ``cost``
+(L1), ``ip`` (mean L1 distance to ``n_ip_samples`` target-class points),
+``energy_differential``, ``share_unchanged`` (the reference's "redundancy": share of
+features left unchanged), ``redundancy`` (SPEC's: share of features that can be reset to
+the factual value, one at a time, with the counterfactual staying valid; NaN for invalid
+ones; with ``config.redundancy``), ``converged``, ``steps``, ``ip_star`` and, with
+``mmd_permutations > 0``, ``ip_star_pvalue``. Every counterfactual is kept, valid or not: filtering on validity
 is the aggregation's choice (the reference's valid-only filter biases comparisons, §8.7).
 
 ``ip_star`` is the unbiased MMD^2 of one group — the counterfactuals of one
@@ -22,7 +26,11 @@ it per group, not per row, if group sizes differ). Groups of one counterfactual 
 
 ``performance`` — ``metric`` (``accuracy``, ``macro_f1``, ``robust_accuracy``),
 ``attack`` (``none``, ``fgsm``, ``pgd``), ``eps``, ``value``, on the test split; the
-attacks are clamped to the data domain (§8.19).
+attacks are clamped to the data domain (§8.19). When the evaluation's constraints make
+features immutable (and ``ig_rounds > 0``), ``ig_sensitivity`` rows (attack ``none``,
+``eps`` NaN), one per round: the normalised integrated-gradients attribution of the
+predicted class's logit that falls on the immutable features, the quantity Proposition
+3.1 of the paper is about (:func:`sensitivity_rounds`).
 
 Every random draw (factuals, targets, reference samples, MMD subsamples, PGD starts)
 comes from a generator seeded by the evaluation data's identity and the run, never by
@@ -46,14 +54,14 @@ from .config import EvaluationConfig
 from .grid import CHUNK_ROWS, EvaluationGrid, build_grid, data_identity, search_config, search_grid
 from .metrics import counterfactual_metrics
 from .mmd import mmd_by_group
-from .predictive import accuracy, macro_f1, predict_logits
+from .predictive import accuracy, ig_sensitivity, integrated_gradients, macro_f1, predict_logits
 from .robustness import robust_accuracy
 
 EVALUATION_COLUMNS = ("run", "individual", "split", "factual_index", "factual_label", "target",
-                      "generator", "lambda_energy", "metric", "value")
+                      "predicted", "generator", "lambda_energy", "metric", "value")
 PERFORMANCE_COLUMNS = ("metric", "attack", "eps", "value")
 CE_METRICS = ("validity", "validity_strict", "cost", "ip", "energy_differential",
-              "share_unchanged", "converged", "steps", "ip_star")
+              "share_unchanged", "redundancy", "converged", "steps", "ip_star")
 
 
 def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
@@ -64,7 +72,7 @@ def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
     base = dataset.constraints if constraints is None else constraints
     if config.mutability is None:
         return base
-    free = Constraints(base.lower, base.upper, ("both",) * base.n_features)
+    free = Constraints(base.lower, base.upper, ("both",) * base.n_features, base.groups)
     return free.with_mutability(dict(config.mutability), dataset.feature_names)
 
 
@@ -116,7 +124,9 @@ def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationC
     values["ip_star"] = ip_star["ip_star"]
     if config.mmd_permutations:
         values["ip_star_pvalue"] = ip_star["ip_star_p"]
-    return _long_frame(grid, gen_cfg.name, values)
+    predicted = torch.cat([predict_logits(model, grid.x[i:i + chunk_rows].to(x_cf.device)).argmax(1).cpu()
+                           for i in range(0, len(grid), chunk_rows)])
+    return _long_frame(grid, gen_cfg.name, values, predicted)
 
 
 def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,
@@ -124,6 +134,7 @@ def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,
     """Per-CE measures, run by run: each run draws its own target-class reference samples
     (IP, energy differential) from the split, seeded by the data identity and the run."""
     names = ("validity", "validity_strict", "cost", "ip", "energy_differential", "share_unchanged")
+    names += ("share_resettable",) if config.redundancy else ()
     out = {k: torch.empty(len(grid), dtype=torch.float64) for k in names}
     x = grid.x
     run = grid.run
@@ -134,13 +145,17 @@ def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,
                                      tgt.to(x_cf.device), reference_X=grid.X, reference_y=grid.y,
                                      generator=torch_generator(*grid.identity, "reference", r),
                                      tau=config.tau, n_samples=config.n_ip_samples,
-                                     n_energy_samples=config.n_energy_samples)
+                                     n_energy_samples=config.n_energy_samples,
+                                     resettable=config.redundancy)
         for k in names:
             out[k][lo:hi] = res[k]
+    if config.redundancy:
+        out["redundancy"] = out.pop("share_resettable")
     return out
 
 
-def _long_frame(grid: EvaluationGrid, generator: str, values: dict[str, torch.Tensor]) -> pd.DataFrame:
+def _long_frame(grid: EvaluationGrid, generator: str, values: dict[str, torch.Tensor],
+                predicted: torch.Tensor) -> pd.DataFrame:
     """Melt ``{metric: (N,) values}`` into the tidy schema, metric-major then grid order."""
     n, k = len(grid), len(values)
     def tile(t: torch.Tensor, dtype) -> np.ndarray:
@@ -152,6 +167,7 @@ def _long_frame(grid: EvaluationGrid, generator: str, values: dict[str, torch.Te
         "factual_index": tile(grid.factual_index, np.int64),
         "factual_label": tile(grid.factual_label, np.int64),
         "target": tile(grid.target, np.int64),
+        "predicted": tile(predicted, np.int64),
         "generator": np.full(n * k, generator, dtype=object),
         "lambda_energy": tile(grid.lambda_energy, np.float64),
         "metric": np.repeat(np.array(list(values), dtype=object), n),
@@ -177,5 +193,39 @@ def performance_frame(model: nn.Module, dataset: Dataset, config: EvaluationConf
         acc = robust_accuracy(model, Xd, yd, config.pgd_eps, attack="pgd", constraints=constraints,
                               steps=config.pgd_steps, alpha=config.pgd_alpha, generator=gen)
         rows += [("robust_accuracy", "pgd", e, float(a)) for e, a in zip(config.pgd_eps, acc)]
+    rows += [("ig_sensitivity", "none", float("nan"), v)
+             for v in sensitivity_rounds(model, dataset, config, constraints)]
     frame = pd.DataFrame(rows, columns=list(PERFORMANCE_COLUMNS))
     return frame.astype({"metric": object, "attack": object, "eps": np.float64, "value": np.float64})
+
+
+def sensitivity_rounds(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
+                       constraints: Constraints) -> list[float]:
+    """Sensitivity to the immutable features, one value per round (empty if none is immutable).
+
+    ``ig_samples`` test rows are drawn with replacement and the gradient of each row's
+    predicted-class logit is integrated from a U(-1, 1) baseline (``ig_steps`` points);
+    each of ``ig_rounds`` rounds resamples ``ig_samples`` of these attributions with
+    replacement and :func:`ig_sensitivity` takes the share of the normalised attribution
+    on the immutable features (``range`` normalisation for tabular data, ``minmax`` for
+    images, as the reference, ANCHOR_NOTES §3.3). The reference integrated afresh in every
+    round (100 x 2500 rows); resampling one pool of attributions gives the same rounds'
+    distribution at 1/100 of the cost (MNIST: seconds instead of minutes). Draws are
+    seeded by the test split's identity, so a BL/CT pair is probed at the same rows and
+    baselines.
+    """
+    protected = [i for i, kind in enumerate(constraints.mutability) if kind == "none"]
+    if not protected or config.ig_rounds == 0:
+        return []
+    X, y = dataset.X_test, dataset.y_test
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    gen = torch_generator(*data_identity(dataset, "test", X, y), "ig_sensitivity")
+    n = config.ig_samples
+    x = X[torch.randint(X.shape[0], (n,), generator=gen)].to(device)
+    target = predict_logits(model, x).argmax(1)
+    attr = integrated_gradients(model, x, target, baseline="uniform", n_steps=config.ig_steps,
+                                generator=gen)
+    norm = "minmax" if dataset.image_shape is not None else "range"
+    return [ig_sensitivity(attr[torch.randint(n, (n,), generator=gen).to(attr.device)], protected,
+                           normalisation=norm)
+            for _ in range(config.ig_rounds)]

@@ -9,11 +9,18 @@ with like. The reference chose individuals per model by the model's own predicti
 (unpaired) and kept the label pairs fixed across runs (ANCHOR_NOTES §3.2, §8.7); here
 the pairs are redrawn per run.
 
-Per run: ``n_individuals`` row indices of the split, uniform without replacement
-(with replacement only if the split has fewer rows), and for each a target uniform
-over the classes other than the factual's **true** label. The reference used the
-model's prediction; the true label keeps the draw model-independent. (If the model
-already predicts the target, the search returns the factual at step 0.)
+Per run (``evaluation.factuals``): ``balanced`` (default, as the reference) gives every
+class with rows in the split ``n/k`` factuals (``n/k + 1`` for ``n mod k`` classes drawn at
+random) in random order, each a row of its class drawn without replacement (with
+replacement only if the class has too few rows); ``uniform`` draws ``n_individuals`` row
+indices uniformly without replacement. Each factual's target is uniform over the classes
+other than its **true** label — drawn from data only, so BL and CT share it. The reference
+drew it relative to the model's prediction; a factual whose target the model already
+predicts is therefore possible here. Its search does not stop at step 0 (it must reach
+``tau``), but it starts on the target's side of the boundary and is cheap and plausible by
+construction, so the aggregation compares a BL/CT pair only on the individuals for which
+neither model already predicts the target; the evaluation records each model's
+``predicted`` class at the factual for that.
 
 **One search.** Every run x ``lambda_energy`` setting of a model is one row of a
 single batched search; the energy weight is a per-row tensor
@@ -103,16 +110,42 @@ def lambda_settings(config: EvaluationConfig) -> tuple[float, ...]:
 
 
 def draw_pairs(identity: tuple, y: torch.Tensor, n_classes: int, n_individuals: int,
-               run: int) -> tuple[torch.Tensor, torch.Tensor]:
+               run: int, factuals: str = "balanced") -> tuple[torch.Tensor, torch.Tensor]:
     """``(row indices, targets)`` of one run; a function of the data identity and ``run`` only."""
-    n = y.numel()
-    gen = torch_generator(*identity, "pairs", n_individuals, run)
-    if n_individuals <= n:
-        idx = torch.randperm(n, generator=gen)[:n_individuals]
+    y = y.cpu()
+    if factuals == "balanced":
+        gen = torch_generator(*identity, "pairs-balanced", n_individuals, run)
+        idx = _balanced_rows(y, n_classes, n_individuals, gen)
+    elif factuals == "uniform":
+        gen = torch_generator(*identity, "pairs", n_individuals, run)
+        n = y.numel()
+        if n_individuals <= n:
+            idx = torch.randperm(n, generator=gen)[:n_individuals]
+        else:
+            idx = torch.randint(n, (n_individuals,), generator=gen)
     else:
-        idx = torch.randint(n, (n_individuals,), generator=gen)
+        raise ConfigError(f"evaluation.factuals: got {factuals!r}; allowed: balanced, uniform")
     shift = torch.randint(1, n_classes, (n_individuals,), generator=gen)
-    return idx, (y[idx].cpu() + shift) % n_classes
+    return idx, (y[idx] + shift) % n_classes
+
+
+def _balanced_rows(y: torch.Tensor, n_classes: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` row indices, ``n // k`` or ``n // k + 1`` of each of the ``k`` classes present in
+    ``y``, in random order; within a class without replacement while its rows last."""
+    present = torch.nonzero(torch.bincount(y, minlength=n_classes)).flatten()
+    k = present.numel()
+    counts = torch.full((k,), n // k, dtype=torch.long)
+    counts[torch.randperm(k, generator=gen)[:n % k]] += 1
+    labels = present.repeat_interleave(counts)[torch.randperm(n, generator=gen)]
+    idx = torch.empty(n, dtype=torch.long)
+    for c, m in zip(present.tolist(), counts.tolist()):
+        rows = torch.nonzero(y == c).flatten()
+        if m <= rows.numel():
+            pick = rows[torch.randperm(rows.numel(), generator=gen)[:m]]
+        else:
+            pick = rows[torch.randint(rows.numel(), (m,), generator=gen)]
+        idx[labels == c] = pick
+    return idx
 
 
 def build_grid(dataset: Dataset, config: EvaluationConfig) -> EvaluationGrid:
@@ -127,7 +160,7 @@ def build_grid(dataset: Dataset, config: EvaluationConfig) -> EvaluationGrid:
     m, L = config.n_individuals, len(lambdas)
     runs, idxs, targets = [], [], []
     for r in range(config.n_runs):
-        idx, tgt = draw_pairs(identity, y, dataset.n_classes, m, r)
+        idx, tgt = draw_pairs(identity, y, dataset.n_classes, m, r, config.factuals)
         runs.append(torch.full((L * m,), r, dtype=torch.long))
         idxs.append(idx.repeat(L))
         targets.append(tgt.repeat(L))
@@ -141,9 +174,11 @@ def build_grid(dataset: Dataset, config: EvaluationConfig) -> EvaluationGrid:
 
 def search_config(config: EvaluationConfig, base: GeneratorConfig | None = None) -> GeneratorConfig:
     """The generator searched at test time: ``base`` (e.g. the training generator, for its
-    energy schedule or VAE sizes) with the evaluation's name, cost, ``tau``, ``T`` and step."""
+    energy schedule or VAE sizes) with the evaluation's name, cost, ``tau``, ``T``, step size,
+    step rule and one-hot handling."""
     return replace(base or GeneratorConfig(), name=config.generator, lambda_cost=config.lambda_cost,
-                   tau=config.tau, maxiter=config.maxiter, lr=config.lr)
+                   tau=config.tau, maxiter=config.maxiter, lr=config.lr, step=config.step,
+                   categorical=config.categorical)
 
 
 def search_grid(model: nn.Module, grid: EvaluationGrid, generator: GeneratorConfig,

@@ -40,7 +40,8 @@ def make_generator(config: GeneratorConfig, constraints: Constraints, *,
     if config.name == "revise" and codec is None:
         raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
     return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,
-                        tau=config.tau, codec=codec if config.name == "revise" else None)
+                        tau=config.tau, codec=codec if config.name == "revise" else None,
+                        step=config.step, categorical=config.categorical)
 
 
 def generator_for(config: GeneratorConfig, constraints: Constraints, X_train: torch.Tensor, *,

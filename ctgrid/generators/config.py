@@ -4,9 +4,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._validate import check, param
+from ..constraints import CATEGORICAL_MODES
 
 GENERATORS = ("generic", "ecco", "revise")
 ENERGY_SCHEDULES = ("reference", "reference_exact", "constant")
+#: Step rules: ``sgd`` moves ``lr * grad`` (the reference), ``normalized`` moves ``lr`` in
+#: L2 along the allowed part of the gradient, whatever the model's steepness.
+STEP_RULES = ("sgd", "normalized")
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,12 @@ class GeneratorConfig:
     reference's ``b = round(T/25)``, which silently disables the energy term for
     ``T <= 12`` (ANCHOR_NOTES §8.3; use it only to reproduce published numbers);
     ``"constant"`` uses ``phi = 1``.
+
+    ``step``: ``"sgd"`` (reference) moves ``lr * grad``, so the step length scales with the
+    model's input gradient; ``"normalized"`` moves exactly ``lr`` (L2) along the allowed
+    part of the gradient. ``categorical``: one-hot groups treated as continuous
+    (``"none"``, the reference's training searches), projected onto a valid one-hot vector
+    at the end (``"final"``, the reference's evaluation) or at every step (``"step"``).
     """
 
     name: str = param("ecco", choices=GENERATORS)
@@ -36,6 +46,8 @@ class GeneratorConfig:
     latent_dim: int | None = param(None, ge=1, doc="REVISE VAE latent size (None: 2 if d <= 2 else 4)")
     vae_hidden: int | None = param(None, ge=1, doc="REVISE VAE hidden size (None: 16 if d <= 2 else 32)")
     vae_epochs: int = param(100, ge=1)
+    step: str = param("sgd", choices=STEP_RULES)
+    categorical: str = param("none", choices=CATEGORICAL_MODES)
 
     def __post_init__(self) -> None:
         check(self, "generator")

@@ -9,6 +9,11 @@ active rows per step serve both the convergence check and the gradient.
 The *nascent* counterfactual of a row is the last point of its path with
 ``||x'_t - x||_inf <= eps`` (the factual if none); it is tracked on the fly, so
 the path is never stored.
+
+One-hot groups (``constraints.groups``) are handled as ``categorical`` says:
+continuous (``none``), projected at the end (``final``; a projected row stays
+converged only if it still reaches ``tau``) or seen projected by the model at every
+step (``step``: the state stays continuous, the gradient passes straight through).
 """
 from __future__ import annotations
 
@@ -137,6 +142,9 @@ class SearchEngine:
         lr, maxiter, tau: SGD step size, step budget, decision threshold.
         codec: optional latent space (REVISE); the search state is ``z`` and
             ``x' = clamp(decode(z))``.
+        step: ``"sgd"`` (``lr * grad``) or ``"normalized"`` (a step of L2 length ``lr``
+            along the allowed components of the gradient).
+        categorical: one-hot handling, ``"none"``, ``"final"`` or ``"step"`` (module doc).
 
     Rows are independent (the model is put in eval mode), so a batch gives the same
     result as its rows searched one by one. Only rows still searching are computed
@@ -144,16 +152,26 @@ class SearchEngine:
     """
 
     def __init__(self, constraints: Constraints, *, penalties: Sequence[tuple[float, Penalty]] = (),
-                 lr: float = 0.1, maxiter: int = 30, tau: float = 0.75, codec: Codec | None = None):
+                 lr: float = 0.1, maxiter: int = 30, tau: float = 0.75, codec: Codec | None = None,
+                 step: str = "sgd", categorical: str = "none"):
+        if step not in ("sgd", "normalized"):
+            raise ValueError(f"step: got {step!r}; allowed: sgd, normalized")
+        if categorical not in ("none", "final", "step"):
+            raise ValueError(f"categorical: got {categorical!r}; allowed: none, final, step")
         self.constraints = constraints
         self.penalties = tuple((float(w), p) for w, p in penalties if w != 0)
         self.lr, self.maxiter, self.tau, self.codec = lr, maxiter, tau, codec
+        self.step_rule = step
+        self.categorical = categorical if constraints.groups else "none"
 
     def _to_input(self, state: torch.Tensor, factual: torch.Tensor) -> torch.Tensor:
-        if self.codec is None:
-            return state
-        x = self.constraints.clamp(self.codec.decode(state))
-        return self.constraints.protect(x, factual) if self.constraints.is_constrained else x
+        x = state
+        if self.codec is not None:
+            x = self.constraints.clamp(self.codec.decode(state))
+            x = self.constraints.protect(x, factual) if self.constraints.is_constrained else x
+        if self.categorical == "step":  # the model sees valid one-hot groups; gradient straight through
+            x = x + (self.constraints.project_onehot(x.detach()) - x).detach()
+        return x
 
     def _objective(self, x_cf: torch.Tensor, factual: torch.Tensor, gap: torch.Tensor,
                    target: torch.Tensor, logits: torch.Tensor, step: int, maxiter: int,
@@ -175,11 +193,31 @@ class SearchEngine:
         """
         if not bool(torch.isfinite(grad.sum())):  # one cheap reduction instead of a rewrite
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.step_rule == "normalized":
+            grad = self._unit_direction(grad)
         new = state.add(grad, alpha=-self.lr)
         if self.codec is not None:
             return new
         new = self.constraints.clamp(new)
         return self.constraints.keep_direction(new, state) if self.constraints.is_constrained else new
+
+    def _unit_direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """Per row, the allowed part of ``grad`` (components whose step mutability forbids
+        zeroed; in latent space all) scaled to unit L2 norm; an all-zero row stays zero."""
+        if self.codec is None and self.constraints.is_constrained:
+            lo, hi = self.constraints.step_bounds(grad)
+            grad = -torch.clamp(-grad, lo, hi)  # the step is -grad: keep its allowed components
+        norm = grad.norm(dim=1, keepdim=True)
+        return grad / torch.where(norm > 0, norm, torch.ones_like(norm))
+
+    def _project_final(self, model: nn.Module, out: CounterfactualBatch, tau: float) -> CounterfactualBatch:
+        """``categorical = "final"``: project every counterfactual (and nascent point) onto
+        valid one-hot groups; a row stays converged only if the projection still reaches tau."""
+        cf = self.constraints.project_onehot(out.counterfactual)
+        with torch.no_grad():
+            p = model(cf).softmax(dim=1).gather(1, out.target[:, None]).squeeze(1)
+        return CounterfactualBatch(out.factual, out.target, cf, out.converged & (p >= tau),
+                                   out.steps, self.constraints.project_onehot(out.nascent))
 
     def search(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
                nascent_eps: float = 0.3, maxiter: int | None = None,
@@ -215,4 +253,6 @@ class SearchEngine:
                     rows.state = new
                 else:
                     rows.keep(go_on, new)
+            if self.categorical == "final":
+                return self._project_final(model, rows.out, tau)
         return rows.out

@@ -27,8 +27,9 @@ GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "generator"
 
 _ECCO_ONLY = ("lambda_energy", "energy_schedule", "energy_quadratic")
 _REVISE_ONLY = ("latent_dim", "vae_hidden", "vae_epochs")
-_CE_TRAINING = ("nce", "burnin", "adv_eps", "nonconverged")
-_TERM_WEIGHTS = {"div": ("lambda_div",), "reg": ("lambda_reg",), "adv": ("lambda_adv", "adv_eps")}
+_CE_TRAINING = ("nce", "burnin", "adv_eps", "nonconverged", "adv_label")
+_TERM_WEIGHTS = {"div": ("lambda_div",), "reg": ("lambda_reg",),
+                 "adv": ("lambda_adv", "adv_eps", "adv_label")}
 
 
 def _reset(cfg: Any, names: tuple[str, ...]) -> Any:

@@ -29,6 +29,10 @@ class TrainingConfig:
     ``x+`` as the reference did (zero divergence but still a ridge penalty and an
     adversarial example, §8.10); ``"drop"`` leaves such rows out of every CE term.
     ``batch_size = None`` takes the dataset's default (30 synthetic, 1000 otherwise).
+    ``adv_label``: the label of the adversarial loss on nascent counterfactuals, ``"true"``
+    (the factual's ground truth; the reference's newest release, v0.1.3) or ``"predicted"``
+    (the model's prediction at the factual; earlier releases and the AAAI-era results).
+    YAML's bare ``true`` is read as ``"true"``.
     """
 
     objective: str = param("full", choices=OBJECTIVES)
@@ -45,9 +49,12 @@ class TrainingConfig:
     optimizer: str = param("adam", choices=("adam", "sgd"))
     shuffle: bool = param(True)
     nonconverged: str = param("replace", choices=("replace", "drop"))
+    adv_label: str = param("true", choices=("true", "predicted"))
     seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
+        if self.adv_label is True:  # YAML `adv_label: true`
+            object.__setattr__(self, "adv_label", "true")
         check(self, "training")
 
     @property

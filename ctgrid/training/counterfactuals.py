@@ -28,7 +28,8 @@ class CETuples:
     """The counterfactual tuples of one epoch (one row each) and search statistics.
 
     ``counterfactual``, ``plus``, ``nascent``: ``(m, d)``; ``target`` (``t_j``) and
-    ``label`` (the factual's true class) ``(m,)``. ``converged`` and ``steps`` are
+    ``label`` (the adversarial loss's label: the factual's true class, or with
+    ``adv_label = "predicted"`` the model's prediction at the factual) ``(m,)``. ``converged`` and ``steps`` are
     the share of converged searches and the mean step count over all ``n_drawn``.
     """
 
@@ -75,8 +76,14 @@ def draw_targets(pred: torch.Tensor, n_classes: int, gen: torch.Generator) -> to
 def counterfactual_phase(model: nn.Module, X: torch.Tensor, y: torch.Tensor, pools: ClassPools, *,
                          nce: int, n_classes: int, generate: Generate, eps: float,
                          gen: torch.Generator, nonconverged: str,
-                         constraints: Constraints) -> CETuples:
-    """Draw factuals, targets and ``x+``; search; replace or drop non-converged rows; protect ``x+``."""
+                         constraints: Constraints, adv_label: str = "true") -> CETuples:
+    """Draw factuals, targets and ``x+``; search; replace or drop non-converged rows; protect ``x+``.
+
+    ``adv_label`` labels the nascent counterfactuals of the adversarial loss: ``"true"``
+    (the factual's ground truth: the reference's newest release and ctgrid's default) or
+    ``"predicted"`` (the model's prediction at the factual at the start of the epoch, as the
+    reference's earlier releases).
+    """
     idx = torch.randperm(X.shape[0], generator=gen)[:nce]
     x = X[idx]
     with torch.no_grad():
@@ -87,7 +94,8 @@ def counterfactual_phase(model: nn.Module, X: torch.Tensor, y: torch.Tensor, poo
     if len(result) != nce:
         raise RuntimeError(f"generate returned {len(result)} counterfactuals for {nce} factuals")
     conv = result.converged.bool()
-    cf, nascent, label = result.counterfactual.detach(), result.nascent.detach(), y[idx]
+    cf, nascent = result.counterfactual.detach(), result.nascent.detach()
+    label = pred.to(y.device) if adv_label == "predicted" else y[idx]
     if nonconverged == "replace":
         cf = torch.where(conv[:, None], cf, plus)
     else:

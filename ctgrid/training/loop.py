@@ -149,7 +149,8 @@ class _Epochs:
                 self.model, ds.X_train, ds.y_train, self.pools, nce=cfg.nce, n_classes=ds.n_classes,
                 generate=self._generate(), eps=cfg.adv_eps,
                 gen=torch_generator(cfg.seed, "counterfactuals", epoch),
-                nonconverged=cfg.nonconverged, constraints=ds.constraints)
+                nonconverged=cfg.nonconverged, constraints=ds.constraints,
+                adv_label=cfg.adv_label)
         t1 = time.perf_counter()
         sums, skipped = self._updates(self._batches(epoch, ce))
         t2 = time.perf_counter()
