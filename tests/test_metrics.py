@@ -199,3 +199,25 @@ def test_metrics_restore_mode_and_leave_no_grad():
     invalidation_rate(x_cf, target, [model])
     assert model.training and model[0].training and not model[1].training
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_share_resettable_linear_fast_path_equals_probing_the_inputs():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+    class Wrapped(torch.nn.Module):   # not a Sequential: the generic path
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x)
+
+    x = torch.randn(40, 6)
+    x_cf = x + torch.randn(40, 6) * (torch.rand(40, 6) > 0.4)
+    target = mlp(x_cf).argmax(1)
+    target[::4] = (target[::4] + 1) % 3              # some invalid counterfactuals (NaN)
+    fast = share_resettable(mlp, x, x_cf, target, max_rows=7)
+    slow = share_resettable(Wrapped(mlp), x, x_cf, target, max_rows=7)
+    assert torch.equal(fast.isnan(), slow.isnan()) and fast.isnan().any()
+    assert torch.allclose(fast[~fast.isnan()], slow[~slow.isnan()])

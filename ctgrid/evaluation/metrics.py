@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from .predictive import predict_logits
+from .predictive import eval_mode, predict_logits
 
 
 def validity(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -51,17 +51,35 @@ def share_resettable(model: nn.Module, x: torch.Tensor, x_cf: torch.Tensor, targ
     SPEC §1.4's definition of redundancy. Unchanged features (``|x'_d - x_d| < atol``)
     count as resettable; each changed feature costs one forward pass of one row, run in
     batches of ``max_rows``. NaN for counterfactuals that are not valid themselves.
+
+    For a model that starts with a linear layer (``nn.Sequential`` whose first module is
+    ``nn.Linear``: every MLP and linear model here) a reset of feature ``c`` changes the first
+    layer's output by ``W[:, c] (x_c - x'_c)``, so the probes are built in the hidden width
+    instead of the input width (MNIST: 32 instead of 784 numbers per probe).
     """
     _check_pair(x, x_cf)
     target = target.to(x_cf.device)
     changed = (x_cf.double() - x.double()).abs() >= atol
     keeps = ~changed
     rows, cols = changed.nonzero(as_tuple=True)
-    for i in range(0, rows.numel(), max_rows):
-        r, c = rows[i:i + max_rows], cols[i:i + max_rows]
-        probe = x_cf[r].clone()
-        probe[torch.arange(r.numel(), device=probe.device), c] = x[r, c].to(probe.dtype)
-        keeps[r, c] = predict_logits(model, probe).argmax(1) == target[r]
+    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
+    with eval_mode(model), torch.no_grad():
+        if isinstance(first, nn.Linear):
+            rest = model[1:]
+            dtype = first.weight.dtype
+            z = first(x_cf.to(dtype))                               # (n, hidden)
+            w = first.weight.t()                                    # (d, hidden)
+            delta = (x.to(dtype) - x_cf.to(dtype))
+            for i in range(0, rows.numel(), max_rows):
+                r, c = rows[i:i + max_rows], cols[i:i + max_rows]
+                probe = z[r] + w[c] * delta[r, c, None]
+                keeps[r, c] = rest(probe).argmax(1) == target[r]
+        else:
+            for i in range(0, rows.numel(), max_rows):
+                r, c = rows[i:i + max_rows], cols[i:i + max_rows]
+                probe = x_cf[r].clone()
+                probe[torch.arange(r.numel(), device=probe.device), c] = x[r, c].to(probe.dtype)
+                keeps[r, c] = predict_logits(model, probe).argmax(1) == target[r]
     share = keeps.double().mean(1).cpu()
     valid = validity(predict_logits(model, x_cf), target).bool()
     return torch.where(valid, share, torch.full_like(share, float("nan")))
