@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
 import math
 import types
 import typing
@@ -112,7 +111,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: got {value!r}; expected a string")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if isinstance(value, Mapping):
@@ -140,9 +139,14 @@ def _check_meta(value: Any, meta: Mapping, where: str) -> None:
                 raise ConfigError(f"{where}: got {item!r}; allowed: {_range_text(meta)}")
 
 
-@functools.lru_cache(maxsize=None)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """``typing.get_type_hints(cls)``, cached per class."""
+    if cls not in _HINTS:
+        _HINTS[cls] = typing.get_type_hints(cls)
+    return _HINTS[cls]
 
 
 def check(obj: Any, group: str) -> None:
@@ -169,7 +173,7 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, group: str) -> T:
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{group}: expected a mapping of key: value, got {mapping!r}")
     mapping = dict(mapping)
-    valid = [f.name for f in dataclasses.fields(cls)]
+    valid = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # T is a dataclass
     for key in mapping:
         if key not in valid:
             raise unknown_key(str(key), valid, group)

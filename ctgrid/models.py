@@ -69,7 +69,8 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
             bound = (6.0 / (fan_in + fan_out)) ** 0.5
             with torch.no_grad():
                 m.weight.copy_((torch.rand(m.weight.shape, generator=gen) * 2 - 1) * bound)
-                m.bias.zero_()
+                if m.bias is not None:
+                    m.bias.zero_()
     return model
 
 

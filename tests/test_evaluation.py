@@ -14,7 +14,7 @@ from ctgrid.evaluation.config import EvaluationConfig
 from ctgrid.evaluation.evaluate import (CE_METRICS, EVALUATION_COLUMNS, PERFORMANCE_COLUMNS,
                                         evaluate_model, evaluation_constraints)
 from ctgrid.evaluation.grid import build_grid, search_config, search_grid
-from ctgrid.generators import GeneratorConfig, make_generator
+from ctgrid.generators import make_generator
 from ctgrid.grid.job import JobConfig
 from ctgrid.models import ModelConfig, build_model
 

@@ -16,8 +16,7 @@ import torch
 
 from ctgrid.cli import main
 from ctgrid.grid import parse_grid
-from ctgrid.parallel import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_plan, shard_bounds,
-                             under_mpi_launcher)
+from ctgrid.parallel import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_plan, shard_bounds, under_mpi_launcher
 from ctgrid.parallel.scheduler import exit_code, job_cost
 from ctgrid.store import ResultStore
 
@@ -236,3 +235,24 @@ def test_sigterm_stops_after_an_epoch_and_a_rerun_resumes_to_identical_results(t
     assert_same_results(ref, store)
     resumed = [store.job(j).done_record()["resumed_from_epoch"] for j in store.job_ids()]
     assert max(resumed) > 0, "the interrupted job resumed from its checkpoint"
+
+
+def test_ctgrid_evaluate_on_grid_jobs_reproduces_the_runners_evaluation(tmp_path):
+    # a CT job whose training generator differs from the default (constant energy schedule):
+    # `ctgrid evaluate` must search exactly as the runner did (never with the training generator)
+    grid = write_grid(tmp_path, textwrap.dedent(f"""\
+        name: same
+        data: {{name: moons, n_train: 80, n_val: 20, n_test: 40}}
+        generator: {{name: ecco, maxiter: 5, energy_schedule: constant}}
+        training: {{nepochs: 2, nce: 10, objective: [full, vanilla]}}
+        {SMALL_EVAL}
+        """))
+    assert run_cli(grid, "--results", tmp_path / "res") == 0
+    jobs = sorted((tmp_path / "res" / "same" / "jobs").iterdir())
+    assert len(jobs) == 2
+    out = tmp_path / "again"
+    assert main(["evaluate", *map(str, jobs), "--out", str(out)]) == 0
+    for job in jobs:
+        grid_ev = pd.read_parquet(job / "evaluation.parquet")
+        again = pd.read_parquet(out / job.name / "evaluation.parquet")
+        pd.testing.assert_frame_equal(grid_ev, again)

@@ -32,9 +32,9 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` atomically and close the figure."""
     paths = []
     for ext in ("png", "pdf"):
-        paths.append(_atomic.atomic_write(out_dir / f"{stem}.{ext}",
-                                          lambda tmp, e=ext: fig.savefig(tmp, format=e, dpi=120,
-                                                                         bbox_inches="tight")))
+        def write(tmp: str, e: str = ext) -> None:
+            fig.savefig(tmp, format=e, dpi=120, bbox_inches="tight")
+        paths.append(_atomic.atomic_write(out_dir / f"{stem}.{ext}", write))
     plt.close(fig)
     return paths
 

@@ -90,12 +90,16 @@ def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,
     gen = GeneratorConfig(name=ev.generator if ev.generator != "revise" else "ecco", lr=ev.lr,
                           maxiter=ev.maxiter, tau=ev.tau, lambda_cost=ev.lambda_cost, lambda_energy=lam)
     engine = make_generator(gen, data.constraints)
+    if data.image_shape is None:
+        return [], "MNIST figure skipped: the dataset has no image shape"
+    shape = data.image_shape
     factuals = _factuals(bl, data.X_test, data.y_test, data.n_classes, seed)
     fig, axs = _grid(1, 2, 5.0, 5.3)
-    h, w = data.image_shape
+    h, w = shape
     k = data.n_classes
-    for ax, (name, model) in zip(axs[0], (("BL", bl), ("CT" if row["setting"] == "—" else f"CT ({row['setting']})", ct))):
-        ax.imshow(_mosaic(model, engine, factuals, data.image_shape), cmap="gray", vmin=-1, vmax=1)
+    ct_name = "CT" if row["setting"] == "—" else f"CT ({row['setting']})"
+    for ax, (name, model) in zip(axs[0], (("BL", bl), (ct_name, ct))):
+        ax.imshow(_mosaic(model, engine, factuals, shape), cmap="gray", vmin=-1, vmax=1)
         ax.set_xticks([w * (j + 0.5) for j in range(k)], [str(j) for j in range(k)], fontsize=7)
         ax.set_yticks([h * (i + 0.5) for i in range(k)], [str(i) for i in range(k)], fontsize=7)
         ax.set_xlabel("target class")

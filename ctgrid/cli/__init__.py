@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMANDS:
         module = importlib.import_module(f".{_MODULES[name]}", __name__)
-        adder = getattr(module, f"add_{name}_parser", None) or getattr(module, "add_parser")
+        adder = getattr(module, f"add_{name}_parser", None) or module.add_parser
         sp = adder(sub)
         if sp is not None and sp.get_default("func") is None:
             sp.set_defaults(func=module.run)

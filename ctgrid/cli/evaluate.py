@@ -166,8 +166,10 @@ def run(args: argparse.Namespace) -> int:
         models.append(_build(item, datasets[item.job.data]))
     results = []
     for item, model in zip(items, models):
+        # The same test-time search as the grid runner: never the model's training generator,
+        # so a baseline and its CT models are searched identically (paired design).
         results.append(evaluate_model(model, datasets[item.job.data], item.job.evaluation,
-                                      generator_config=item.job.generator, cache_dir=args.cache_dir))
+                                      cache_dir=args.cache_dir))
     for item, (evaluation, performance) in zip(items, results):
         write_parquet(item.out_dir / "evaluation.parquet", evaluation)
         write_parquet(item.out_dir / "performance.parquet", performance)

@@ -132,8 +132,10 @@ def _constraints(config: DataConfig, spec: DatasetSpec, splits: Splits) -> Const
             raise ConfigError(f"data.mutability: got 'paper'; dataset {spec.name!r} has no paper "
                               f"setting, give a mapping feature -> kind")
         mapping: dict[str | int, str] = {k: "none" for k in spec.paper_immutable}
-    else:
+    elif isinstance(config.mutability, tuple):
         mapping = dict(config.mutability)
+    else:  # DataConfig admits only 'paper' as a string
+        raise ConfigError(f"data.mutability: got {config.mutability!r}; allowed: a mapping or 'paper'")
     if mapping:
         constraints = constraints.with_mutability(mapping, splits.feature_names)
     return constraints

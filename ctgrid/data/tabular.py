@@ -39,8 +39,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .dataset import DataConfig
-from .splits import (STAGE_TEST, Splits, carve, check_size, rest, rng_for, round_half_up,
-                     stratified_pick, undersample)
+from .splits import STAGE_TEST, Splits, carve, check_size, rest, rng_for, round_half_up, stratified_pick, undersample
 
 TEST_SHARE = 0.2
 
@@ -200,7 +199,11 @@ def encode(frame: pd.DataFrame, categorical: tuple[str, ...], fit_rows: np.ndarr
     Returns ``(X float32, names, groups, mean, sd)``; ``mean``/``sd`` are 0/1 for one-hot
     columns, so ``X * sd + mean`` recovers raw units.
     """
-    blocks, names, groups, mean, sd = [], [], [], [], []
+    blocks: list[np.ndarray] = []
+    names: list[str] = []
+    groups: list[tuple[int, ...]] = []
+    mean: list[float] = []
+    sd: list[float] = []
     for col in frame.columns:
         values = frame[col].to_numpy()
         if col in categorical:

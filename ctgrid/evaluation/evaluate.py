@@ -39,6 +39,7 @@ the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
 from __future__ import annotations
 
 import os
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -133,7 +134,8 @@ def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,
                      config: EvaluationConfig) -> dict[str, torch.Tensor]:
     """Per-CE measures, run by run: each run draws its own target-class reference samples
     (IP, energy differential) from the split, seeded by the data identity and the run."""
-    names = ("validity", "validity_strict", "cost", "ip", "energy_differential", "share_unchanged")
+    names: tuple[str, ...] = ("validity", "validity_strict", "cost", "ip", "energy_differential",
+                              "share_unchanged")
     names += ("share_resettable",) if config.redundancy else ()
     out = {k: torch.empty(len(grid), dtype=torch.float64) for k in names}
     x = grid.x
@@ -225,7 +227,7 @@ def sensitivity_rounds(model: nn.Module, dataset: Dataset, config: EvaluationCon
     target = predict_logits(model, x).argmax(1)
     attr = integrated_gradients(model, x, target, baseline="uniform", n_steps=config.ig_steps,
                                 generator=gen)
-    norm = "minmax" if dataset.image_shape is not None else "range"
+    norm: Literal["range", "minmax"] = "minmax" if dataset.image_shape is not None else "range"
     return [ig_sensitivity(attr[torch.randint(n, (n,), generator=gen).to(attr.device)], protected,
                            normalisation=norm)
             for _ in range(config.ig_rounds)]

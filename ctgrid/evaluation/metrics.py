@@ -62,10 +62,11 @@ def share_resettable(model: nn.Module, x: torch.Tensor, x_cf: torch.Tensor, targ
     changed = (x_cf.double() - x.double()).abs() >= atol
     keeps = ~changed
     rows, cols = changed.nonzero(as_tuple=True)
-    first = model[0] if isinstance(model, nn.Sequential) and len(model) else None
+    seq = model if isinstance(model, nn.Sequential) and len(model) else None
+    first = seq[0] if seq is not None else None
     with eval_mode(model), torch.no_grad():
-        if isinstance(first, nn.Linear):
-            rest = model[1:]
+        if seq is not None and isinstance(first, nn.Linear):
+            rest = seq[1:]
             dtype = first.weight.dtype
             z = first(x_cf.to(dtype))                               # (n, hidden)
             w = first.weight.t()                                    # (d, hidden)

@@ -109,6 +109,7 @@ class _Rows:
         Returns the positions (in the working set) of the rows that go on, or ``None``
         when every row goes on; an empty tensor when none is left.
         """
+        sel: slice | torch.Tensor
         if last or bool(done.all()):
             at, sel, go_on = self.idx, slice(None), self.idx[:0]
         elif bool(done.any()):

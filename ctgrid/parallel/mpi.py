@@ -130,7 +130,9 @@ class Scheduler:
     def _loop(self, prep: Any) -> int:
         progress = Progress(prep, len(self.leaders), self.out)
         queue = deque(prep.plan.todo)
-        active, busy = set(self.leaders), {}
+        active = set(self.leaders)
+        busy: dict[int, str] = {}   # leader rank -> the job it runs
+
         for src, msg in self._requests():
             if not progress.interrupted and self.stop():
                 self._interrupt(progress, busy)

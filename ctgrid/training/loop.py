@@ -144,7 +144,7 @@ class _Epochs:
         cfg, ds = self.cfg, self.ds
         t0 = time.perf_counter()
         ce = None
-        if epoch > cfg.burnin_epochs and cfg.needs_counterfactuals:
+        if epoch > cfg.burnin_epochs and self.pools is not None:   # pools exist iff CT needs CEs
             ce = counterfactual_phase(
                 self.model, ds.X_train, ds.y_train, self.pools, nce=cfg.nce, n_classes=ds.n_classes,
                 generate=self._generate(), eps=cfg.adv_eps,
@@ -154,11 +154,10 @@ class _Epochs:
         t1 = time.perf_counter()
         sums, skipped = self._updates(self._batches(epoch, ce))
         t2 = time.perf_counter()
-        has_ce = ce is not None
         return {"epoch": epoch, **sums,
-                "converged": ce.converged if has_ce else NAN,
-                "search_steps": ce.steps if has_ce else NAN,
-                "n_ce": len(ce) if has_ce else 0,
+                "converged": ce.converged if ce is not None else NAN,
+                "search_steps": ce.steps if ce is not None else NAN,
+                "n_ce": len(ce) if ce is not None else 0,
                 "acc_train": accuracy(self.model, ds.X_train, ds.y_train),
                 "acc_val": accuracy(self.model, ds.X_val, ds.y_val),
                 "t_ce": t1 - t0, "t_update": t2 - t1, "skipped": skipped}
@@ -178,12 +177,13 @@ class _Epochs:
         names, matrix, weights = self.terms(len(y), m)
         e, a = obj.layout(names, len(y), m)
         rows, index = [x], [y]
-        if e:
-            rows += [ce.counterfactual[g0:g1], ce.plus[g0:g1]]
-            index += [ce.target[g0:g1], ce.target[g0:g1]]
-        if a:
-            rows.append(ce.nascent[g0:g1])
-            index.append(ce.label[g0:g1])
+        if ce is not None:  # e and a are 0 without tuples (m = 0)
+            if e:
+                rows += [ce.counterfactual[g0:g1], ce.plus[g0:g1]]
+                index += [ce.target[g0:g1], ce.target[g0:g1]]
+            if a:
+                rows.append(ce.nascent[g0:g1])
+                index.append(ce.label[g0:g1])
         if len(rows) == 1:
             return _Batch(x, y, names, matrix, weights)
         return _Batch(torch.cat(rows), torch.cat(index), names, matrix, weights)
