@@ -23,9 +23,14 @@ T = TypeVar("T")
 
 def param(default: Any, *, choices: tuple | None = None, ge: float | None = None,
           gt: float | None = None, le: float | None = None, lt: float | None = None,
-          doc: str = "") -> Any:
-    """A dataclass field with a default and its allowed values (checked by :func:`check`)."""
-    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc}
+          doc: str = "", only: tuple[str, ...] = ()) -> Any:
+    """A dataclass field with a default and its allowed values (checked by :func:`check`).
+
+    ``only`` names the uses in which the field matters (e.g. the generators or loss terms
+    that read it); :func:`reset_unused` resets it to its default everywhere else, which is
+    how a job's canonical configuration (and so its id) ignores parameters it does not use.
+    """
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc, "only": only}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults")
     return dataclasses.field(default=default, metadata=meta)
@@ -157,6 +162,13 @@ def check(obj: Any, group: str) -> None:
         value = _coerce(getattr(obj, f.name), hints[f.name], where)
         _check_meta(value, f.metadata, where)
         object.__setattr__(obj, f.name, value)
+
+
+def reset_unused(cfg: T, used: set[str] | frozenset[str]) -> T:
+    """``cfg`` with every field declared ``only`` for uses outside ``used`` reset to its default."""
+    unused = {f.name: f.default for f in dataclasses.fields(cfg)  # type: ignore[arg-type]
+              if f.metadata.get("only") and not set(f.metadata["only"]) & used}
+    return dataclasses.replace(cfg, **unused) if unused else cfg  # type: ignore[type-var]
 
 
 def unknown_key(key: str, valid: list[str], where: str) -> ConfigError:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from ..data import DataConfig, dataset_defaults, load_dataset
 from ..errors import ConfigError, DataError
-from ..training.config import OBJECTIVE_TERMS
+from ..training.config import OBJECTIVE_TERMS, TERM_WEIGHTS
 from .load import Results
 from .pairing import is_constrained
 from .render import Table, num
@@ -52,7 +52,7 @@ def predictive_tables(results: Results, perf: pd.DataFrame) -> list[Table]:
     return tables
 
 
-_TERM_OF = {"training.lambda_reg": "reg", "training.lambda_div": "div", "training.lambda_adv": "adv"}
+_TERM_OF = {f"training.{name}": term for term, name in TERM_WEIGHTS.items() if term != "clf"}
 _HP_COLS = ("data.name", "training.objective", "generator.name", "generator.tau", "training.nce",
             "training.lambda_reg", "training.lambda_div", "training.lambda_adv", "training.nepochs",
             "training.batch_size", "training.burnin")

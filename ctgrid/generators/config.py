@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._validate import check, param
+from .._validate import check, param, reset_unused
 from ..constraints import CATEGORICAL_MODES
 
 GENERATORS = ("generic", "ecco", "revise")
@@ -40,17 +40,24 @@ class GeneratorConfig:
     maxiter: int = param(30, ge=1)
     tau: float = param(0.75, gt=0, lt=1)
     lambda_cost: float = param(0.001, ge=0)
-    lambda_energy: float = param(5.0, ge=0)
-    energy_schedule: str = param("reference", choices=ENERGY_SCHEDULES)
-    energy_quadratic: float = param(1e-3, ge=0, doc="weight of the small quadratic energy part")
-    latent_dim: int | None = param(None, ge=1, doc="REVISE VAE latent size (None: 2 if d <= 2 else 4)")
-    vae_hidden: int | None = param(None, ge=1, doc="REVISE VAE hidden size (None: 16 if d <= 2 else 32)")
-    vae_epochs: int = param(100, ge=1)
+    lambda_energy: float = param(5.0, ge=0, only=("ecco",))
+    energy_schedule: str = param("reference", choices=ENERGY_SCHEDULES, only=("ecco",))
+    energy_quadratic: float = param(1e-3, ge=0, doc="weight of the small quadratic energy part",
+                                    only=("ecco",))
+    latent_dim: int | None = param(None, ge=1, doc="REVISE VAE latent size (None: 2 if d <= 2 else 4)",
+                                   only=("revise",))
+    vae_hidden: int | None = param(None, ge=1, doc="REVISE VAE hidden size (None: 16 if d <= 2 else 32)",
+                                   only=("revise",))
+    vae_epochs: int = param(100, ge=1, only=("revise",))
     step: str = param("sgd", choices=STEP_RULES)
     categorical: str = param("none", choices=CATEGORICAL_MODES)
 
     def __post_init__(self) -> None:
         check(self, "generator")
+
+    def canonical(self) -> "GeneratorConfig":
+        """This config with the parameters its generator ignores (``only`` others) reset."""
+        return reset_unused(self, {self.name})
 
     @property
     def latent(self) -> bool:

@@ -25,18 +25,6 @@ from ..training.config import TrainingConfig
 GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
                            "training": TrainingConfig, "evaluation": EvaluationConfig}
 
-_ECCO_ONLY = ("lambda_energy", "energy_schedule", "energy_quadratic")
-_REVISE_ONLY = ("latent_dim", "vae_hidden", "vae_epochs")
-_CE_TRAINING = ("nce", "burnin", "adv_eps", "nonconverged", "adv_label")
-_TERM_WEIGHTS = {"div": ("lambda_div",), "reg": ("lambda_reg",),
-                 "adv": ("lambda_adv", "adv_eps", "adv_label")}
-
-
-def _reset(cfg: Any, names: tuple[str, ...]) -> Any:
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    return replace(cfg, **{n: defaults[n] for n in names})
-
-
 @dataclass(frozen=True)
 class JobConfig:
     """Everything one training + evaluation needs; built once from YAML or flags."""
@@ -60,18 +48,14 @@ class JobConfig:
         return to_dict(self)
 
     def canonical(self) -> "JobConfig":
-        """This job with every parameter its objective and generator ignore reset to default."""
-        tr, gen = self.training, self.generator
-        if not tr.needs_counterfactuals:
-            gen = GeneratorConfig()
-            tr = _reset(tr, _CE_TRAINING + ("lambda_div", "lambda_reg", "lambda_adv", "nonconverged"))
-        else:
-            unused = tuple(n for term, names in _TERM_WEIGHTS.items() if term not in tr.terms for n in names)
-            tr = _reset(tr, unused)
-            if gen.name != "ecco":
-                gen = _reset(gen, _ECCO_ONLY)
-            if gen.name != "revise":
-                gen = _reset(gen, _REVISE_ONLY)
+        """This job with every parameter its objective and generator ignore reset to default.
+
+        Each config declares which of its fields its generator or objective uses
+        (:meth:`TrainingConfig.canonical`, :meth:`GeneratorConfig.canonical`); an objective
+        without counterfactuals ignores the whole generator, a disabled evaluation all of it.
+        """
+        tr = self.training.canonical()
+        gen = self.generator.canonical() if tr.needs_counterfactuals else GeneratorConfig()
         ev = self.evaluation if self.evaluation.enabled else EvaluationConfig(enabled=False)
         return replace(self, generator=gen, training=tr, evaluation=ev)
 
@@ -102,10 +86,14 @@ class JobConfig:
         gen = f"-{self.generator.name}" if tr.needs_counterfactuals else ""
         return f"{self.data.name}-{tr.objective}{gen}"
 
-    def expected_cost(self, n_train: int = 3000) -> float:
-        """A rough relative cost, for longest-expected-first ordering."""
+    def expected_cost(self) -> float:
+        """A rough relative cost, for longest-expected-first ordering (sizes from the
+        dataset registry where the config leaves them to the dataset)."""
+        from ..data import dataset_defaults
         tr, gen = self.training, self.generator
-        batch = tr.batch_size or (30 if n_train <= 5000 else 1000)
+        spec = dataset_defaults(self.data.name)
+        n_train = self.data.n_train or spec["n_train"]
+        batch = tr.batch_size or spec["batch_size"]
         cost = tr.nepochs * (n_train / batch) * 1.0
         if tr.needs_counterfactuals:
             ce_epochs = tr.nepochs - tr.burnin_epochs

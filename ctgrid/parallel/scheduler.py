@@ -56,10 +56,8 @@ class Prepared:
 
 
 def job_cost(job: Any) -> float:
-    """``JobConfig.expected_cost`` with the dataset's default training size."""
-    from ..data import dataset_defaults
-    n_train = job.data.n_train or dataset_defaults(job.data.name).get("n_train") or 3000
-    return float(job.expected_cost(int(n_train)))
+    """``JobConfig.expected_cost`` (the scheduler's longest-first key)."""
+    return float(job.expected_cost())
 
 
 def make_plan(store: ResultStore, jobs: dict[str, Any], *, retry_failed: bool) -> Plan:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._validate import check, param
+from .._validate import check, param, reset_unused
 
 OBJECTIVES = ("vanilla", "full", "energy", "adversarial")
 #: Which loss terms each objective uses (``clf`` always).
@@ -13,6 +13,8 @@ OBJECTIVE_TERMS = {
     "energy": ("div", "reg"),
     "adversarial": ("adv",),
 }
+#: The weight field of each loss term (one map for the loss, job identity and tables).
+TERM_WEIGHTS = {"clf": "lambda_clf", "div": "lambda_div", "reg": "lambda_reg", "adv": "lambda_adv"}
 
 
 @dataclass(frozen=True)
@@ -37,19 +39,19 @@ class TrainingConfig:
 
     objective: str = param("full", choices=OBJECTIVES)
     lambda_clf: float = param(1.0, ge=0)
-    lambda_div: float = param(0.5, ge=0)
-    lambda_reg: float = param(0.1, ge=0)
-    lambda_adv: float = param(0.25, ge=0)
-    adv_eps: float = param(0.3, gt=0)
+    lambda_div: float = param(0.5, ge=0, only=("div",))
+    lambda_reg: float = param(0.1, ge=0, only=("reg",))
+    lambda_adv: float = param(0.25, ge=0, only=("adv",))
+    adv_eps: float = param(0.3, gt=0, only=("adv",))
     nepochs: int = param(100, ge=1)
-    burnin: float = param(0.0, ge=0, le=1)
-    nce: int = param(1000, ge=1)
+    burnin: float = param(0.0, ge=0, le=1, only=("ce",))
+    nce: int = param(1000, ge=1, only=("ce",))
     batch_size: int | None = param(None, ge=1)
     lr: float = param(1e-3, gt=0)
     optimizer: str = param("adam", choices=("adam", "sgd"))
     shuffle: bool = param(True)
-    nonconverged: str = param("replace", choices=("replace", "drop"))
-    adv_label: str = param("true", choices=("true", "predicted"))
+    nonconverged: str = param("replace", choices=("replace", "drop"), only=("ce",))
+    adv_label: str = param("true", choices=("true", "predicted"), only=("adv",))
     seed: int = param(0, ge=0)
 
     def __post_init__(self) -> None:
@@ -61,6 +63,12 @@ class TrainingConfig:
     def terms(self) -> tuple[str, ...]:
         """The CE-dependent loss terms of the objective."""
         return OBJECTIVE_TERMS[self.objective]
+
+    def canonical(self) -> "TrainingConfig":
+        """This config with what the objective ignores reset: the weights (and the adversarial
+        radius and label) of terms it does not use, and — without a CE term — the CE phase's
+        parameters (fields declared ``only`` for a term name or ``"ce"``)."""
+        return reset_unused(self, set(self.terms) | ({"ce"} if self.needs_counterfactuals else set()))
 
     @property
     def needs_counterfactuals(self) -> bool:

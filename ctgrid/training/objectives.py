@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import TrainingConfig
+from .config import TERM_WEIGHTS, TrainingConfig
 
 TERMS = ("clf", "div", "reg", "adv")
 
@@ -60,8 +60,7 @@ def weights(config: TrainingConfig) -> dict[str, float]:
     Leaving zero-weight terms out means a ``full`` run with ``lambda_div =
     lambda_reg = lambda_adv = 0`` computes exactly the ``vanilla`` loss.
     """
-    all_w = {"clf": config.lambda_clf, "div": config.lambda_div,
-             "reg": config.lambda_reg, "adv": config.lambda_adv}
+    all_w = {term: float(getattr(config, name)) for term, name in TERM_WEIGHTS.items()}
     out = {"clf": all_w["clf"]}
     out.update({t: all_w[t] for t in config.terms if all_w[t] != 0})
     return out
