@@ -10,7 +10,7 @@ loss protects constrained features of ``x+`` (SPEC §1.2). One-hot groups
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -22,6 +22,28 @@ MUTABILITY_KINDS = ("both", "increase", "decrease", "none")
 #: evaluation), ``step`` the model sees the projected point at every step (the state
 #: stays continuous; straight-through gradient).
 CATEGORICAL_MODES = ("none", "final", "step")
+
+
+def mutability_pairs(value: Any, where: str) -> Any:
+    """A mutability setting as written in YAML or code -> ``((feature, kind), ...)``.
+
+    A mapping ``{age: none}`` or a list of ``[feature, kind]`` pairs is normalised and every
+    kind checked; anything else (``None``, ``"paper"``, a value of the wrong type) is returned
+    as is for the config's type check. ``where`` names the key in error messages.
+    """
+    if isinstance(value, Mapping):
+        value = tuple((str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        if not all(isinstance(x, (list, tuple)) and len(x) == 2 for x in value):
+            raise ConfigError(f"{where}: got {value!r}; allowed: a mapping feature -> kind "
+                              "(e.g. {age: none})")
+        value = tuple(tuple(x) for x in value)
+    if isinstance(value, tuple):
+        for item in value:
+            if isinstance(item, tuple) and len(item) == 2 and item[1] not in MUTABILITY_KINDS:
+                raise ConfigError(f"{where}[{item[0]!r}]: got {item[1]!r}; "
+                                  f"allowed: {', '.join(MUTABILITY_KINDS)}")
+    return value
 
 
 def infer_domain(X: torch.Tensor, nstd: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +111,8 @@ class Constraints:
         lower, upper = infer_domain(X, nstd)
         return cls(lower, upper, tuple(mutability) if mutability else ("both",) * X.shape[1])
 
-    def with_mutability(self, spec: Mapping[str | int, str], feature_names: Sequence[str]) -> "Constraints":
+    def with_mutability(self, spec: Mapping[str | int, str], feature_names: Sequence[str],
+                        where: str = "data.mutability") -> "Constraints":
         """Set mutability by feature name or 0-based index (``{"age": "none", 3: "increase"}``).
 
         A one-hot group is named by its variable (``sex`` for ``sex=Male``, ``sex=Female``)
@@ -98,15 +121,14 @@ class Constraints:
         """
         kinds = list(self.mutability)
         names = list(feature_names)
+        mutability_pairs(tuple((k, v) for k, v in spec.items()), where)
         for key, kind in spec.items():
-            if kind not in MUTABILITY_KINDS:
-                raise ConfigError(f"data.mutability[{key!r}]: got {kind!r}; allowed: {', '.join(MUTABILITY_KINDS)}")
             group = self._group_named(key, names)
             if group is None:
-                kinds[_feature_index(key, names)] = kind
+                kinds[_feature_index(key, names, where)] = kind
                 continue
             if kind not in ("both", "none"):
-                raise ConfigError(f"data.mutability[{key!r}]: got {kind!r} for a categorical "
+                raise ConfigError(f"{where}[{key!r}]: got {kind!r} for a categorical "
                                   "variable (one-hot group); allowed: both, none")
             for i in group:
                 kinds[i] = kind
@@ -163,15 +185,15 @@ class Constraints:
         return self.keep_direction(x_plus, x_cf)
 
 
-def _feature_index(key: str | int, names: list[str]) -> int:
+def _feature_index(key: str | int, names: list[str], where: str) -> int:
     if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
         idx = int(key)
         if not 0 <= idx < len(names):
-            raise ConfigError(f"data.mutability: feature index {idx} out of range 0..{len(names) - 1}")
+            raise ConfigError(f"{where}: feature index {idx} out of range 0..{len(names) - 1}")
         return idx
     if key in names:
         return names.index(key)
     import difflib
     close = difflib.get_close_matches(str(key), names, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"data.mutability: no feature named {key!r}{hint}")
+    raise ConfigError(f"{where}: no feature named {key!r}{hint}")

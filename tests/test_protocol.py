@@ -268,3 +268,18 @@ def test_redundancy_and_sensitivity_rows():
     free = EvaluationConfig(**{**cfg.__dict__, "mutability": ()})
     _, perf_free = evaluate_model(model, two, free)
     assert "ig_sensitivity" not in set(perf_free.metric)
+
+
+def test_mutability_errors_name_the_key_they_come_from():
+    from ctgrid.data import DataConfig
+    from ctgrid.evaluation.evaluate import evaluation_constraints
+    ds = tiny_dataset([0, 1] * 5)
+    with pytest.raises(ConfigError, match=r"^evaluation\.mutability: no feature named 'age'"):
+        evaluation_constraints(ds, EvaluationConfig(mutability={"age": "none"}))
+    with pytest.raises(ConfigError, match=r"^evaluation\.mutability\['x0'\]: got 'frozen'"):
+        EvaluationConfig(mutability={"x0": "frozen"})
+    with pytest.raises(ConfigError, match=r"^data\.mutability\['x0'\]: got 'frozen'"):
+        DataConfig(mutability=[["x0", "frozen"]])
+    with pytest.raises(ConfigError, match=r"^data\.mutability: got \[\['x0'\]\]"):
+        DataConfig(mutability=[["x0"]])
+    assert EvaluationConfig(mutability=[]).mutability == ()       # an empty list lifts them all

@@ -18,7 +18,10 @@ import torch
 
 from ..data import load_dataset
 from ..errors import ConfigError, DataError
-from ..generators import GeneratorConfig, make_generator
+from ..evaluation.evaluate import evaluation_constraints
+from ..evaluation.grid import search_config
+from ..generators import codec_for, make_generator
+from ..store import ResultStore
 from ..models import build_model
 from ..seeding import numpy_generator
 from .figures import _grid, save
@@ -87,9 +90,9 @@ def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,
         return [], f"MNIST figure skipped: cannot load model.pt ({str(exc).splitlines()[0]})"
     ev = cfg.evaluation
     lam = max(ev.lambda_energy) if ev.lambda_energy else 0.0
-    gen = GeneratorConfig(name=ev.generator if ev.generator != "revise" else "ecco", lr=ev.lr,
-                          maxiter=ev.maxiter, tau=ev.tau, lambda_cost=ev.lambda_cost, lambda_energy=lam)
-    engine = make_generator(gen, data.constraints)
+    gen = search_config(ev)   # the evaluation's own test-time search (REVISE included)
+    codec = codec_for(gen, data.X_train, cache_dir=ResultStore(results.sources[int(row["source"])].root).cache_dir)
+    engine = make_generator(gen, evaluation_constraints(data, ev), codec=codec, lambda_energy=lam)
     if data.image_shape is None:
         return [], "MNIST figure skipped: the dataset has no image shape"
     shape = data.image_shape

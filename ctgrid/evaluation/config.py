@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._validate import check, param
-from ..constraints import CATEGORICAL_MODES
+from ..constraints import CATEGORICAL_MODES, mutability_pairs
 from ..generators.config import GENERATORS, STEP_RULES
 
 #: How factuals are drawn: ``balanced`` (the reference: a class uniformly, then a row of
@@ -64,18 +64,9 @@ class EvaluationConfig:
     ig_steps: int = param(50, ge=1)
 
     def __post_init__(self) -> None:
-        from collections.abc import Mapping
-        if isinstance(self.mutability, Mapping):
-            object.__setattr__(self, "mutability", tuple((str(k), v) for k, v in self.mutability.items()))
-        elif isinstance(self.mutability, list) and all(isinstance(x, (list, tuple)) for x in self.mutability):
-            object.__setattr__(self, "mutability", tuple(tuple(x) for x in self.mutability))
+        object.__setattr__(self, "mutability", mutability_pairs(self.mutability, "evaluation.mutability"))
         check(self, "evaluation")
-        from ..constraints import MUTABILITY_KINDS
         from ..errors import ConfigError
-        for key, kind in self.mutability or ():
-            if kind not in MUTABILITY_KINDS:
-                raise ConfigError(f"evaluation.mutability[{key!r}]: got {kind!r}; "
-                                  f"allowed: {', '.join(MUTABILITY_KINDS)}")
         if self.generator == "ecco" and not self.lambda_energy:
             raise ConfigError("evaluation.lambda_energy: got []; the ecco evaluation needs at least one value")
         for key in ("lambda_energy", "fgsm_eps", "pgd_eps"):

@@ -49,7 +49,7 @@ from torch import nn
 from ..constraints import Constraints
 from ..data.dataset import Dataset
 from ..errors import ConfigError
-from ..generators import GeneratorConfig, load_or_train_vae
+from ..generators import GeneratorConfig, codec_for
 from ..seeding import torch_generator
 from .config import EvaluationConfig
 from .grid import CHUNK_ROWS, EvaluationGrid, build_grid, data_identity, search_config, search_grid
@@ -74,7 +74,7 @@ def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
     if config.mutability is None:
         return base
     free = Constraints(base.lower, base.upper, ("both",) * base.n_features, base.groups)
-    return free.with_mutability(dict(config.mutability), dataset.feature_names)
+    return free.with_mutability(dict(config.mutability), dataset.feature_names, "evaluation.mutability")
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig, *,
@@ -107,10 +107,7 @@ def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationC
     """The ``evaluation`` frame: one batched search over the whole grid, then every measure."""
     grid = build_grid(dataset, config)
     gen_cfg = search_config(config, generator_config)
-    codec = None
-    if gen_cfg.latent:  # REVISE: the training's VAE (same data and seed; cached by content)
-        codec = load_or_train_vae(dataset.X_train, cache_dir, latent_dim=gen_cfg.latent_dim,
-                                  hidden=gen_cfg.vae_hidden, epochs=gen_cfg.vae_epochs)
+    codec = codec_for(gen_cfg, dataset.X_train, cache_dir=cache_dir)  # REVISE: the training's VAE
     batch = search_grid(model, grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
     x_cf = batch.counterfactual
     values = _per_run_metrics(model, grid, x_cf, config)

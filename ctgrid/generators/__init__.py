@@ -14,7 +14,7 @@ from .penalties import l1_cost, make_energy, per_row
 from .vae import VAE, load_or_train_vae, train_vae
 
 __all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "VAE",
-           "make_generator", "generator_for", "frozen", "load_or_train_vae", "train_vae"]
+           "make_generator", "generator_for", "codec_for", "frozen", "load_or_train_vae", "train_vae"]
 
 
 def make_generator(config: GeneratorConfig, constraints: Constraints, *,
@@ -44,11 +44,17 @@ def make_generator(config: GeneratorConfig, constraints: Constraints, *,
                         step=config.step, categorical=config.categorical)
 
 
+def codec_for(config: GeneratorConfig, X_train: torch.Tensor, *,
+              cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Codec | None:
+    """The latent space ``config`` searches in: REVISE's VAE fitted on ``X_train`` (or loaded
+    from ``cache_dir``; the one place it is set up), ``None`` for input-space generators."""
+    if not config.latent:
+        return None
+    return load_or_train_vae(X_train, cache_dir, seed=seed, latent_dim=config.latent_dim,
+                             hidden=config.vae_hidden, epochs=config.vae_epochs)
+
+
 def generator_for(config: GeneratorConfig, constraints: Constraints, X_train: torch.Tensor, *,
                   cache_dir: str | os.PathLike | None = None, seed: int = 0) -> SearchEngine:
     """Like :func:`make_generator`, fitting (or loading the cached) VAE for REVISE on ``X_train``."""
-    codec = None
-    if config.name == "revise":
-        codec = load_or_train_vae(X_train, cache_dir, seed=seed, latent_dim=config.latent_dim,
-                                  hidden=config.vae_hidden, epochs=config.vae_epochs)
-    return make_generator(config, constraints, codec=codec)
+    return make_generator(config, constraints, codec=codec_for(config, X_train, cache_dir=cache_dir, seed=seed))
