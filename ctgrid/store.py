@@ -90,13 +90,19 @@ class JobPaths:
 
     root: Path
     job_id: str
+    directory: Path | None = None   # a model directory outside a grid (``ctgrid train --out``)
 
     def __post_init__(self) -> None:
         check_job_id(self.job_id)
 
+    @classmethod
+    def at(cls, directory: str | os.PathLike, job_id: str) -> "JobPaths":
+        """The same file names in ``directory`` itself (not ``<root>/jobs/<id>``)."""
+        return cls(Path(directory), job_id, Path(directory))
+
     @property
     def dir(self) -> Path:
-        return self.root / "jobs" / self.job_id
+        return self.directory if self.directory is not None else self.root / "jobs" / self.job_id
 
     config = property(lambda self: self.dir / "config.yaml")
     checkpoint = property(lambda self: self.dir / "checkpoint.pt")
@@ -124,6 +130,13 @@ class JobPaths:
 
     def error_record(self) -> dict[str, Any] | None:
         return _read_json(self.error)
+
+
+def mark_done(paths: JobPaths, record: Mapping[str, Any]) -> None:
+    """Write ``done.json`` (last), then drop the stale error record and the checkpoint."""
+    _write_json(paths.done, {"status": "done", "job_id": paths.job_id, "finished": now(), **record})
+    for stale in (paths.error, paths.checkpoint):
+        stale.unlink(missing_ok=True)
 
 
 class RunLock:
@@ -252,13 +265,10 @@ class ResultStore:
 
     def write_config(self, job_id: str, job: Any) -> None:
         """The job's canonical configuration as YAML (skipped when already there)."""
-        import yaml
+        from .modeldir import write_config
         paths = self.job(job_id)
-        if paths.config.exists():
-            return
-        header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
-        body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
-        _atomic.write_text(paths.config, header + body)
+        if not paths.config.exists():
+            write_config(paths.config, job, job_id)
 
     # -- reading -------------------------------------------------------------------------
     def point_table(self) -> Any:
@@ -299,10 +309,7 @@ class ResultStore:
     # -- job records -------------------------------------------------------------------
     def mark_done(self, job_id: str, record: Mapping[str, Any]) -> None:
         """Write ``done.json`` (last), then drop the stale error record and the checkpoint."""
-        paths = self.job(job_id)
-        _write_json(paths.done, {"status": "done", "job_id": job_id, "finished": now(), **record})
-        for stale in (paths.error, paths.checkpoint):
-            stale.unlink(missing_ok=True)
+        mark_done(self.job(job_id), record)
 
     def mark_failed(self, job_id: str, exc: BaseException, record: Mapping[str, Any] | None = None,
                     *, drop_checkpoint: bool = False) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 
 from ctgrid.data import DataConfig, load_dataset
 from ctgrid.generators import GeneratorConfig
+from ctgrid.grid.job import JobConfig
 from ctgrid.models import ModelConfig
 from ctgrid.training import TrainingConfig, train
 
@@ -50,7 +51,9 @@ def _reference():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        cfg = TrainingConfig(objective="full", nepochs=NEPOCHS, nce=300, lambda_reg=0.25, seed=5,
+        # ctgrid train's --seed is the replicate number: the torch seed derives from it as in a grid
+        seed = JobConfig(data=DataConfig(name="moons"), training=TrainingConfig(seed=5)).seed
+        cfg = TrainingConfig(objective="full", nepochs=NEPOCHS, nce=300, lambda_reg=0.25, seed=seed,
                              batch_size=30)
         return train(load_dataset(DataConfig(name="moons")), ModelConfig(),
                      GeneratorConfig(maxiter=10, tau=0.9), cfg)

@@ -256,3 +256,48 @@ def test_ctgrid_evaluate_on_grid_jobs_reproduces_the_runners_evaluation(tmp_path
         grid_ev = pd.read_parquet(job / "evaluation.parquet")
         again = pd.read_parquet(out / job.name / "evaluation.parquet")
         pd.testing.assert_frame_equal(grid_ev, again)
+
+
+def test_ctgrid_train_then_evaluate_equals_the_grid_runner(tmp_path):
+    """One owner of the model directory and of the seed: `ctgrid train --config <job>/config.yaml`
+    writes the grid job's layout with identical weights, and `ctgrid evaluate` on the BL/CT pair
+    gives the grid's evaluation."""
+    grid = write_grid(tmp_path, textwrap.dedent(f"""\
+        name: pair
+        data: {{name: moons, n_train: 80, n_val: 20, n_test: 40}}
+        generator: {{name: ecco, maxiter: 5}}
+        training: {{nepochs: 2, nce: 10, objective: [full, vanilla], seed: 3}}
+        {SMALL_EVAL}
+        """))
+    assert run_cli(grid, "--results", tmp_path / "res") == 0
+    jobs = sorted((tmp_path / "res" / "pair" / "jobs").iterdir())
+    trained = []
+    for job in jobs:
+        out = tmp_path / "train" / job.name
+        assert main(["train", "--config", str(job / "config.yaml"), "--out", str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "done.json", "history.parquet",
+                                                          "model.pt"]
+        assert (out / "config.yaml").read_text() == (job / "config.yaml").read_text()
+        a = torch.load(job / "model.pt", weights_only=True)
+        b = torch.load(out / "model.pt", weights_only=True)
+        assert a["job_id"] == b["job_id"] == job.name
+        assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+        trained.append(out)
+    assert main(["evaluate", *map(str, trained)]) == 0
+    for job, out in zip(jobs, trained):
+        pd.testing.assert_frame_equal(pd.read_parquet(job / "evaluation.parquet"),
+                                      pd.read_parquet(out / "evaluation.parquet"))
+
+
+def test_ctgrid_evaluate_refuses_models_of_different_data(tmp_path, capsys):
+    dirs = []
+    for name in ("moons", "circles"):
+        out = tmp_path / name
+        assert main(["train", "--data", name, "--objective", "vanilla", "--nepochs", "1",
+                     "--out", str(out)]) == 0
+        dirs.append(str(out))
+    capsys.readouterr()
+    assert main(["evaluate", *dirs, "--n-runs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on other data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "moons" / "evaluation.parquet").exists()

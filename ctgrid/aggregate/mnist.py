@@ -22,18 +22,14 @@ from ..evaluation.evaluate import evaluation_constraints
 from ..evaluation.grid import search_config
 from ..generators import codec_for, make_generator
 from ..store import ResultStore
-from ..models import build_model
+from ..modeldir import load_trained
 from ..seeding import numpy_generator
 from .figures import _grid, save
 from .load import Results
 
 
 def _load_model(results: Results, source: int, job_id: str, data) -> torch.nn.Module:
-    cfg = results.config(job_id)
-    model = build_model(cfg.model, data.n_features, data.n_classes, image_shape=data.image_shape)
-    state = torch.load(results.model_path(source, job_id), map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"] if "state_dict" in state else state)
-    return model.eval()
+    return load_trained(results.model_path(source, job_id).parent, data)[1]
 
 
 def _pick_pair(results: Results, pairs: pd.DataFrame) -> pd.Series | None:
@@ -86,7 +82,7 @@ def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,
     try:
         bl = _load_model(results, int(row["bl_source"]), row["bl_job"], data)
         ct = _load_model(results, int(row["source"]), row["ct_job"], data)
-    except (OSError, RuntimeError, KeyError, ValueError) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, DataError, ConfigError) as exc:
         return [], f"MNIST figure skipped: cannot load model.pt ({str(exc).splitlines()[0]})"
     ev = cfg.evaluation
     lam = max(ev.lambda_energy) if ev.lambda_energy else 0.0

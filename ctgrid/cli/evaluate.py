@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 
 _DESCRIPTION = (
     "Evaluate models written by 'ctgrid train' (MODEL_DIR holds config.yaml and model.pt): "
@@ -85,36 +85,6 @@ class _Input:
     state_dict: dict
 
 
-def _read_model_dir(model_dir: Path) -> tuple[Any, dict]:
-    """``(JobConfig, state dict)`` of a model directory; DataError/ConfigError on bad files."""
-    import torch
-    import yaml
-
-    from ..grid.job import JobConfig
-    if not model_dir.is_dir():
-        raise DataError(f"MODEL_DIR {str(model_dir)!r}: not a directory")
-    cfg_path, model_path = model_dir / "config.yaml", model_dir / "model.pt"
-    for path in (cfg_path, model_path):
-        if not path.is_file():
-            raise DataError(f"{path}: not found (expected a directory written by 'ctgrid train')")
-    try:
-        mapping = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise DataError(f"{cfg_path}: not valid YAML ({exc.__class__.__name__})") from None
-    if not isinstance(mapping, dict):
-        raise DataError(f"{cfg_path}: expected a mapping of config groups, got {type(mapping).__name__}")
-    job = JobConfig.from_dict(mapping)
-    try:
-        state = torch.load(model_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a data error
-        raise DataError(f"{model_path}: not a readable torch file ({exc.__class__.__name__})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise DataError(f"{model_path}: expected a state dict, got {type(state).__name__}")
-    return job, state
-
-
 def _inputs(args: argparse.Namespace) -> list[_Input]:
     dirs = [Path(d) for d in args.model_dirs]
     if args.out is None:
@@ -126,25 +96,26 @@ def _inputs(args: argparse.Namespace) -> list[_Input]:
         if len(set(outs)) < len(outs):
             raise ConfigError("--out: model directories share a name; give them distinct names or "
                               "evaluate them one at a time")
+    from ..modeldir import read_model_dir
     ev = overrides(args)
     items = []
     for d, o in zip(dirs, outs):
-        job, state = _read_model_dir(d)
+        job, state = read_model_dir(d)
         job = replace(job, evaluation=replace(job.evaluation, **ev))
         items.append(_Input(d, o, job, state))
+    first = items[0]
+    for item in items[1:]:
+        if item.job.data != first.job.data:
+            raise ConfigError(f"MODEL_DIR {str(item.model_dir)!r}: trained on other data than "
+                              f"{str(first.model_dir)!r} ({item.job.data.name} vs {first.job.data.name} "
+                              "or their split settings); models evaluated together are compared on the "
+                              "same factuals, so they must share data and split: evaluate them one at a time")
     return items
 
 
 def _build(item: _Input, dataset: Any) -> Any:
-    from ..models import build_model
-    model = build_model(item.job.model, dataset.n_features, dataset.n_classes,
-                        image_shape=dataset.image_shape)
-    try:
-        model.load_state_dict(item.state_dict)
-    except (RuntimeError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise DataError(f"{item.model_dir / 'model.pt'}: does not fit the model in config.yaml ({first})") from None
-    return model.eval()
+    from ..modeldir import build_trained
+    return build_trained(item.job, item.state_dict, dataset, item.model_dir / "model.pt")
 
 
 def run(args: argparse.Namespace) -> int:

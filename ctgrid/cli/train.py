@@ -1,11 +1,14 @@
 """ctgrid train: train one model (vanilla or CT) and write it, its config and its history.
 
-Settings come from ``--config FILE.yaml`` (groups ``data``, ``model``,
-``generator``, ``training`` with the fields of the config dataclasses) and/or
-flags, which override the file. Everything — configs, dataset, ``nce`` against
-the training size, mutability names — is validated before ``--out`` is created,
-so bad input writes nothing. Re-running the same command after an interruption
-resumes from ``--out/checkpoint.pt``.
+Settings come from ``--config FILE.yaml`` (groups ``data``, ``model``, ``generator``,
+``training``, ``evaluation`` with the fields of the config dataclasses — a grid job's own
+``config.yaml`` works) and/or flags, which override the file. Everything — configs,
+dataset, ``nce`` against the training size, mutability names — is validated before
+``--out`` is created, so bad input writes nothing. ``--out`` gets the layout of a grid
+job (:mod:`ctgrid.modeldir`: ``config.yaml``, ``model.pt``, ``history.parquet``,
+``done.json``) and the same weights: ``training.seed`` is the replicate number in both
+commands, the torch seed being derived from the job's identity (data, model, replicate).
+Re-running the same command after an interruption resumes from ``--out/checkpoint.pt``.
 """
 from __future__ import annotations
 
@@ -21,16 +24,18 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from .._atomic import save_torch, write_parquet, write_text
-from .._validate import build, to_dict, unknown_key
+from .. import __version__
+from .._atomic import write_parquet
+from .._validate import build, unknown_key
 from ..data import DataConfig, load_dataset
 from ..errors import ConfigError
+from ..evaluation.config import EvaluationConfig
 from ..generators import GeneratorConfig
 from ..models import ModelConfig
 from ..training import TrainingConfig, train, validate
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
-          "training": TrainingConfig}
+          "training": TrainingConfig, "evaluation": EvaluationConfig}
 #: flag dest -> (group, field)
 FLAGS = {
     "data": ("data", "name"), "model": ("model", "kind"), "generator": ("generator", "name"),
@@ -64,7 +69,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="optimiser learning rate")
     p.add_argument("--mutability", action="append", metavar="NAME=KIND",
                    help="feature mutability (both/increase/decrease/none), repeatable; 'paper' for the paper's setting")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="replicate number (training.seed; the torch seed is derived "
+                                            "from it, the data and the model, as in a grid)")
     p.add_argument("--out", type=Path, help="output directory (default results/train/<data>-<objective>)")
     p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -155,35 +161,39 @@ class _StopFlag:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..grid.job import JobConfig
+    from ..modeldir import write_config, write_model
+    from ..store import JobPaths, mark_done
     if args.threads < 1:
         raise ConfigError(f"--threads: got {args.threads}; allowed: >= 1")
-    cfg = resolve(args)
-    dataset = load_dataset(cfg["data"], args.data_dir)
-    training = dataclasses.replace(cfg["training"], batch_size=cfg["training"].batch_size or dataset.batch_size)
-    validate(dataset, training, cfg["model"])
+    job = JobConfig(**resolve(args)).canonical()
+    dataset = load_dataset(job.data, args.data_dir)
+    training = job.training
+    validate(dataset, dataclasses.replace(training, batch_size=training.batch_size or dataset.batch_size),
+             job.model)
     out = args.out or Path("results") / "train" / f"{dataset.name}-{training.objective}"
-    resolved = {"data": to_dict(cfg["data"]), "model": to_dict(cfg["model"]),
-                "generator": to_dict(cfg["generator"]), "training": to_dict(training)}
+    paths = JobPaths.at(out, job.job_id)
 
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
+    write_config(paths.config, job, job.job_id)
     stop = _StopFlag()
     t0 = time.perf_counter()
-    try:
-        result = train(dataset, cfg["model"], cfg["generator"], training,
-                       checkpoint_path=out / "checkpoint.pt", cache_dir=args.cache_dir,
+    try:  # the grid runner's call: the replicate's derived seed
+        result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
+                       checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
                        progress=_reporter(training.nepochs), stop=stop)
     finally:
         stop.restore()
-    write_parquet(out / "history.parquet", result.history)
-    write_text(out / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     if not result.completed:
+        write_parquet(paths.history, result.history)
         print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "
               f"run the same command again to resume", file=sys.stderr)
         return 128 + stop.signum
-    save_torch(out / "model.pt", {"state_dict": result.model.state_dict(), "model": resolved["model"],
-                                  "n_features": dataset.n_features, "n_classes": dataset.n_classes,
-                                  "image_shape": dataset.image_shape})
+    write_model(paths, job, result)
+    mark_done(paths, {"name": job.name, "epochs": result.epochs_done, "seconds": time.perf_counter() - t0,
+                      "data_summary": dataset.summary(), "ctgrid_version": __version__,
+                      "command": "ctgrid train"})
     last = result.history.iloc[-1]
     print(f"ctgrid train: {training.nepochs} epochs in {time.perf_counter() - t0:.1f}s, "
           f"train acc {last['acc_train']:.3f}, val acc {last['acc_val']:.3f}; wrote {out}",

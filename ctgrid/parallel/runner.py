@@ -153,9 +153,8 @@ def _train(job: Any, dataset: Any, store: ResultStore, checkpoint: Path, stop: C
 
 
 def _write_results(paths: JobPaths, job: Any, result: Any, tables: tuple[Any, Any]) -> None:
-    _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
-                                     "config": job.canonical().to_dict()})
-    _atomic.write_parquet(paths.history, result.history)
+    from ..modeldir import write_model
+    write_model(paths, job, result)
     evaluation, performance = tables
     if evaluation is not None:
         _atomic.write_parquet(paths.evaluation, evaluation)
