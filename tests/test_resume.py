@@ -47,6 +47,15 @@ def _interrupt(out: Path, sig: int, after_epoch: int) -> tuple[int, str]:
     return proc.returncode, proc.stderr.read()
 
 
+def test_sigusr1_stops_ctgrid_train_like_ctgrid_run(tmp_path):
+    """One stop flag for both commands: SLURM's early warning signal (USR1) checkpoints and exits 3."""
+    out = tmp_path / "usr1"
+    rc, err = _interrupt(out, signal.SIGUSR1, after_epoch=1)
+    assert rc == 3, err
+    assert "SIGUSR1 received" in err and (out / "checkpoint.pt").exists()
+    assert not (out / "model.pt").exists()
+
+
 def _reference():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -69,7 +78,7 @@ def test_killed_then_stopped_run_resumes_to_identical_weights(tmp_path):
 
     rc, err = _interrupt(out, signal.SIGTERM, after_epoch=killed_at + 1)
     stopped_at = _epoch(out / "checkpoint.pt")
-    assert rc == 128 + signal.SIGTERM, err
+    assert rc == 3, err   # EXIT_INTERRUPTED, as ctgrid run
     assert "run the same command again to resume" in err
     assert killed_at < stopped_at < NEPOCHS and not (out / "model.pt").exists()
     assert len(pd.read_parquet(out / "history.parquet")) == stopped_at

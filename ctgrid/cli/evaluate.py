@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ._process import add_threads, check_threads
 
 _DESCRIPTION = (
     "Evaluate models written by 'ctgrid train' (MODEL_DIR holds config.yaml and model.pt): "
@@ -55,7 +56,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--fgsm-eps", metavar="E1,E2,...", help="FGSM budgets ('' for none)")
     p.add_argument("--pgd-eps", metavar="E1,E2,...", help="PGD budgets ('' for none)")
     p.add_argument("--mmd-length-scale", type=float, help="Gaussian kernel length scale of IP*")
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    add_threads(p, None, "torch's choice")
     p.set_defaults(func=run)
     return p
 
@@ -124,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from .._atomic import write_parquet
     from ..data import load_dataset
     from ..evaluation.evaluate import evaluate_model
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads: got {args.threads}; allowed: >= 1")
+    if check_threads(args.threads) is not None:
         torch.set_num_threads(args.threads)
     items = _inputs(args)
     datasets: dict[Any, Any] = {}

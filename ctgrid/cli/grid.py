@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._process import add_threads, check_threads
+
 
 def _positive(text: str) -> int:
     try:
@@ -37,8 +39,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="results root; the grid's results go to DIR/<grid name>/ (default: ./results)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory of the real datasets' files (default: $CTGRID_DATA)")
-    p.add_argument("--threads", type=_positive, default=default_threads(), metavar="N",
-                   help="torch intra-op threads per process (default: $SLURM_CPUS_PER_TASK or 1)")
+    add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.add_argument("--shard-size", type=_positive, default=1, metavar="K",
                    help="MPI only: K ranks train each job together, splitting every epoch's "
                         "counterfactual search (needs 1 + K*m ranks; default 1)")
@@ -55,6 +56,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..parallel import GridRun, RunSettings, run_grid
+    check_threads(args.threads)
     settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
                            shard_size=args.shard_size)
     return run_grid(GridRun(args.grid, settings, retry_failed=args.retry_failed, force=args.force,

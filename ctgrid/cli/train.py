@@ -8,15 +8,14 @@ dataset, ``nce`` against the training size, mutability names — is validated be
 job (:mod:`ctgrid.modeldir`: ``config.yaml``, ``model.pt``, ``history.parquet``,
 ``done.json``) and the same weights: ``training.seed`` is the replicate number in both
 commands, the torch seed being derived from the job's identity (data, model, replicate).
-Re-running the same command after an interruption resumes from ``--out/checkpoint.pt``.
+SIGTERM / SIGUSR1 / Ctrl-C stop after the current epoch's checkpoint with exit code 3, as
+``ctgrid run``; re-running the same command resumes from ``--out/checkpoint.pt``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from ..evaluation.config import EvaluationConfig
 from ..generators import GeneratorConfig
 from ..models import ModelConfig
 from ..training import TrainingConfig, train, validate
+from ._process import EXIT_INTERRUPTED, StopFlag, add_threads, check_threads
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
           "training": TrainingConfig, "evaluation": EvaluationConfig}
@@ -73,7 +73,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                             "from it, the data and the model, as in a grid)")
     p.add_argument("--out", type=Path, help="output directory (default results/train/<data>-<objective>)")
     p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    from ..parallel import default_threads
+    add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.set_defaults(func=run)
     return p
 
@@ -138,34 +139,11 @@ def _reporter(nepochs: int) -> Callable[[dict], None]:
     return report
 
 
-class _StopFlag:
-    """Set by SIGTERM/SIGINT; training stops after the current epoch's checkpoint (a second signal aborts)."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._old: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():  # handlers only work there
-            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum:  # a second signal: give up at once
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __call__(self) -> bool:
-        return self.signum != 0
-
-    def restore(self) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-
 def run(args: argparse.Namespace) -> int:
     from ..grid.job import JobConfig
     from ..modeldir import write_config, write_model
     from ..store import JobPaths, mark_done
-    if args.threads < 1:
-        raise ConfigError(f"--threads: got {args.threads}; allowed: >= 1")
+    check_threads(args.threads)
     job = JobConfig(**resolve(args)).canonical()
     dataset = load_dataset(job.data, args.data_dir)
     training = job.training
@@ -177,19 +155,16 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     write_config(paths.config, job, job.job_id)
-    stop = _StopFlag()
     t0 = time.perf_counter()
-    try:  # the grid runner's call: the replicate's derived seed
+    with StopFlag() as stop:  # the grid runner's call: the replicate's derived seed
         result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
                        checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
                        progress=_reporter(training.nepochs), stop=stop)
-    finally:
-        stop.restore()
     if not result.completed:
         write_parquet(paths.history, result.history)
         print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "
               f"run the same command again to resume", file=sys.stderr)
-        return 128 + stop.signum
+        return EXIT_INTERRUPTED
     write_model(paths, job, result)
     mark_done(paths, {"name": job.name, "epochs": result.epochs_done, "seconds": time.perf_counter() - t0,
                       "data_summary": dataset.summary(), "ctgrid_version": __version__,

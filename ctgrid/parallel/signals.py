@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from types import FrameType
 from typing import Callable
 
@@ -53,7 +54,10 @@ class StopFlag:
             os.write(2, f"ctgrid: {name} received: finishing the current epoch, then stopping\n".encode())
 
     def install(self) -> "StopFlag":
-        """Install the handlers (main thread only); :meth:`restore` puts the old ones back."""
+        """Install the handlers (in the main thread; elsewhere signals cannot be caught and the
+        flag is only set by :meth:`set`); :meth:`restore` puts the old ones back."""
+        if threading.current_thread() is not threading.main_thread():
+            return self
         for sig in SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handler)
         return self

@@ -1,0 +1,26 @@
+"""Process handling shared by the commands that train or evaluate (``run``, ``train``,
+``evaluate``): one ``--threads`` flag and check, one stop flag (SIGTERM / SIGUSR1 / SIGINT,
+:class:`~ctgrid.parallel.signals.StopFlag`) and one set of exit codes (0 done, 1 failed,
+2 bad input, 3 interrupted: run the same command again to continue)."""
+from __future__ import annotations
+
+import argparse
+
+from ..errors import ConfigError
+from ..parallel.signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "StopFlag", "add_threads",
+           "check_threads"]
+
+
+def add_threads(p: argparse.ArgumentParser, default: int | None, what: str) -> None:
+    """The ``--threads N`` flag (validated by :func:`check_threads` when the command runs)."""
+    p.add_argument("--threads", type=int, default=default, metavar="N",
+                   help=f"torch intra-op threads per process (default: {what})")
+
+
+def check_threads(value: int | None) -> int | None:
+    """``value`` if it is a usable thread count (or None: torch's choice); one-line error else."""
+    if value is not None and value < 1:
+        raise ConfigError(f"--threads: got {value}; allowed: an integer >= 1")
+    return value
