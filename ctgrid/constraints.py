@@ -18,10 +18,12 @@ from .errors import ConfigError
 
 MUTABILITY_KINDS = ("both", "increase", "decrease", "none")
 #: How a search treats one-hot groups: ``none`` as continuous features (the reference's
-#: training searches), ``final`` argmax-projected once at the end (the reference's
-#: evaluation), ``step`` the model sees the projected point at every step (the state
-#: stays continuous; straight-through gradient).
-CATEGORICAL_MODES = ("none", "final", "step")
+#: training searches); ``project`` the state is argmax-projected after every step (the
+#: reference's evaluation, which reconstructs the encoding at every decode: a group moves
+#: only when one step carries another category past the current one); ``step`` the model
+#: sees the projected point at every step while the state stays continuous
+#: (straight-through gradient, so small steps accumulate); ``final`` projected once at the end.
+CATEGORICAL_MODES = ("none", "project", "step", "final")
 
 
 def mutability_pairs(value: Any, where: str) -> Any:

@@ -125,14 +125,14 @@ def test_pairs_exclude_exactly_the_individuals_whose_target_a_model_predicts():
 
 # ----------------------------------------------------------------------------- one-hot groups
 
-def _onehot_case(categorical: str, group_kind: str = "both"):
+def _onehot_case(categorical: str, group_kind: str = "both", lr: float = 0.1):
     """Features: one-hot group (c0, c1, c2) + x3; logit1 - logit0 = 3 c2 - 1 (x3 unused).
 
     From the factual (1, 0, 0, 0.5) the target 1 needs c2 to win the group."""
     model = linear([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]], [0.5, -0.5])
     cons = Constraints(torch.full((4,), -2.0), torch.full((4,), 2.0), (group_kind,) * 3 + ("both",),
                        groups=((0, 1, 2),))
-    cfg = GeneratorConfig(name="generic", lambda_cost=0.0, tau=0.75, lr=0.1, maxiter=20,
+    cfg = GeneratorConfig(name="generic", lambda_cost=0.0, tau=0.75, lr=lr, maxiter=20,
                           categorical=categorical)
     x = torch.tensor([[1.0, 0.0, 0.0, 0.5]])
     return make_generator(cfg, cons).search(model, x, torch.tensor([1]))
@@ -145,6 +145,18 @@ def test_step_projection_flips_the_group_at_the_hand_computed_step():
     k = math.floor(1 / inc) + 1
     assert k == 5 and int(out.steps) == k and bool(out.converged)
     assert out.counterfactual.tolist() == [[0.0, 0.0, 1.0, 0.5]]
+
+
+def test_project_mode_moves_a_group_only_when_one_step_carries_it_past_the_current_category():
+    # the reference's evaluation: the state itself is projected after every step. A step of
+    # 0.1 * 3 * (1 - sigmoid(-1)) = 0.22 on c2 is undone every time: the search never converges.
+    stuck = _onehot_case("project")
+    assert stuck.counterfactual.tolist() == [[1.0, 0.0, 0.0, 0.5]] and not bool(stuck.converged)
+    assert int(stuck.steps) == 20
+    # with lr 2 one step adds 4.39 to c2 > 1: the group flips at step 1 and p = sigmoid(2) >= 0.75
+    jump = _onehot_case("project", lr=2.0)
+    assert jump.counterfactual.tolist() == [[0.0, 0.0, 1.0, 0.5]] and bool(jump.converged)
+    assert int(jump.steps) == 1
 
 
 def test_final_projection_returns_valid_onehot_and_rechecks_convergence():
@@ -183,7 +195,7 @@ def test_real_adult_search_keeps_every_group_onehot(data_dir):
                         generator=torch.Generator().manual_seed(0))
     x = ds.X_test[:200]
     target = 1 - model(x).argmax(1)
-    for mode in ("final", "step"):
+    for mode in ("project", "final", "step"):
         cf = make_generator(GeneratorConfig(categorical=mode, maxiter=20), ds.constraints).search(
             model, x, target).counterfactual
         for g in ds.constraints.groups:

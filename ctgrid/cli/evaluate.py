@@ -48,9 +48,10 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
                    help="search step rule: sgd (the reference) or normalized (steps of length lr)")
     p.add_argument("--factuals", choices=("balanced", "uniform"),
                    help="factual draw: balanced over classes (default, the reference) or uniform over rows")
-    p.add_argument("--categorical", choices=("none", "final", "step"),
-                   help="one-hot groups: projected at the end (default, the reference), at every "
-                        "step, or left continuous")
+    p.add_argument("--categorical", choices=("none", "project", "step", "final"),
+                   help="one-hot groups: state projected after every step (default, the reference), "
+                        "seen projected with a continuous state (step), projected at the end (final), "
+                        "or left continuous (none)")
     p.add_argument("--test-time", action=argparse.BooleanOptionalAction, default=None,
                    help="draw factuals from the test split (final results) instead of training")
     p.add_argument("--fgsm-eps", metavar="E1,E2,...", help="FGSM budgets ('' for none)")

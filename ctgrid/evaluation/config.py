@@ -24,8 +24,10 @@ class EvaluationConfig:
     the training constraints at evaluation (``None`` keeps them).
 
     ``factuals``: class-balanced draws (default, as the reference) or uniform over rows.
-    ``categorical``: one-hot groups projected at the end of the search (default, as the
-    reference), at every step, or left continuous (``none``). ``step``: the search's step
+    ``categorical``: one-hot groups projected after every step (``project``, default: the
+    reference reconstructs the encoding at every decode), seen projected by the model with a
+    continuous state (``step``), projected once at the end (``final``) or left continuous
+    (``none``). ``step``: the search's step
     rule (``sgd`` as the reference; ``normalized`` takes steps of L2 length ``lr`` whatever
     the model's steepness). ``redundancy``: also measure SPEC's redundancy (share of
     features resettable to the factual with the counterfactual staying valid).
@@ -56,7 +58,7 @@ class EvaluationConfig:
     pgd_alpha: float = param(0.01, gt=0)
     mutability: tuple[tuple[str, str], ...] | None = param(None)
     factuals: str = param("balanced", choices=FACTUAL_DRAWS)
-    categorical: str = param("final", choices=CATEGORICAL_MODES)
+    categorical: str = param("project", choices=CATEGORICAL_MODES)
     step: str = param("sgd", choices=STEP_RULES)
     redundancy: bool = param(True)
     ig_rounds: int = param(100, ge=0)

@@ -31,8 +31,10 @@ class GeneratorConfig:
     ``step``: ``"sgd"`` (reference) moves ``lr * grad``, so the step length scales with the
     model's input gradient; ``"normalized"`` moves exactly ``lr`` (L2) along the allowed
     part of the gradient. ``categorical``: one-hot groups treated as continuous
-    (``"none"``, the reference's training searches), projected onto a valid one-hot vector
-    at the end (``"final"``, the reference's evaluation) or at every step (``"step"``).
+    (``"none"``, the reference's training searches), the state projected onto valid one-hot
+    vectors after every step (``"project"``, the reference's evaluation), the model seeing the
+    projected point with a continuous state (``"step"``) or one projection at the end
+    (``"final"``).
     """
 
     name: str = param("ecco", choices=GENERATORS)

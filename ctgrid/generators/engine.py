@@ -11,9 +11,10 @@ The *nascent* counterfactual of a row is the last point of its path with
 the path is never stored.
 
 One-hot groups (``constraints.groups``) are handled as ``categorical`` says:
-continuous (``none``), projected at the end (``final``; a projected row stays
-converged only if it still reaches ``tau``) or seen projected by the model at every
-step (``step``: the state stays continuous, the gradient passes straight through).
+continuous (``none``), the state projected after every step (``project``), seen
+projected by the model at every step (``step``: the state stays continuous, the gradient
+passes straight through) or projected at the end (``final``; a projected row stays
+converged only if it still reaches ``tau``).
 """
 from __future__ import annotations
 
@@ -145,7 +146,7 @@ class SearchEngine:
             ``x' = clamp(decode(z))``.
         step: ``"sgd"`` (``lr * grad``) or ``"normalized"`` (a step of L2 length ``lr``
             along the allowed components of the gradient).
-        categorical: one-hot handling, ``"none"``, ``"final"`` or ``"step"`` (module doc).
+        categorical: one-hot handling, ``"none"``, ``"project"``, ``"step"`` or ``"final"`` (module doc).
 
     Rows are independent (the model is put in eval mode), so a batch gives the same
     result as its rows searched one by one. Only rows still searching are computed
@@ -157,8 +158,8 @@ class SearchEngine:
                  step: str = "sgd", categorical: str = "none"):
         if step not in ("sgd", "normalized"):
             raise ValueError(f"step: got {step!r}; allowed: sgd, normalized")
-        if categorical not in ("none", "final", "step"):
-            raise ValueError(f"categorical: got {categorical!r}; allowed: none, final, step")
+        if categorical not in ("none", "project", "step", "final"):
+            raise ValueError(f"categorical: got {categorical!r}; allowed: none, project, step, final")
         self.constraints = constraints
         self.penalties = tuple((float(w), p) for w, p in penalties if w != 0)
         self.lr, self.maxiter, self.tau, self.codec = lr, maxiter, tau, codec
@@ -170,7 +171,9 @@ class SearchEngine:
         if self.codec is not None:
             x = self.constraints.clamp(self.codec.decode(state))
             x = self.constraints.protect(x, factual) if self.constraints.is_constrained else x
-        if self.categorical == "step":  # the model sees valid one-hot groups; gradient straight through
+        if self.categorical == "step" or (self.categorical == "project" and self.codec is not None):
+            # the model sees valid one-hot groups; gradient straight through (in latent space
+            # the decoded point is what gets projected)
             x = x + (self.constraints.project_onehot(x.detach()) - x).detach()
         return x
 
@@ -200,7 +203,8 @@ class SearchEngine:
         if self.codec is not None:
             return new
         new = self.constraints.clamp(new)
-        return self.constraints.keep_direction(new, state) if self.constraints.is_constrained else new
+        new = self.constraints.keep_direction(new, state) if self.constraints.is_constrained else new
+        return self.constraints.project_onehot(new) if self.categorical == "project" else new
 
     def _unit_direction(self, grad: torch.Tensor) -> torch.Tensor:
         """Per row, the allowed part of ``grad`` (components whose step mutability forbids

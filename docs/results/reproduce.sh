@@ -9,7 +9,7 @@ set -euo pipefail
 export CTGRID_DATA="${CTGRID_DATA:-$(cd .. && pwd)/shared/data}"
 export PATH="$PWD/.venv/bin:$PATH"
 NP="${NP:-3}"                       # rank 0 schedules, NP-1 workers
-REPORT_GRIDS="mutability_normalized mutability_reference mutability_reference_normalized mutability_noadv final_onehot_step gmsc_lambda_reg gmsc_ablation"
+REPORT_GRIDS="mutability_normalized mutability_reference mutability_reference_normalized mutability_noadv final_onehot_step final_onehot_end gmsc_lambda_reg gmsc_ablation"
 
 if [ "${1:-run}" = run ]; then
     for g in final mutability; do
