@@ -330,3 +330,18 @@ def test_cli_default_out_and_bad_input(results_dir, tmp_path, capsys):
     assert main(["aggregate", str(results_dir), "--out", str(out), "--confidence", "1.5"]) == 2
     assert main(["aggregate", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     assert not out.exists()
+
+
+def test_pairing_survives_a_changed_default(results_dir):
+    """Stored configs spell every field out: results written when a default was different
+    (here evaluation.categorical 'final', ctgrid 0.2's first default) re-hash to other ids than
+    their directories. Pairing goes through the stored configs, so the baseline is still found."""
+    for job in (CT1, CT2, BL):
+        path = results_dir / "jobs" / job.job_id / "config.yaml"
+        cfg = yaml.safe_load(path.read_text())
+        cfg["evaluation"]["categorical"] = "final"
+        path.write_text(yaml.safe_dump(cfg))
+    pairs = pair_jobs(Results.load([results_dir])).set_index("ct_job")
+    assert (pairs["bl_job"] == BL.job_id).all()
+    rows, _ = key_rows(results_dir)
+    assert rows["lambda_reg=0.1"]["IP"] == "62.5* [62.5, 62.5]"

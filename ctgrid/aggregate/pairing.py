@@ -84,8 +84,12 @@ def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
     dataset's CT jobs (so per-dataset subgrid values, replicate seeds and constraints do not
     split rows); ``pool_settings`` gives every CT job of a dataset one label instead."""
     jobs = results.jobs
-    done = {(s, j) for s, j in zip(jobs["source"], jobs["job_id"])}
-    by_id = dict(zip(jobs["job_id"], jobs["source"]))
+    # Pair through the stored configs: the id each one hashes to with this release's defaults ->
+    # where it lives. A release that changes a default re-hashes a stored config that spells the
+    # old default out, so a baseline is found by that re-hash, never by its directory name alone.
+    where: dict[str, list[tuple[int, str]]] = {}
+    for s, j in zip(jobs["source"], jobs["job_id"]):
+        where.setdefault(results.config(j).job_id, []).append((int(s), j))
     ct = jobs[jobs["training.objective"] != "vanilla"]
     rows = []
     for (src, _d), frame in ct.groupby(["source", "data.name"], sort=True):
@@ -93,11 +97,12 @@ def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
         axes = tuple(a for a in axes if a in frame and frame[a].astype(str).nunique() > 1)
         for row in frame.to_dict("records"):
             cfg = results.config(row["job_id"])
-            bl = replace(cfg, training=replace(cfg.training, objective="vanilla")).job_id
-            bl_src = src if (src, bl) in done else by_id.get(bl)
+            found = where.get(replace(cfg, training=replace(cfg.training, objective="vanilla")).job_id, [])
+            found = sorted(found, key=lambda sj: sj[0] != int(src))   # the same results directory first
+            bl_src, bl = found[0] if found else (None, None)
             label = "all settings ({n} CT jobs)" if pool_settings else setting_label(row, axes)
             rows.append({"source": int(src), "ct_job": row["job_id"], "bl_source": bl_src,
-                         "bl_job": bl if bl_src is not None else None, "dataset": row["data.name"],
+                         "bl_job": bl, "dataset": row["data.name"],
                          "objective": row["training.objective"], "setting": label,
                          "constrained": bool(is_constrained(row))})
     pairs = pd.DataFrame(rows, columns=["source", "ct_job", "bl_source", "bl_job", "dataset",
