@@ -34,14 +34,14 @@ def counts(y: torch.Tensor, k: int) -> list[int]:
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_loads_with_documented_sizes_and_balance(name):
     ds, doc = default(name), dataset_defaults(name)
-    k = doc["n_classes"]
-    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (doc["n_train"], doc["n_val"], doc["n_test"])
-    assert ds.X_train.shape == (doc["n_train"], doc["n_features"]) and ds.X_train.dtype == torch.float32
-    assert ds.X_val.shape[1] == ds.X_test.shape[1] == doc["n_features"] == len(ds.feature_names)
+    k = doc.n_classes
+    assert (len(ds.y_train), len(ds.y_val), len(ds.y_test)) == (doc.n_train, doc.n_val, doc.n_test)
+    assert ds.X_train.shape == (doc.n_train, doc.n_features) and ds.X_train.dtype == torch.float32
+    assert ds.X_val.shape[1] == ds.X_test.shape[1] == doc.n_features == len(ds.feature_names)
     assert ds.y_train.dtype == torch.int64 and ds.n_classes == k
-    assert counts(ds.y_train, k) == doc["train_counts"]
-    assert counts(ds.y_test, k) == doc["test_counts"]
-    assert ds.batch_size == doc["batch_size"] == (30 if name in SYNTHETIC else 100 if name == "german" else 1000)
+    assert counts(ds.y_train, k) == list(doc.train_counts)
+    assert counts(ds.y_test, k) == list(doc.test_counts)
+    assert ds.batch_size == doc.batch_size == (30 if name in SYNTHETIC else 100 if name == "german" else 1000)
     assert all(torch.isfinite(X).all() for X in (ds.X_train, ds.X_val, ds.X_test))
     idx = ds.meta["index"]
     if name != "mnist":  # MNIST test rows index the separate test file

@@ -88,14 +88,10 @@ def _spec(name: str) -> DatasetSpec:
     return SPECS[name]
 
 
-def dataset_defaults(name: str) -> dict[str, Any]:
-    """Documented defaults of dataset ``name``: kind, batch size, split sizes, paper immutables."""
-    spec = _spec(name)
-    return {"kind": spec.kind, "title": spec.title, "batch_size": spec.batch_size,
-            "n_train": spec.n_train, "n_val": spec.n_val, "n_test": spec.n_test,
-            "n_features": spec.n_features, "n_classes": spec.n_classes,
-            "train_counts": list(spec.train_counts), "test_counts": list(spec.test_counts),
-            "paper_immutable": list(spec.paper_immutable), "files": list(spec.files)}
+def dataset_defaults(name: str) -> DatasetSpec:
+    """Documented defaults of dataset ``name`` (kind, batch size, split sizes, class counts,
+    paper immutables, files) as the typed :class:`DatasetSpec`; ConfigError for an unknown name."""
+    return _spec(name)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None, name: str) -> Path:

@@ -92,8 +92,8 @@ class JobConfig:
         from ..data import dataset_defaults
         tr, gen = self.training, self.generator
         spec = dataset_defaults(self.data.name)
-        n_train = self.data.n_train or spec["n_train"]
-        batch = tr.batch_size or spec["batch_size"]
+        n_train = self.data.n_train or spec.n_train
+        batch = tr.batch_size or spec.batch_size
         cost = tr.nepochs * (n_train / batch) * 1.0
         if tr.needs_counterfactuals:
             ce_epochs = tr.nepochs - tr.burnin_epochs

@@ -83,11 +83,11 @@ def preflight(jobs: dict[str, Any], data_dir: str | None) -> None:
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
     for job in jobs.values():
-        if job.model.kind == "cnn" and dataset_defaults(job.data.name)["kind"] != "image":
+        if job.model.kind == "cnn" and dataset_defaults(job.data.name).kind != "image":
             raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist), "
                               f"not {job.data.name!r}")
     for name in sorted({j.data.name for j in jobs.values()}):
-        files = dataset_defaults(name).get("files") or []
+        files = dataset_defaults(name).files
         if not files:
             continue
         root = resolve_data_dir(data_dir, name)
