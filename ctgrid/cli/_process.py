@@ -7,10 +7,9 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ..parallel.signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+from ..parallel.signals import EXIT_INTERRUPTED, StopFlag
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "StopFlag", "add_threads",
-           "check_threads"]
+__all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_threads", "check_threads"]
 
 
 def add_threads(p: argparse.ArgumentParser, default: int | None, what: str) -> None:

@@ -122,8 +122,7 @@ def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationC
     values["ip_star"] = ip_star["ip_star"]
     if config.mmd_permutations:
         values["ip_star_pvalue"] = ip_star["ip_star_p"]
-    predicted = torch.cat([predict_logits(model, grid.x[i:i + chunk_rows].to(x_cf.device)).argmax(1).cpu()
-                           for i in range(0, len(grid), chunk_rows)])
+    predicted = predict_logits(model, grid.x.to(x_cf.device)).argmax(1).cpu()  # batched inside
     return _long_frame(grid, gen_cfg.name, values, predicted)
 
 
