@@ -1,6 +1,6 @@
 """Cost of a Counterfactual Training epoch relative to a vanilla epoch (goal: <= 2x on moons).
 
-Paper settings (ANCHOR_NOTES §5.3): full objective, ECCo, T = 30;
+Paper settings (docs/deviations.md, R19): full objective, ECCo, T = 30;
 moons: batch 30, nce 1000, tau 0.9, lambda_reg 0.25; adult: batch 1000,
 nce 5000, tau 0.75, lambda_reg 0.25. One torch thread. An epoch's time is the
 wall time between consecutive progress callbacks (CE phase, updates and the

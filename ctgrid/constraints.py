@@ -3,7 +3,7 @@
 One :class:`Constraints` object is built per dataset and used everywhere a
 counterfactual moves: the search clamps to the domain after every step and
 zeroes step components that move a feature in a forbidden direction; the CT
-loss protects constrained features of ``x+`` (SPEC §1.2). One-hot groups
+loss protects constrained features of ``x+`` (docs/deviations.md, M2). One-hot groups
 (categorical variables) can be projected back onto valid one-hot vectors
 (:meth:`Constraints.project_onehot`); a group's mutability is the group's.
 """
@@ -51,7 +51,7 @@ def mutability_pairs(value: Any, where: str) -> Any:
 def infer_domain(X: torch.Tensor, nstd: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature bounds ``[min(mean - n*sd, min), max(mean + n*sd, max)]``.
 
-    ``n = 2`` is what the reference code used (the paper says 3); see ANCHOR_NOTES §2.6.
+    ``n = 2`` is what the reference code used (the paper says 3; docs/deviations.md, R8).
     """
     X = X.double()
     mean, sd = X.mean(0), X.std(0, unbiased=True)
@@ -179,7 +179,7 @@ class Constraints:
         return torch.clamp(new, old + lo, old + hi)
 
     def protect(self, x_plus: torch.Tensor, x_cf: torch.Tensor) -> torch.Tensor:
-        """CT's protection of constrained features (SPEC §1.2): returns a new ``x+``.
+        """CT's protection of constrained features (docs/deviations.md, M2): returns a new ``x+``.
 
         ``none`` -> ``x+[d] := x'[d]``; ``increase`` -> ``max(x'[d], x+[d])``;
         ``decrease`` -> ``min(x'[d], x+[d])``; ``both`` unchanged.

@@ -12,7 +12,7 @@ still read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import _atomic
 from .errors import DataError
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .data.dataset import Dataset
     from .grid.job import JobConfig
     from .store import JobPaths
+    from .training.loop import TrainResult
 
 
 def write_config(path: Path, job: JobConfig, job_id: str) -> None:
@@ -33,7 +34,7 @@ def write_config(path: Path, job: JobConfig, job_id: str) -> None:
     _atomic.write_text(path, header + body)
 
 
-def write_model(paths: JobPaths, job: JobConfig, result: Any) -> None:
+def write_model(paths: JobPaths, job: JobConfig, result: TrainResult) -> None:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``)."""
     _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
                                      "config": job.canonical().to_dict()})

@@ -1,7 +1,7 @@
 """Classifiers trained by ctgrid: MLP (paper default 1x32 ReLU), linear, LeNet-style CNN.
 
 All return logits of shape ``(n, K)`` (K = 2 for binary data). Hidden layers are
-distinct modules (the reference tied weights for nlayers >= 3; ANCHOR_NOTES §8.17).
+distinct modules (the reference tied weights for nlayers >= 3; docs/deviations.md, D16).
 Weights use Glorot-uniform initialisation with zero biases, as Flux's ``Dense``.
 """
 from __future__ import annotations

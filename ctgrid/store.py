@@ -41,10 +41,16 @@ import socket
 import traceback as _tb
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from . import _atomic
 from .errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .grid.job import JobConfig
+    from .grid.spec import Grid
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
 _GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -224,11 +230,10 @@ class ResultStore:
         return RunLock(self.lock_file)
 
     # -- writing the grid ------------------------------------------------------------
-    def initialise(self, grid: Any, *, force: bool = False) -> None:
+    def initialise(self, grid: Grid, *, force: bool = False) -> None:
         """Write ``grid.yaml``, ``jobs.parquet`` and every job's ``config.yaml``.
 
-        ``grid`` needs ``name``, ``source_text``, ``jobs()`` and ``point_table()``
-        (:class:`ctgrid.grid.Grid`). Call it while holding :meth:`lock`.
+        Call it while holding :meth:`lock`.
         """
         table = grid.point_table()
         self._check_same_grid(grid.source_text, table, force)
@@ -238,7 +243,7 @@ class ResultStore:
         _atomic.write_parquet(self.jobs_file, table)
         _atomic.write_text(self.grid_file, grid.source_text)
 
-    def _check_same_grid(self, source_text: str, table: Any, force: bool) -> None:
+    def _check_same_grid(self, source_text: str, table: pd.DataFrame, force: bool) -> None:
         if not self.grid_file.exists():
             return
         if self.grid_file.read_text(encoding="utf-8") == source_text:
@@ -254,16 +259,16 @@ class ResultStore:
         if self.jobs_file.exists():
             os.replace(self.jobs_file, self.root / f"jobs.{stamp}.parquet")
 
-    def _same_points(self, table: Any) -> bool:
+    def _same_points(self, table: pd.DataFrame) -> bool:
         try:
             old = self.point_table()
         except StoreError:
             return False
-        def pairs(t: Any) -> list[tuple[int, str]]:
+        def pairs(t: pd.DataFrame) -> list[tuple[int, str]]:
             return list(zip(t["point"].astype(int).tolist(), t["job_id"].astype(str).tolist()))
         return pairs(old) == pairs(table)
 
-    def write_config(self, job_id: str, job: Any) -> None:
+    def write_config(self, job_id: str, job: JobConfig) -> None:
         """The job's canonical configuration as YAML (skipped when already there)."""
         from .modeldir import write_config
         paths = self.job(job_id)
@@ -271,7 +276,7 @@ class ResultStore:
             write_config(paths.config, job, job_id)
 
     # -- reading -------------------------------------------------------------------------
-    def point_table(self) -> Any:
+    def point_table(self) -> pd.DataFrame:
         import pandas as pd
         if not self.jobs_file.exists():
             raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
@@ -282,7 +287,7 @@ class ResultStore:
         ids = dict.fromkeys(self.point_table()["job_id"].astype(str).tolist())
         return [check_job_id(i) for i in ids]
 
-    def read_config(self, job_id: str) -> Any:
+    def read_config(self, job_id: str) -> JobConfig:
         """The :class:`~ctgrid.grid.job.JobConfig` stored for ``job_id``."""
         import yaml
         from .grid.job import JobConfig

@@ -255,7 +255,7 @@ def test_sizes_are_computed_when_the_runner_stored_none(results_dir, monkeypatch
         done.write_text(json.dumps({"status": "done"}))
     tables, _ = build_tables(Results.load([results_dir]), opts())
     hp = next(t for t in tables if t.name == "final_hyperparameters")
-    # moons is generated in-package: 3000 train / 600 validation / 900 test (SPEC §1.5)
+    # moons is generated in-package: 3000 train / 600 validation / 900 test (docs/deviations.md, M7)
     assert all(r[-3:] == ["3000", "600", "900"] for r in hp.rows)
     assert any("from loading the dataset" in n for n in hp.notes)
     # a real dataset without a data directory: '—' and a note saying why

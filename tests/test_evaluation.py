@@ -105,7 +105,7 @@ def test_pvalue_rows_only_with_permutations(moons, models):
 def test_strict_validity_uses_tau(moons):
     """A flat linear model, p(class 1) = sigmoid(x0): 20 steps of 0.1 carry many factuals
     across the boundary (valid) but not to p >= 0.95 (x0 >= 2.94). Strict validity is
-    exactly 'softmax target probability >= tau' (the reference ignored tau, §8.6)."""
+    exactly 'softmax target probability >= tau' (the reference ignored tau, docs/deviations.md D4)."""
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[-0.5, 0.0], [0.5, 0.0]]))

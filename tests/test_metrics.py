@@ -12,7 +12,8 @@ from ctgrid.evaluation import (accuracy, confusion_matrix, cost, counterfactual_
                                energy_differential, ig_sensitivity, implausibility,
                                integrated_gradients, invalidation_rate, macro_f1,
                                mean_l1_distance, share_resettable, share_unchanged,
-                               target_class_samples, validity, validity_strict)
+                               validity, validity_strict)
+from ctgrid.evaluation.metrics import target_class_samples
 
 
 def linear(weight, bias=None) -> nn.Linear:

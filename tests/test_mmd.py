@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from ctgrid.errors import DataError
-from ctgrid.evaluation import kernel_matmul, mmd2_unbiased, mmd_by_group, mmd_test
-from ctgrid.evaluation.mmd import _mmd2_from_splits, _pooled
+from ctgrid.evaluation import mmd2_unbiased, mmd_test
+from ctgrid.evaluation.mmd import _mmd2_from_splits, _pooled, kernel_matmul, mmd_by_group
 
 
 def gen(seed: int = 0) -> torch.Generator:

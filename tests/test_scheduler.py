@@ -16,8 +16,9 @@ import torch
 
 from ctgrid.cli import main
 from ctgrid.grid import parse_grid
-from ctgrid.parallel import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, make_plan, shard_bounds, under_mpi_launcher
-from ctgrid.parallel.scheduler import exit_code, job_cost
+from ctgrid.parallel import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, under_mpi_launcher
+from ctgrid.parallel.scheduler import exit_code, job_cost, make_plan
+from ctgrid.parallel.sharded import shard_bounds
 from ctgrid.store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]

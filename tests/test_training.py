@@ -210,16 +210,20 @@ def test_group_bounds_spread_evenly():
 # ---------------------------------------------------------------- schedule and equivalences
 
 def test_burnin_epochs_have_no_ce_phase(moons_small):
-    cons = moons_small.constraints
-    engine = make_generator(GeneratorConfig(maxiter=5), cons)
-    calls = []
+    calls, built = [], []
 
-    def generate(model, x, target, *, nascent_eps):
-        calls.append(len(x))
-        return engine.search(model, x, target, nascent_eps=nascent_eps)
+    def wrap_search(build):   # called once, at the first CT epoch, with the engine's builder
+        engine = build()
+        built.append((engine.maxiter, len(calls)))
+
+        def generate(model, x, target, *, nascent_eps):
+            calls.append(len(x))
+            return engine.search(model, x, target, nascent_eps=nascent_eps)
+        return generate
 
     cfg = TrainingConfig(objective="full", nepochs=4, burnin=0.5, nce=50, batch_size=30)
-    res = train(moons_small, ModelConfig(), GeneratorConfig(maxiter=5), cfg, generate=generate)
+    res = train(moons_small, ModelConfig(), GeneratorConfig(maxiter=5), cfg, wrap_search=wrap_search)
+    assert built == [(5, 0)]
     h = res.history
     assert list(h.columns) == list(HISTORY_COLUMNS) and res.completed and res.epochs_done == 4
     assert calls == [50, 50]
@@ -236,7 +240,8 @@ def test_dropping_every_counterfactual_leaves_clf_only(moons_small):
                                    torch.full((n,), 4), x.clone())
 
     cfg = TrainingConfig(objective="full", nepochs=1, nce=40, batch_size=30, nonconverged="drop")
-    h = train(moons_small, ModelConfig(), GeneratorConfig(), cfg, generate=never_converges).history
+    h = train(moons_small, ModelConfig(), GeneratorConfig(), cfg,
+              wrap_search=lambda build: never_converges).history
     assert h["converged"].tolist() == [0.0] and h["search_steps"].tolist() == [4.0]
     assert h["n_ce"].tolist() == [0] and h[["div", "reg", "adv"]].isna().all(axis=None)
     assert h["loss"].iloc[0] == pytest.approx(h["clf"].iloc[0])

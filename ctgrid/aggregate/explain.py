@@ -2,8 +2,8 @@
 
 - :func:`search_table` — per Table 1 row, BL and CT means of the search's step count,
   the share of converged searches, the reference's "redundancy" (share of features left
-  unchanged) and SPEC's redundancy (share resettable to the factual with the
-  counterfactual staying valid). A steep model whose searches stop after one overshooting
+  unchanged) and redundancy proper (share resettable to the factual with the
+  counterfactual staying valid; docs/deviations.md, M4). A steep model whose searches stop after one overshooting
   step shows up here, not in Table 1.
 - :func:`sensitivity_table` — for the jobs whose evaluation makes features immutable, the
   integrated-gradients share of attribution on those features (one value per round, see
@@ -50,7 +50,7 @@ def search_table(results: Results, pairs: pd.DataFrame) -> Table:
              "Steps: search steps taken; Conv.: % of searches that reached the evaluation's τ; "
              "Unch.: % of features left unchanged (the reference's 'redundancy'); Red.: % of "
              "features that can be reset to the factual value, one at a time, with the "
-             "counterfactual staying valid (SPEC's redundancy; valid counterfactuals only).",
+             "counterfactual staying valid (docs/deviations.md, M4; valid counterfactuals only).",
              "Mut.: whether mutability constraints bind at evaluation."]
     return Table("search", "Test-time searches: steps, convergence, unchanged and redundant features",
                  header, rows, notes, pd.DataFrame.from_records(records), n_text=3)

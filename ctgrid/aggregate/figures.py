@@ -2,10 +2,10 @@
 
 - ``outcomes_<metric>``: % change of IP / cost vs the matching baseline across
   hyper-parameters, box plots over (run, ``lambda_energy``) units, one row per
-  dataset and one column per varied grid axis (ANCHOR_NOTES §5.5).
+  dataset and one column per varied grid axis (docs/deviations.md, R20).
 - ``maturity``: per-epoch share of converged ("mature") counterfactuals by ``tau``
   and ``lambda_reg``, mean ± std over jobs (epochs without a CE phase are NaN in
-  the history and left out, unlike the reference's logged 1.0, §8.26).
+  the history and left out, unlike the reference's logged 1.0; docs/deviations.md, D21).
 - ``robust_accuracy``: test accuracy vs FGSM budget, BL vs CT (mean ± std over jobs).
 """
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 Per-counterfactual values are first averaged per job, evaluation run and
 ``lambda_energy`` over the individuals, then (for the aggregated columns) over
-``lambda_energy`` — the reference's two-stage mean (ANCHOR_NOTES §5.2 steps 3–4).
+``lambda_energy`` — the reference's two-stage mean (docs/deviations.md, R18).
 By default *all* counterfactuals count, with validity reported beside them;
 ``valid_only`` keeps only valid ones, as the reference did, which biases IP and
-cost whenever BL and CT differ in validity (ANCHOR_NOTES §8.7). IP, cost and
+cost whenever BL and CT differ in validity (docs/deviations.md, D7). IP, cost and
 validity compare each pair on the individuals for which neither model already
 predicts the target (``exclude_predicted``, :func:`~.pairing.paired_ce_units`); the
 ``Excl.`` column reports the share left out.
@@ -291,7 +291,7 @@ def _notes(pairs: pd.DataFrame, rl: RunLevel, opts: Any, eps: float | None,
          "Counterfactuals: all, valid or not (the reference kept only valid ones)")
         + "; Val.: % valid over all counterfactuals.",
         ("Excl.: % of (run, individual) units left out because the CT or the BL model already "
-         "predicts the target at the factual; IP, Cost and Val. use the others (SPEC §1.4)."
+         "predicts the target at the factual; IP, Cost and Val. use the others (docs/deviations.md, M5, D6)."
          if opts.exclude_predicted else
          "Excl.: % of (run, individual) units where the CT or the BL model already predicts the "
          "target at the factual — counted here (--keep-predicted), not excluded."),

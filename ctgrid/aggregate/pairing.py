@@ -10,10 +10,10 @@ each evaluation *run* of a pair is one paired unit.
 may already predict an individual's target at the factual; such a "counterfactual" is
 cheap and plausible by construction and its share grows with 1 − accuracy. By default a
 pair is compared only on the individuals (run, individual) for which *neither* model
-already predicts the target (SPEC §1.4; :func:`paired_ce_units`); the excluded share is
+already predicts the target (docs/deviations.md, M5, D6; :func:`paired_ce_units`); the excluded share is
 reported. ``exclude_predicted=False`` keeps every individual (ctgrid < 0.2 behaviour).
 
-Headline numbers follow SPEC §1.4: ``% reduction = 100 * (1 - mean_u(CT_u / BL_u))``
+Headline numbers (docs/deviations.md, M5): ``% reduction = 100 * (1 - mean_u(CT_u / BL_u))``
 over units ``u`` (pair x run), ``CT_u``/``BL_u`` the per-run means over individuals
 (and over ``lambda_energy`` for aggregated figures).
 
@@ -22,7 +22,7 @@ Intervals, two choices (``interval``):
 - ``"bootstrap"`` (default): percentile bootstrap over units of the statistic itself
   (``n_boot`` resamples from a seeded generator); the significance star marks an
   interval of the mean paired difference ``mean_u(CT_u - BL_u)`` that excludes zero.
-- ``"runs"``: the reference's choice (ANCHOR_NOTES §5.2): quantiles of the per-unit
+- ``"runs"``: the reference's choice (docs/deviations.md, D8): quantiles of the per-unit
   values themselves (``100 (1 - CT_u/BL_u)`` and ``CT_u - BL_u``), no resampling. It
   reads the spread of single runs, not the uncertainty of their mean.
 """
@@ -185,7 +185,7 @@ class Reduction:
     pct: float
     lo: float
     hi: float
-    sd: float          # 100 * std of the per-unit ratio (the reference's "±", ANCHOR_NOTES §8.8)
+    sd: float          # 100 * std of the per-unit ratio (the reference's "±"; docs/deviations.md, D8)
     diff: float        # mean paired difference CT - BL
     diff_lo: float
     diff_hi: float

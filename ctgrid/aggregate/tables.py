@@ -129,7 +129,7 @@ def hyperparameter_table(results: Results, data_dir: str | os.PathLike | None = 
              "jobs only where a dataset has no others); datasets with only baseline jobs show the "
              "baseline's schedule. — : not used by the objective.",
              f"Train/Val/Test: true split sizes, from {how} (the reference printed "
-             "round(0.2·n_train) as the test size, ANCHOR_NOTES §8.9)."]
+             "round(0.2·n_train) as the test size; docs/deviations.md, D9)."]
     notes += [f"Sizes of {k} unavailable: {v}" for k, v in sorted(sizes.problems.items())]
     return Table("final_hyperparameters", "Final hyper-parameters and data sizes (Table 2)", header,
                  rows, notes, pd.DataFrame.from_records(records), n_text=3)

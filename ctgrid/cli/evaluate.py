@@ -1,4 +1,4 @@
-"""``ctgrid evaluate MODEL_DIR [MODEL_DIR...]``: evaluate trained models (SPEC §1.4).
+"""``ctgrid evaluate MODEL_DIR [MODEL_DIR...]``: evaluate trained models (docs/deviations.md, M4).
 
 A model directory is what ``ctgrid train`` (or a grid job) writes: ``config.yaml`` (a
 :class:`~ctgrid.grid.job.JobConfig` mapping) and ``model.pt`` (the state dict, bare or
@@ -15,9 +15,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..data import DataConfig, Dataset
+    from ..grid.job import JobConfig
 from ._process import add_threads, check_threads
 
 _DESCRIPTION = (
@@ -83,7 +89,7 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 class _Input:
     model_dir: Path
     out_dir: Path
-    job: Any
+    job: JobConfig
     state_dict: dict
 
 
@@ -115,7 +121,7 @@ def _inputs(args: argparse.Namespace) -> list[_Input]:
     return items
 
 
-def _build(item: _Input, dataset: Any) -> Any:
+def _build(item: _Input, dataset: Dataset) -> nn.Module:
     from ..modeldir import build_trained
     return build_trained(item.job, item.state_dict, dataset, item.model_dir / "model.pt")
 
@@ -129,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if check_threads(args.threads) is not None:
         torch.set_num_threads(args.threads)
     items = _inputs(args)
-    datasets: dict[Any, Any] = {}
+    datasets: dict[DataConfig, Dataset] = {}
     models = []
     for item in items:
         if item.job.data not in datasets:

@@ -25,7 +25,7 @@ def _positive(text: str) -> int:
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..parallel import default_threads
+    from ..parallel.runner import default_threads
     p = sub.add_parser("run", help="run every job of a grid (in-process, or under mpiexec/srun)",
                        description=("Train and evaluate every job of GRID into RESULTS/<grid name>/; "
                                     "finished jobs are skipped, interrupted ones resume. Under "

@@ -73,7 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                             "from it, the data and the model, as in a grid)")
     p.add_argument("--out", type=Path, help="output directory (default results/train/<data>-<objective>)")
     p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
-    from ..parallel import default_threads
+    from ..parallel.runner import default_threads
     add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.set_defaults(func=run)
     return p

@@ -20,7 +20,7 @@ class DataConfig:
     ``None`` sizes take the dataset's reference default (README table).
     ``mutability`` maps feature names or 0-based indices to ``both|increase|decrease|none``;
     the string ``"paper"`` selects the paper's actionability setting for the dataset
-    (SPEC §1.4: synthetic first feature, Adult ``age``, ...). ``domain`` gives explicit
+    (docs/deviations.md, R16: synthetic first feature, Adult ``age``, ...). ``domain`` gives explicit
     bounds: one ``[lower, upper]`` pair for all features or one pair per feature; else
     bounds are inferred with ``domain_nstd`` standard deviations (reference: 2, paper text: 3).
     """

@@ -1,11 +1,11 @@
-"""MNIST from the four standard gzip IDX files (ANCHOR_NOTES §7.4).
+"""MNIST from the four standard gzip IDX files (docs/deviations.md, R23).
 
 Pixels are scaled ``x / 255 * 2 - 1`` into [-1, 1] and flattened row-major to 784
 features (``pixel_<row>_<col>``, 0-based). The training pool of ``n_train + n_val``
 images (default 10000 + 1000) is drawn class-balanced from the 60000 training
 images **without replacement**, seeded by ``split_seed`` -- the reference drew
 with replacement, so its training set held duplicates, some shared with the
-validation set (ANCHOR_NOTES §8.23). The validation rows are a stratified part of
+validation set (docs/deviations.md, D17). The validation rows are a stratified part of
 that pool. The test set is the official 10000 test images (``n_test`` subsamples
 it, stratified).
 """

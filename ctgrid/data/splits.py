@@ -102,7 +102,7 @@ def carve(y: np.ndarray, pool: np.ndarray, *, n_val: int, n_train: int | None,
     """Split row positions ``pool`` into (train, val): val stratified, train maybe subsampled.
 
     The training rows come back in a seeded random order (the reference fed
-    them in file order, ANCHOR_NOTES §8.22); validation rows stay sorted.
+    them in file order; docs/deviations.md, D19); validation rows stay sorted.
     """
     check_size("n_val", n_val, max(0, len(pool) - 1), name)
     val_pos = stratified_pick(y[pool], n_val, rng_for(seed, STAGE_VAL))

@@ -1,4 +1,4 @@
-"""The paper's four synthetic 2-D datasets, generated in-package (ANCHOR_NOTES §7.1).
+"""The paper's four synthetic 2-D datasets, generated in-package (docs/deviations.md, R21, D18).
 
 The geometry and parameters follow the MLJBase generators the reference used
 (moons: noise 0.1, second moon shifted by (1.0, 0.3); circles: noise 0.15,

@@ -1,7 +1,7 @@
 """Tabular datasets (Adult, California housing, Credit default, GMSC, German credit).
 
 Each loader reads the raw public file (``../shared/data/PROVENANCE.md``), derives
-the binary target as the authors did (ANCHOR_NOTES §7.3), and then:
+the binary target as the authors did (docs/deviations.md, R22, D19), and then:
 
 1. *balance* (CH, Credit, GMSC): the majority class is undersampled without
    replacement to the minority's size, seeded by ``split_seed`` (CH 20630,

@@ -1,4 +1,4 @@
-"""Configuration of the evaluation of trained models (SPEC §1.4, ANCHOR_NOTES §3)."""
+"""Configuration of the evaluation of trained models (docs/deviations.md, M4, R10)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +29,8 @@ class EvaluationConfig:
     continuous state (``step``), projected once at the end (``final``) or left continuous
     (``none``). ``step``: the search's step
     rule (``sgd`` as the reference; ``normalized`` takes steps of L2 length ``lr`` whatever
-    the model's steepness). ``redundancy``: also measure SPEC's redundancy (share of
-    features resettable to the factual with the counterfactual staying valid).
+    the model's steepness). ``redundancy``: also measure redundancy proper (share of
+    features resettable to the factual with the counterfactual staying valid; docs/deviations.md, M4).
     ``ig_rounds`` x ``ig_samples``: integrated-gradients sensitivity to the immutable
     features (``ig_samples`` test rows drawn with replacement, baseline U(-1, 1),
     ``ig_steps`` points, resampled ``ig_rounds`` times), measured only when the

@@ -1,4 +1,4 @@
-"""Evaluation of one trained model: counterfactual measures and predictive metrics (SPEC §1.4).
+"""Evaluation of one trained model: counterfactual measures and predictive metrics (docs/deviations.md, M4).
 
 :func:`evaluate_model` returns two tidy frames, written by the CLI and the grid runner
 as ``evaluation.parquet`` and ``performance.parquet``:
@@ -9,14 +9,14 @@ as ``evaluation.parquet`` and ``performance.parquet``:
 ``target``, ``predicted`` (this model's class at the factual: where it equals
 ``target`` the model already predicts the target), ``generator``, ``lambda_energy``,
 ``metric``, ``value``. Metrics: ``validity`` (argmax = target), ``validity_strict``
-(softmax target probability >= ``tau``; the reference's ignored ``tau``, §8.6), ``cost``
+(softmax target probability >= ``tau``; the reference ignored ``tau``; docs/deviations.md, D4), ``cost``
 (L1), ``ip`` (mean L1 distance to ``n_ip_samples`` target-class points),
 ``energy_differential``, ``share_unchanged`` (the reference's "redundancy": share of
-features left unchanged), ``redundancy`` (SPEC's: share of features that can be reset to
+features left unchanged), ``redundancy`` (docs/deviations.md, M4: share of features that can be reset to
 the factual value, one at a time, with the counterfactual staying valid; NaN for invalid
 ones; with ``config.redundancy``), ``converged``, ``steps``, ``ip_star`` and, with
 ``mmd_permutations > 0``, ``ip_star_pvalue``. Every counterfactual is kept, valid or not: filtering on validity
-is the aggregation's choice (the reference's valid-only filter biases comparisons, §8.7).
+is the aggregation's choice (the reference's valid-only filter biases comparisons; docs/deviations.md, D7).
 
 ``ip_star`` is the unbiased MMD^2 of one group — the counterfactuals of one
 ``(run, lambda_energy, target)`` — against the target-class points of the split, each
@@ -26,7 +26,7 @@ it per group, not per row, if group sizes differ). Groups of one counterfactual 
 
 ``performance`` — ``metric`` (``accuracy``, ``macro_f1``, ``robust_accuracy``),
 ``attack`` (``none``, ``fgsm``, ``pgd``), ``eps``, ``value``, on the test split; the
-attacks are clamped to the data domain (§8.19). When the evaluation's constraints make
+attacks are clamped to the data domain (docs/deviations.md, D10). When the evaluation's constraints make
 features immutable (and ``ig_rounds > 0``), ``ig_sensitivity`` rows (attack ``none``,
 ``eps`` NaN), one per round: the normalised integrated-gradients attribution of the
 predicted class's logit that falls on the immutable features, the quantity Proposition
@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._torch import model_device
 from ..constraints import Constraints
 from ..data.dataset import Dataset
 from ..errors import ConfigError
@@ -89,7 +90,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
     ``tau``, ``T`` and step come from ``config``. ``cache_dir`` caches REVISE's VAE.
     ``config.enabled`` is the grid runner's switch and is not consulted here.
     """
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     k = predict_logits(model, dataset.X_train[:1].to(device)).shape[1]
     if k != dataset.n_classes:
         raise ConfigError(f"evaluate_model: the model has {k} outputs; dataset {dataset.name!r} "
@@ -178,7 +179,7 @@ def performance_frame(model: nn.Module, dataset: Dataset, config: EvaluationConf
                       constraints: Constraints) -> pd.DataFrame:
     """Test-set accuracy, macro-F1 and robust accuracy under FGSM/PGD at each budget."""
     X, y = dataset.X_test, dataset.y_test
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     Xd, yd = X.to(device), y.to(device)
     pred = predict_logits(model, Xd).argmax(1)
     rows = [("accuracy", "none", 0.0, accuracy(yd, pred)),
@@ -206,7 +207,7 @@ def sensitivity_rounds(model: nn.Module, dataset: Dataset, config: EvaluationCon
     each of ``ig_rounds`` rounds resamples ``ig_samples`` of these attributions with
     replacement and :func:`ig_sensitivity` takes the share of the normalised attribution
     on the immutable features (``range`` normalisation for tabular data, ``minmax`` for
-    images, as the reference, ANCHOR_NOTES §3.3). The reference integrated afresh in every
+    images, as the reference; docs/deviations.md, R15). The reference integrated afresh in every
     round (100 x 2500 rows); resampling one pool of attributions gives the same rounds'
     distribution at 1/100 of the cost (MNIST: seconds instead of minutes). Draws are
     seeded by the test split's identity, so a BL/CT pair is probed at the same rows and
@@ -216,7 +217,7 @@ def sensitivity_rounds(model: nn.Module, dataset: Dataset, config: EvaluationCon
     if not protected or config.ig_rounds == 0:
         return []
     X, y = dataset.X_test, dataset.y_test
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     gen = torch_generator(*data_identity(dataset, "test", X, y), "ig_sensitivity")
     n = config.ig_samples
     x = X[torch.randint(X.shape[0], (n,), generator=gen)].to(device)

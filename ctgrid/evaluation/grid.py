@@ -6,7 +6,7 @@ labels, ``n_individuals`` and ``r`` — never from the model. A baseline and a C
 trained on the same data therefore explain the same individuals towards the same
 targets in every run, and the per-run CT/BL ratios of the paper's tables compare like
 with like. The reference chose individuals per model by the model's own predictions
-(unpaired) and kept the label pairs fixed across runs (ANCHOR_NOTES §3.2, §8.7); here
+(unpaired) and kept the label pairs fixed across runs (docs/deviations.md, D5); here
 the pairs are redrawn per run.
 
 Per run (``evaluation.factuals``): ``balanced`` (default, as the reference) gives every
@@ -29,12 +29,12 @@ independent, so this equals one search per setting.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
+from .._torch import model_device, tensor_digest
 from ..constraints import Constraints
 from ..data.dataset import Dataset
 from ..errors import ConfigError, DataError
@@ -57,9 +57,7 @@ def split_data(dataset: Dataset, test_time: bool) -> tuple[str, torch.Tensor, to
 
 def fingerprint(X: torch.Tensor, y: torch.Tensor) -> str:
     """16 hex digits of the SHA-256 of a split's features and labels."""
-    h = hashlib.sha256(X.detach().cpu().contiguous().numpy().tobytes())
-    h.update(y.detach().cpu().long().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return str(tensor_digest(X, y.long()).hexdigest()[:16])
 
 
 def data_identity(dataset: Dataset, split: str, X: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -185,7 +183,7 @@ def search_grid(model: nn.Module, grid: EvaluationGrid, generator: GeneratorConf
                 constraints: Constraints, *, codec: Codec | None = None,
                 chunk_rows: int = CHUNK_ROWS) -> CounterfactualBatch:
     """Search every row of ``grid`` (each with its own energy weight), ``chunk_rows`` at a time."""
-    device = next(iter(model.parameters()), torch.empty(0)).device
+    device = model_device(model)
     lam = grid.lambda_energy.float()
     x_all = grid.x
     parts = []

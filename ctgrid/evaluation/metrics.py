@@ -1,4 +1,4 @@
-"""Per-counterfactual measures (SPEC §1.4, ANCHOR_NOTES §3.3), batched over rows.
+"""Per-counterfactual measures (docs/deviations.md, M4, R12), batched over rows.
 
 Every function takes ``n`` counterfactuals at once (``x_cf (n, d)``, factuals
 ``x (n, d)``, targets ``(n,)``) and returns one float64 value per row on the CPU, so
@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError
-from .predictive import eval_mode, predict_logits
+from .._torch import eval_mode
+from .predictive import predict_logits
 
 
 def validity(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,7 +25,7 @@ def validity(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def validity_strict(logits: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
     """1.0 where the softmax probability of the target reaches ``tau``.
 
-    The reference's version ignored ``tau`` and equalled :func:`validity` (ANCHOR_NOTES §8.6).
+    The reference's version ignored ``tau`` and equalled :func:`validity` (docs/deviations.md, D4).
     """
     if not 0 < tau <= 1:
         raise ValueError(f"validity_strict: tau must be in (0, 1], got {tau}")
@@ -48,7 +49,7 @@ def share_resettable(model: nn.Module, x: torch.Tensor, x_cf: torch.Tensor, targ
                      atol: float = 1e-5, max_rows: int = 65536) -> torch.Tensor:
     """Share of features that can be reset to the factual value, one at a time, with the CE still valid.
 
-    SPEC §1.4's definition of redundancy. Unchanged features (``|x'_d - x_d| < atol``)
+    Redundancy as defined in docs/deviations.md, M4. Unchanged features (``|x'_d - x_d| < atol``)
     count as resettable; each changed feature costs one forward pass of one row, run in
     batches of ``max_rows``. NaN for counterfactuals that are not valid themselves.
 

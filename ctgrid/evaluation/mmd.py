@@ -9,7 +9,7 @@ triangle only, by symmetry) and immediately multiplied with indicator vectors of
 split, so memory is one centred float64 copy of the ``N`` pooled points plus
 ``O(block_size^2 + N * (P + 2))`` for ``P`` permutations. Everything runs in float64.
 
-Defaults follow what produced the published numbers (ANCHOR_NOTES §3.3, §8.5): length
+Defaults follow what produced the published numbers (docs/deviations.md, R13): length
 scale 5.0 (the paper and CounterfactualExplanations.jl state 0.5) and at most 100 points
 per side, drawn without replacement.
 """

@@ -7,25 +7,14 @@ exit) and :func:`predict_logits` (batched, ``no_grad``). Robust accuracy lives i
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterator, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import nn
 
+from .._torch import eval_mode, model_device
+
 Baseline = Literal["uniform", "zeros"]
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block; restore every submodule's own flag after."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, training in modes:
-            m.training = training
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -41,8 +30,7 @@ def predict_logits(model: nn.Module, X: torch.Tensor, *, batch_size: int = 8192)
 
     ``X`` is cast to the model's dtype and moved to its device batch by batch.
     """
-    p = next(model.parameters(), None)
-    device = X.device if p is None else p.device
+    device = model_device(model, X.device)
     dtype = model_dtype(model)
     with eval_mode(model), torch.no_grad():
         parts = [model(X[i:i + batch_size].to(device=device, dtype=dtype))
@@ -149,7 +137,7 @@ def ig_sensitivity(attributions: torch.Tensor, protected: Sequence[int], *,
                    normalisation: Literal["range", "minmax"] = "range") -> float:
     """Normalised attribution of the ``protected`` features, averaged over rows and features.
 
-    Normalisation over the whole ``(n, d)`` attribution matrix, as ANCHOR_NOTES §3.3:
+    Normalisation over the whole ``(n, d)`` attribution matrix (docs/deviations.md, R15):
     ``"range"`` is ``|g| / (max g - min g)`` (the reference's rule for tabular matrices),
     ``"minmax"`` is ``(g - min g) / (max g - min g)`` (its rule for image arrays).
     One call = one bootstrap round of the paper's IG table.

@@ -1,8 +1,8 @@
 """Adversarial robustness: FGSM, PGD and robust accuracy (Acc*) at a list of budgets.
 
 Both attacks are untargeted L-infinity attacks on the cross-entropy of the true
-label, as the reference (ANCHOR_NOTES §3.3). Unlike the reference, every perturbed
-input is clamped to the data domain (``Constraints.clamp``; ANCHOR_NOTES §8.19) when
+label, as the reference (docs/deviations.md, R14). Unlike the reference, every perturbed
+input is clamped to the data domain (``Constraints.clamp``; docs/deviations.md, D10) when
 ``constraints`` is given. Gradients are taken with ``torch.autograd.grad`` with respect
 to the inputs only, so model parameters never accumulate ``.grad``; the model runs in
 eval mode and its own mode is restored afterwards.
@@ -16,7 +16,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..constraints import Constraints
-from .predictive import eval_mode, model_dtype
+from .._torch import eval_mode
+from .predictive import model_dtype
 
 Attack = Literal["fgsm", "pgd"]
 

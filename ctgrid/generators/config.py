@@ -15,7 +15,7 @@ STEP_RULES = ("sgd", "normalized")
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Hyper-parameters of the batched gradient search (SPEC §1.1, ANCHOR_NOTES §2).
+    """Hyper-parameters of the batched gradient search (docs/deviations.md, M1, R5).
 
     Defaults are what the published numbers were really produced with: SGD step
     ``lr = 0.1`` (the reference ignored its configured 0.25), ``maxiter = 30``,
@@ -25,7 +25,7 @@ class GeneratorConfig:
     ``"reference"`` uses ``b = max(1, round(T/25))``, ``a = b/10`` — the reference's
     schedule, except that it is never zero; ``"reference_exact"`` keeps the
     reference's ``b = round(T/25)``, which silently disables the energy term for
-    ``T <= 12`` (ANCHOR_NOTES §8.3; use it only to reproduce published numbers);
+    ``T <= 12`` (docs/deviations.md, D2; use it only to reproduce published numbers);
     ``"constant"`` uses ``phi = 1``.
 
     ``step``: ``"sgd"`` (reference) moves ``lr * grad``, so the step length scales with the

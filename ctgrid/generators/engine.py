@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._torch import eval_mode
 from ..constraints import Constraints
 from .penalties import SearchState
 
@@ -69,17 +70,15 @@ class CounterfactualBatch:
 @contextlib.contextmanager
 def frozen(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no parameter gradients during a search; both restored after."""
-    was_training = model.training
     flags = [p.requires_grad for p in model.parameters()]
-    model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        yield model
+        with eval_mode(model):
+            yield model
     finally:
         for p, flag in zip(model.parameters(), flags):
             p.requires_grad_(flag)
-        model.train(was_training)
 
 
 class _Rows:

@@ -45,7 +45,7 @@ def l1_cost(state: SearchState) -> torch.Tensor:
 
 
 def energy_decay(step: int, maxiter: int, schedule: str) -> float:
-    """ECCo's decay factor ``phi(t) = a (b + t)^-0.9`` with ``t = step + 1`` (ANCHOR_NOTES §2.3)."""
+    """ECCo's decay factor ``phi(t) = a (b + t)^-0.9`` with ``t = step + 1`` (docs/deviations.md, R6)."""
     if schedule == "constant":
         return 1.0
     b = round(maxiter / 25)  # Python and Julia both round half to even

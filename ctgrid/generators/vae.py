@@ -1,13 +1,12 @@
 """REVISE's variational auto-encoder: trained once per (training data, seed), cached on disk.
 
-Architecture as the reference (ANCHOR_NOTES §2.5): encoder ``Dense(d->h, sigmoid)``
+Architecture as the reference (docs/deviations.md, R7): encoder ``Dense(d->h, sigmoid)``
 with mean and log-sigma heads, decoder ``Dense(L->h, tanh) -> Dense(h->d)``;
 ``L=2, h=16`` for ``d <= 2`` else ``L=4, h=32``. The search uses the deterministic
-encoder mean (the reference re-sampled at every step, §8.20).
+encoder mean (the reference re-sampled at every step; docs/deviations.md, D11).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from .._atomic import save_torch
+from .._torch import tensor_digest
 
 
 _CACHE_VERSION = 2  # bump when training changes what a (data, settings, seed) key produces
@@ -99,7 +99,7 @@ def load_or_train_vae(X: torch.Tensor, cache_dir: str | os.PathLike | None, *, s
     L, H = vae_shape(X.shape[1], latent_dim, hidden)
     if cache_dir is None:
         return train_vae(X, latent_dim=L, hidden=H, epochs=epochs, seed=seed)
-    h = hashlib.sha256(X.detach().cpu().contiguous().numpy().tobytes())
+    h = tensor_digest(X)
     h.update(f"{_CACHE_VERSION}-{L}-{H}-{epochs}-{seed}".encode())
     path = Path(cache_dir) / f"vae-{h.hexdigest()[:16]}.pt"
     if path.exists():

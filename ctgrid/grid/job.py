@@ -3,7 +3,7 @@
 A job's identity is a hash of its *canonical* configuration, in which every
 parameter its objective does not use is reset to its default. So the 135
 ``vanilla`` points of the penalties grid, which differ only in CT-only
-parameters, are one job (ANCHOR_NOTES §8.13), while each grid point still maps
+parameters, are one job (docs/deviations.md, D13), while each grid point still maps
 to the job that produces its results.
 """
 from __future__ import annotations

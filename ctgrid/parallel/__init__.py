@@ -11,15 +11,12 @@ import sys
 from typing import TextIO
 
 from .mpi import under_mpi_launcher
-from .runner import JobOutcome, RunSettings, default_threads, run_job, torch_threads
-from .scheduler import GridRun, Plan, make_plan, prepare, run_serial
-from .sharded import ShardedGenerate, shard_bounds
+from .runner import RunSettings, torch_threads
+from .scheduler import GridRun, run_serial
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "GridRun", "JobOutcome",
-           "Plan", "RunSettings", "ShardedGenerate", "StopFlag", "default_threads", "make_plan",
-           "prepare", "run_grid", "run_job", "run_serial", "shard_bounds", "torch_threads",
-           "under_mpi_launcher"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "GridRun", "RunSettings",
+           "run_grid", "under_mpi_launcher"]
 
 
 def run_grid(run: GridRun, out: TextIO | None = None) -> int:

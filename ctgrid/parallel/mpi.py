@@ -1,6 +1,6 @@
 """The grid under MPI: rank 0 schedules, the other ranks (or groups of ranks) run jobs.
 
-Protocol (a pull queue, no static chunks and no dummy jobs; ANCHOR_NOTES §8.12):
+Protocol (a pull queue, no static chunks and no dummy jobs; docs/deviations.md, D12):
 a worker sends ``("ready", outcome of its last job)``; rank 0 answers with
 ``("job", id, config, results dir)`` (longest expected first) or ``("stop", code)``.
 A worker that was interrupted says ``"interrupted"`` instead; rank 0 then stops
@@ -28,8 +28,8 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ..errors import ConfigError, CTGridError
 from ..store import ResultStore
-from .runner import JobOutcome, run_job, torch_threads, warm_up
-from .scheduler import GridRun, Progress, prepare, print_plan, run_serial
+from .runner import JobOutcome, Role, run_job, torch_threads, warm_up
+from .scheduler import GridRun, Prepared, Progress, drive, run_serial
 from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
 from .signals import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag, either
 
@@ -113,22 +113,9 @@ class Scheduler:
                 return
 
     def serve(self) -> int:
-        try:
-            prep = prepare(self.run)
-        except CTGridError:
-            self.drain(EXIT_USAGE)
-            raise
-        if self.run.dry_run:
-            print_plan(prep, self.out)
-            self.drain(EXIT_OK)
-            return EXIT_OK
-        try:
-            return self._loop(prep)
-        finally:
-            prep.release()
+        return drive(self.run, self.out, len(self.leaders), self._loop, self.drain)
 
-    def _loop(self, prep: Any) -> int:
-        progress = Progress(prep, len(self.leaders), self.out)
+    def _loop(self, prep: Prepared, progress: Progress) -> None:
         queue = deque(prep.plan.todo)
         active = set(self.leaders)
         busy: dict[int, str] = {}   # leader rank -> the job it runs
@@ -157,7 +144,6 @@ class Scheduler:
                 break
         from mpi4py import MPI
         MPI.Request.Waitall(self._sends)
-        return progress.close()
 
     def _interrupt(self, progress: Progress, busy: dict[int, str]) -> None:
         if not progress.interrupted:
@@ -175,11 +161,13 @@ class Worker:
         self.root_interrupt = RootInterrupt(comm)
         self.sharded = group is not None and group.Get_size() > 1
 
-    def _generate_factory(self, leader: bool) -> Callable[..., Any] | None:
+    def role(self, local: Callable[[], bool], *, leader: bool = True,
+             checkpoint: Path | None = None) -> Role:
+        """This rank's part in its next job (alone, or leader / member of a sharded group)."""
         if not self.sharded:
-            return None
-        return lambda job, dataset, cache_dir: ShardedGenerate(self.group, job, dataset, cache_dir,
-                                                               leader=leader)
+            return Role(self.rank, stop=local)
+        return Role(self.rank, leader, checkpoint, stop=group_stop(self.group, local), local_stop=local,
+                    wrap_search=ShardedGenerate.wrapper(self.group, leader=leader))
 
     def _reply(self) -> tuple:
         while True:
@@ -207,9 +195,7 @@ class Worker:
             store = ResultStore(Path(root))
             if self.sharded:
                 self._tell_members(("job", job_id, job, root, read_checkpoint(store.job(job_id).checkpoint)))
-            stop = group_stop(self.group, local) if self.sharded else local
-            outcome = run_job(store, job_id, job, self.run.settings, stop=stop, local_stop=local,
-                              make_generate=self._generate_factory(True), rank=self.rank)
+            outcome = run_job(store, job_id, job, self.run.settings, self.role(local))
 
     def _tell_members(self, msg: tuple) -> None:
         if self.sharded:
@@ -225,9 +211,7 @@ class Worker:
             _, job_id, job, root, data = msg
             with private_checkpoint(data) as path:
                 run_job(ResultStore(Path(root)), job_id, job, self.run.settings,
-                        stop=group_stop(self.group, self.stop), local_stop=self.stop,
-                        make_generate=self._generate_factory(False), rank=self.rank,
-                        leader=False, checkpoint=path)
+                        self.role(self.stop, leader=False, checkpoint=path))
 
 
 def _check_world(size: int, shard: int) -> None:

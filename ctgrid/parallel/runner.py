@@ -16,18 +16,28 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
+import pandas as pd
 import torch
 
 from .. import __version__, _atomic
 from ..errors import JobFailedError
 from ..store import JobPaths, ResultStore, now
 
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..grid.job import JobConfig
+    from ..training.loop import SearchWrapper, TrainResult
+
 log = logging.getLogger("ctgrid")
 
-#: ``make_generate(job, dataset, cache_dir) -> generate`` builds the training's CE hook
-GenerateFactory = Callable[[Any, Any, Path], Callable[..., Any]]
+#: ``(evaluation, performance)`` of one model (``evaluation`` is None when disabled)
+Tables = tuple[Optional[pd.DataFrame], pd.DataFrame]
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,24 @@ class JobOutcome:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Role:
+    """How this rank takes part in a job (one per job; the default: a rank running it alone).
+
+    A sharded group's leader and members all train the job (``stop`` is then a
+    collective over the group and ``wrap_search`` splits the CE search over it); only
+    the ``leader`` writes into the results, a member trains from ``checkpoint``, its
+    private copy of the leader's.
+    """
+
+    rank: int = 0
+    leader: bool = True
+    checkpoint: Path | None = None
+    stop: Callable[[], bool] = _never               # between epochs
+    local_stop: Callable[[], bool] | None = None    # before the evaluation (default: stop)
+    wrap_search: SearchWrapper | None = None
 
 
 class NonFiniteError(JobFailedError):
@@ -114,7 +142,7 @@ def _epoch_line(row: dict[str, Any]) -> str:
     return f"epoch {row.get('epoch')}: " + " ".join(f"{k}={fmt(row[k])}" for k in keys if k in row)
 
 
-def check_finite(model: torch.nn.Module, history: Any) -> None:
+def check_finite(model: torch.nn.Module, history: pd.DataFrame) -> None:
     """Raise :class:`NonFiniteError` for NaN/inf weights or a last epoch without any update."""
     for name, p in model.state_dict().items():
         if torch.is_floating_point(p) and not bool(torch.isfinite(p).all()):
@@ -124,7 +152,7 @@ def check_finite(model: torch.nn.Module, history: Any) -> None:
                              f"was non-finite (no update)")
 
 
-def evaluate(model: torch.nn.Module, dataset: Any, job: Any, cache_dir: Path) -> tuple[Any, Any]:
+def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir: Path) -> Tables:
     """``(evaluation, performance)`` tables of a trained model. With
     ``evaluation.enabled: false`` only the (cheap) predictive performance is computed
     (Tables 3–5 need it for every job) and ``evaluation`` is ``None``."""
@@ -137,8 +165,8 @@ def evaluate(model: torch.nn.Module, dataset: Any, job: Any, cache_dir: Path) ->
                                    evaluation_constraints(dataset, job.evaluation))
 
 
-def _train(job: Any, dataset: Any, store: ResultStore, checkpoint: Path, stop: Callable[[], bool],
-           generate: Callable[..., Any] | None, logger: logging.Logger) -> tuple[Any, int]:
+def _train(job: JobConfig, dataset: Dataset, store: ResultStore, checkpoint: Path, role: Role,
+           logger: logging.Logger) -> tuple[TrainResult, int]:
     from ..training import train
     ran = []
 
@@ -148,11 +176,11 @@ def _train(job: Any, dataset: Any, store: ResultStore, checkpoint: Path, stop: C
 
     result = train(dataset, job.model, job.generator, replace(job.training, seed=job.seed),
                    checkpoint_path=checkpoint, cache_dir=store.cache_dir, progress=progress,
-                   stop=stop, generate=generate)
+                   stop=role.stop, wrap_search=role.wrap_search)
     return result, result.epochs_done - len(ran)
 
 
-def _write_results(paths: JobPaths, job: Any, result: Any, tables: tuple[Any, Any]) -> None:
+def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables) -> None:
     from ..modeldir import write_model
     write_model(paths, job, result)
     evaluation, performance = tables
@@ -167,31 +195,29 @@ class _Attempt:
 
     store: ResultStore
     job_id: str
-    job: Any
+    job: JobConfig
     settings: RunSettings
-    rank: int
-    leader: bool
+    role: Role
     logger: logging.Logger
     t0: float = field(default_factory=time.perf_counter)
     started: str = field(default_factory=now)
 
     def outcome(self, status: str, seconds: float, epochs: int = 0) -> JobOutcome:
-        return JobOutcome(self.job_id, status, seconds, rank=self.rank, epochs_done=epochs)
+        return JobOutcome(self.job_id, status, seconds, rank=self.role.rank, epochs_done=epochs)
 
-    def train(self, checkpoint: Path, stop: Callable[[], bool],
-              make_generate: GenerateFactory | None) -> tuple[Any, Any, int]:
+    def train(self) -> tuple[Dataset, TrainResult, int]:
         from ..data import load_dataset
-        if self.leader:
+        if self.role.leader:
             self.store.begin(self.job_id)
             self.store.write_config(self.job_id, self.job)
         self.logger.info("job %s (%s) on rank %d of %s, seed %d", self.job_id, self.job.name,
-                         self.rank, socket.gethostname(), self.job.seed)
+                         self.role.rank, socket.gethostname(), self.job.seed)
         dataset = load_dataset(self.job.data, self.settings.data_dir)
-        generate = make_generate(self.job, dataset, self.store.cache_dir) if make_generate else None
-        result, resumed = _train(self.job, dataset, self.store, checkpoint, stop, generate, self.logger)
+        checkpoint = self.role.checkpoint or self.store.job(self.job_id).checkpoint
+        result, resumed = _train(self.job, dataset, self.store, checkpoint, self.role, self.logger)
         return dataset, result, resumed
 
-    def finish(self, dataset: Any, result: Any, resumed: int, t_train: float) -> JobOutcome:
+    def finish(self, dataset: Dataset, result: TrainResult, resumed: int, t_train: float) -> JobOutcome:
         """Evaluate, write the results, then the ``done.json`` marker (last)."""
         tables = evaluate(result.model, dataset, self.job, self.store.cache_dir)
         _write_results(self.store.job(self.job_id), self.job, result, tables)
@@ -199,7 +225,7 @@ class _Attempt:
         self.store.mark_done(self.job_id, {
             "name": self.job.name, "started": self.started, "seconds": seconds,
             "train_seconds": t_train, "eval_seconds": seconds - t_train,
-            "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.rank,
+            "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.role.rank,
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
             "threads": self.settings.threads, "data_summary": dataset.summary(),
             "ctgrid_version": __version__})
@@ -209,8 +235,8 @@ class _Attempt:
     def fail(self, exc: Exception) -> JobOutcome:
         seconds = time.perf_counter() - self.t0
         self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True)
-        if self.leader:
-            self.store.mark_failed(self.job_id, exc, {"rank": self.rank, "seconds": seconds,
+        if self.role.leader:
+            self.store.mark_failed(self.job_id, exc, {"rank": self.role.rank, "seconds": seconds,
                                                       "started": self.started},
                                    drop_checkpoint=isinstance(exc, NonFiniteError))
         out = self.outcome("failed", seconds)
@@ -218,29 +244,26 @@ class _Attempt:
         return out
 
 
-def run_job(store: ResultStore, job_id: str, job: Any, settings: RunSettings, *,
-            stop: Callable[[], bool] = lambda: False, local_stop: Callable[[], bool] | None = None,
-            make_generate: GenerateFactory | None = None, rank: int = 0, leader: bool = True,
-            checkpoint: Path | None = None) -> JobOutcome:
+def run_job(store: ResultStore, job_id: str, job: JobConfig, settings: RunSettings,
+            role: Role = Role()) -> JobOutcome:
     """Run ``job`` to completion, failure or interruption and record the result.
 
-    ``stop`` is the training's between-epoch check (in sharded mode a collective
-    over the group); ``local_stop`` (default ``stop``) is checked once more before
-    the evaluation. A non-``leader`` (sharded member) trains from ``checkpoint``
-    (its private copy of the leader's) and writes nothing into the results.
+    ``role.stop`` is the training's between-epoch check; ``role.local_stop`` (default
+    ``role.stop``) is checked once more before the evaluation. A non-leader (sharded
+    member) trains from ``role.checkpoint`` and writes nothing into the results.
     """
     paths = store.job(job_id)
-    local_stop = stop if local_stop is None else local_stop
-    with job_log(paths.log if leader else None) as logger:
-        run = _Attempt(store, job_id, job, settings, rank, leader, logger)
+    local_stop = role.stop if role.local_stop is None else role.local_stop
+    with job_log(paths.log if role.leader else None) as logger:
+        run = _Attempt(store, job_id, job, settings, role, logger)
         try:
-            dataset, result, resumed = run.train(checkpoint or paths.checkpoint, stop, make_generate)
+            dataset, result, resumed = run.train()
             t_train = time.perf_counter() - run.t0
             if not result.completed:
                 logger.info("interrupted after epoch %d (checkpoint kept)", result.epochs_done)
                 return run.outcome("interrupted", t_train, result.epochs_done)
             check_finite(result.model, result.history)
-            if not leader:
+            if not role.leader:
                 return run.outcome("done", t_train, result.epochs_done)
             if local_stop():
                 logger.info("interrupted before the evaluation (training complete, checkpoint kept)")

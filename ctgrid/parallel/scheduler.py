@@ -3,7 +3,7 @@
 :func:`prepare` (the scheduler's side, rank 0 under MPI) loads the grid, takes the
 results directory's lock, writes the grid files and plans: done jobs are skipped,
 failed ones skipped unless ``retry_failed``, the rest ordered longest expected
-first (ANCHOR_NOTES §8.12: no static chunks, no dummy jobs). :func:`run_serial`
+first (no static chunks, no dummy jobs; docs/deviations.md, D12). :func:`run_serial`
 then runs the plan in this process; :mod:`ctgrid.parallel.mpi` hands it out to
 worker ranks instead. Both report through :class:`Progress`.
 """
@@ -12,12 +12,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, CTGridError, DataError
 from ..store import ResultStore, RunLock
-from .runner import JobOutcome, RunSettings, run_job, warm_up
-from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, StopFlag
+from .runner import JobOutcome, Role, RunSettings, run_job, warm_up
+from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+
+if TYPE_CHECKING:
+    from ..grid.job import JobConfig
 
 
 @dataclass(frozen=True)
@@ -44,8 +47,10 @@ class Plan:
 
 @dataclass
 class Prepared:
+    """A planned run: its store, jobs by id, plan, and the results directory's lock."""
+
     store: ResultStore
-    jobs: dict[str, Any]
+    jobs: dict[str, JobConfig]
     plan: Plan
     lock: RunLock | None
     n_points: int = 0
@@ -55,12 +60,12 @@ class Prepared:
             self.lock.release()
 
 
-def job_cost(job: Any) -> float:
+def job_cost(job: JobConfig) -> float:
     """``JobConfig.expected_cost`` (the scheduler's longest-first key)."""
     return float(job.expected_cost())
 
 
-def make_plan(store: ResultStore, jobs: dict[str, Any], *, retry_failed: bool) -> Plan:
+def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool) -> Plan:
     """Skip done (and, unless ``retry_failed``, failed) jobs; longest expected first."""
     plan = Plan(todo=[])
     for job_id in jobs:
@@ -78,7 +83,7 @@ def make_plan(store: ResultStore, jobs: dict[str, Any], *, retry_failed: bool) -
     return plan
 
 
-def preflight(jobs: dict[str, Any], data_dir: str | None) -> None:
+def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
@@ -222,27 +227,48 @@ def exit_code(done: int, total: int, interrupted: bool) -> int:
     return EXIT_OK if done == total else EXIT_FAILED
 
 
+def drive(run: GridRun, out: TextIO, n_workers: int, loop: Callable[[Prepared, Progress], None],
+          answer_workers: Callable[[int], None] | None = None) -> int:
+    """The skeleton every backend shares: prepare, print the plan (dry run) or run
+    ``loop`` with a :class:`Progress`, print the summary, release the lock; return the exit code.
+
+    ``answer_workers(code)`` tells waiting workers to stop when no loop runs (bad
+    input: exit 2, re-raised afterwards; dry run: 0).
+    """
+    answer = answer_workers or (lambda code: None)
+    try:
+        prep = prepare(run)
+    except CTGridError:
+        answer(EXIT_USAGE)
+        raise
+    if run.dry_run:
+        print_plan(prep, out)
+        answer(EXIT_OK)
+        return EXIT_OK
+    try:
+        progress = Progress(prep, n_workers, out)
+        loop(prep, progress)
+        return progress.close()
+    finally:
+        prep.release()
+
+
 def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
     """Run the grid's pending jobs one after another in this process."""
     if run.settings.shard_size > 1:
         raise ConfigError(f"--shard-size: got {run.settings.shard_size}; sharded jobs need MPI "
                           f"(mpiexec/srun with 1 + k*m ranks), allowed here: 1")
-    prep = prepare(run)
-    if run.dry_run:
-        print_plan(prep, out)
-        return EXIT_OK
-    try:
+
+    def loop(prep: Prepared, progress: Progress) -> None:
         warm_up()
-        progress = Progress(prep, 1, out)
         for job_id in prep.plan.todo:
             if stop():
                 progress.interrupted = True
-                break
+                return
             progress.started(job_id, 0)
-            outcome = run_job(prep.store, job_id, prep.jobs[job_id], run.settings, stop=stop)
+            outcome = run_job(prep.store, job_id, prep.jobs[job_id], run.settings, Role(stop=stop))
             progress.finished(outcome)
             if outcome.status == "interrupted":
-                break
-        return progress.close()
-    finally:
-        prep.release()
+                return
+
+    return drive(run, out, 1, loop)

@@ -7,7 +7,7 @@ searches the counterfactuals of its contiguous slice of the epoch's factuals and
 an ``allgather`` on the group's communicator gives every rank the full
 :class:`~ctgrid.generators.CounterfactualBatch`, in the order of the factuals.
 
-Unlike the reference's sequential mode (ANCHOR_NOTES §8.14–8.15) nothing goes
+Unlike the reference's sequential mode (docs/deviations.md, D14) nothing goes
 through the disk or the root, and all ranks of a group resume from the same
 checkpoint: the leader reads it and sends its bytes to the others, which train
 from a private copy (only the leader writes into the results). Every rank calls
@@ -22,9 +22,15 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
+
+import torch
+from torch import nn
 
 from ..errors import JobFailedError
+from ..generators import CounterfactualBatch, SearchEngine
+
+T = TypeVar("T")
 
 
 def shard_bounds(n: int, k: int, r: int) -> tuple[int, int]:
@@ -33,35 +39,42 @@ def shard_bounds(n: int, k: int, r: int) -> tuple[int, int]:
 
 
 class ShardedGenerate:
-    """The training's ``generate(model, x, target, **kw)`` hook for one job on ``group``."""
+    """The training's ``generate(model, x, target, **kw)`` hook on ``group``: the search of
+    the engine ``build()`` returns, split over the group's ranks.
 
-    def __init__(self, group: Any, job: Any, dataset: Any, cache_dir: Path | None, *, leader: bool):
-        self.group, self.job, self.dataset = group, job, dataset
-        self.cache_dir, self.leader = cache_dir, leader
-        self._engine: Any = None
+    Made by ``wrap_search`` (:func:`ctgrid.training.train`), which passes the training's own
+    engine builder: the hook knows nothing of jobs, only of the engine and the group.
+    """
 
-    def engine(self) -> Any:
-        """The job's search engine; built by the leader first, so that the members only
-        read REVISE's cached VAE (collective: the first CT epoch of every rank calls it)."""
+    def __init__(self, group: Any, build: Callable[[], SearchEngine], *, leader: bool):
+        self.group, self.build, self.leader = group, build, leader
+        self._engine: SearchEngine | None = None
+
+    @classmethod
+    def wrapper(cls, group: Any, *, leader: bool) -> Callable[[Callable[[], SearchEngine]], ShardedGenerate]:
+        """The ``wrap_search`` hook of a training on ``group``."""
+        return lambda build: cls(group, build, leader=leader)
+
+    def engine(self) -> SearchEngine:
+        """The search engine; built by the leader first, so that the members only read
+        REVISE's cached VAE (collective: the first CT epoch of every rank calls it)."""
         if self._engine is None:
-            from ..generators import generator_for
-            build = lambda: generator_for(self.job.generator, self.dataset.constraints,  # noqa: E731
-                                          self.dataset.X_train, cache_dir=self.cache_dir)
             error = None
             if self.leader:
-                self._engine, error = _attempt(build)
+                self._engine, error = _attempt(self.build)
             error = self.group.bcast(error, root=0)
             if error is None:
                 if not self.leader:
-                    self._engine, error = _attempt(build)
+                    self._engine, error = _attempt(self.build)
                 error = next((e for e in self.group.allgather(error) if e is not None), None)
             if error is not None:
                 self._engine = None
                 raise JobFailedError(f"building the generator failed: {error}")
+        assert self._engine is not None
         return self._engine
 
-    def __call__(self, model: Any, x: Any, target: Any, **kw: Any) -> Any:
-        from ..generators import CounterfactualBatch
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor,
+                 **kw: Any) -> CounterfactualBatch:
         engine = self.engine()
         lo, hi = shard_bounds(len(x), self.group.Get_size(), self.group.Get_rank())
         part, error = _attempt(lambda: engine.search(model, x[lo:hi], target[lo:hi], **kw))
@@ -73,7 +86,7 @@ class ShardedGenerate:
         return CounterfactualBatch.concat([p for p, _ in gathered])
 
 
-def _attempt(fn: Callable[[], Any]) -> tuple[Any, str | None]:
+def _attempt(fn: Callable[[], T]) -> tuple[T | None, str | None]:
     try:
         return fn(), None
     except Exception as exc:  # noqa: BLE001 - shipped to the other ranks, re-raised there

@@ -1,4 +1,4 @@
-"""Counterfactual Training: objectives, the epoch loop, checkpoints (SPEC §1.2–1.3)."""
+"""Counterfactual Training: objectives, the epoch loop, checkpoints (docs/deviations.md, M2, M3)."""
 from .config import OBJECTIVE_TERMS, OBJECTIVES, TrainingConfig
 from .loop import HISTORY_COLUMNS, TrainResult, train, validate
 

@@ -1,4 +1,4 @@
-"""Per-epoch training checkpoints (SPEC §1.3 step 4).
+"""Per-epoch training checkpoints (docs/deviations.md, M3).
 
 A checkpoint holds the model and optimiser state, the number of finished epochs,
 the history rows and a fingerprint of what was being trained. Every random draw
@@ -9,11 +9,10 @@ used are still recorded (``rng``) for inspection.
 
 Written atomically after each epoch; a run whose fingerprint differs from the
 checkpoint's is refused rather than silently continued (the reference let an old
-``config.toml`` override a changed grid, ANCHOR_NOTES §8.24).
+``config.toml`` override a changed grid; docs/deviations.md, D20).
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from .._atomic import save_torch
+from .._torch import tensor_digest
 from .._validate import to_dict
 from ..data import Dataset
 from ..errors import ConfigError
@@ -31,10 +31,8 @@ VERSION = 1
 
 def fingerprint(dataset: Dataset, *configs: Any) -> dict[str, Any]:
     """What must match for a checkpoint to be resumed: the configs, the training data and constraints."""
-    h = hashlib.sha256()
     cons = dataset.constraints
-    for t in (dataset.X_train, dataset.y_train, cons.lower, cons.upper):
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h = tensor_digest(dataset.X_train, dataset.y_train, cons.lower, cons.upper)
     h.update("\x1f".join(cons.mutability).encode())
     return {"data": dataset.name, "train_sha256": h.hexdigest()[:32],
             "configs": [to_dict(c) for c in configs]}

@@ -1,4 +1,4 @@
-"""Configuration of one Counterfactual Training run (SPEC §1.2–1.3, ANCHOR_NOTES §1)."""
+"""Configuration of one Counterfactual Training run (docs/deviations.md, M2, M3, R1)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,14 +22,14 @@ class TrainingConfig:
     """Objective, loss weights and the optimisation schedule.
 
     Defaults follow the reference's effective values: Adam with ``lr = 1e-3``
-    (now actually configurable, ANCHOR_NOTES §8.1), 100 epochs, ``nce = 1000``,
+    (now actually configurable: docs/deviations.md, D1), 100 epochs, ``nce = 1000``,
     loss weights ``(1, 0.5, 0.1, 0.25)``, nascent radius ``adv_eps = 0.3`` (L-inf).
 
     Deviations from the reference, each a parameter:
     ``shuffle`` (reference never shuffled mini-batches: ``False`` reproduces it);
     ``nonconverged = "replace"`` replaces a non-converged counterfactual by its
     ``x+`` as the reference did (zero divergence but still a ridge penalty and an
-    adversarial example, §8.10); ``"drop"`` leaves such rows out of every CE term.
+    adversarial example; docs/deviations.md, R3); ``"drop"`` leaves such rows out of every CE term.
     ``batch_size = None`` takes the dataset's default (30 synthetic, 1000 otherwise).
     ``adv_label``: the label of the adversarial loss on nascent counterfactuals, ``"true"``
     (the factual's ground truth; the reference's newest release, v0.1.3) or ``"predicted"``

@@ -1,4 +1,4 @@
-"""The counterfactual phase of a CT epoch (SPEC §1.3 step 1, ANCHOR_NOTES §1.2).
+"""The counterfactual phase of a CT epoch (docs/deviations.md, M3, R2).
 
 Once per epoch, with the model as it is at the start of the epoch: draw ``nce``
 factuals without replacement, draw each a target uniformly among the classes

@@ -1,4 +1,4 @@
-"""Counterfactual Training: the epoch loop, history and resume (SPEC §1.3).
+"""Counterfactual Training: the epoch loop, history and resume (docs/deviations.md, M3).
 
 Randomness: every draw comes from a ``torch.Generator`` derived with
 :func:`ctgrid.seeding.derive_seed` from ``(seed, purpose[, epoch])``, one stream
@@ -12,11 +12,11 @@ Speed: the CE phase runs ONE batched search per epoch; each mini-batch is one
 forward pass over ``[x_b; x'; x+; nascent]`` and all terms come from one small
 matrix product (:func:`objectives.term_matrix`); Adam uses the fused kernel.
 
-Deviations from the reference, each a parameter of :class:`TrainingConfig`:
-``lr`` is really used (§8.1), ``shuffle`` (the reference never shuffled, §8.22),
-``nonconverged`` (``"drop"`` instead of the reference's ``"replace"``, §8.10).
+Deviations from the reference, each a parameter of :class:`TrainingConfig` (docs/deviations.md, D1, D3, R3):
+``lr`` is really used, ``shuffle`` (the reference never shuffled),
+``nonconverged`` (``"drop"`` instead of the reference's ``"replace"``).
 ``nce`` smaller than the number of mini-batches is kept as given (the reference
-raised it to one per batch); batches without counterfactuals train on ``L_clf``.
+raised it to one per batch; docs/deviations.md, D22); batches without counterfactuals train on ``L_clf``.
 """
 from __future__ import annotations
 
@@ -30,15 +30,20 @@ import pandas as pd
 import torch
 from torch import nn
 
+from .._torch import eval_mode
 from ..data import Dataset
 from ..errors import ConfigError
-from ..generators import CounterfactualBatch, GeneratorConfig, generator_for
+from ..generators import GeneratorConfig, SearchEngine, generator_for
 from ..models import ModelConfig, build_model
 from ..seeding import derive_seed, torch_generator
 from . import objectives as obj
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .config import TrainingConfig
-from .counterfactuals import CETuples, ClassPools, counterfactual_phase, group_bounds
+from .counterfactuals import CETuples, ClassPools, Generate, counterfactual_phase, group_bounds
+
+#: ``wrap_search(build) -> generate``: the training's CE search made from ``build()``, its
+#: engine (e.g. split over the ranks of a group: :class:`ctgrid.parallel.ShardedGenerate`)
+SearchWrapper = Callable[[Callable[[], SearchEngine]], Generate]
 
 #: Columns of the per-epoch history. Loss components are NaN when the term is
 #: not part of the objective (or has weight 0) and in epochs without CE phase;
@@ -99,12 +104,8 @@ def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
     if len(y) == 0:
         return NAN
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        acc = float((model(X).argmax(dim=1) == y).float().mean())
-    model.train(was_training)
-    return acc
+    with eval_mode(model), torch.no_grad():
+        return float((model(X).argmax(dim=1) == y).float().mean())
 
 
 @dataclass(frozen=True, eq=False)
@@ -127,7 +128,7 @@ class _Epochs:
     """Runs epochs of one training run; holds what stays fixed across epochs."""
 
     def __init__(self, dataset: Dataset, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 config: TrainingConfig, generate: Callable[[], Callable[..., CounterfactualBatch]]):
+                 config: TrainingConfig, generate: Callable[[], Generate]):
         self.ds, self.model, self.opt, self.cfg = dataset, model, optimizer, config
         self.lam = obj.weights(config)
         self.names = tuple(self.lam)
@@ -240,8 +241,8 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
           cache_dir: Path | None = None,
           progress: Callable[[dict], None] | None = None,
           stop: Callable[[], bool] | None = None,
-          generate: Callable[..., CounterfactualBatch] | None = None) -> TrainResult:
-    """Train a classifier with ``config.objective`` on ``dataset`` (SPEC §1.2–1.3).
+          wrap_search: SearchWrapper | None = None) -> TrainResult:
+    """Train a classifier with ``config.objective`` on ``dataset`` (docs/deviations.md, M2, M3).
 
     Args:
         checkpoint_path: written atomically after every epoch; if it exists and
@@ -250,9 +251,10 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
         progress: called with each new history row (a dict of :data:`HISTORY_COLUMNS`).
         stop: checked after each epoch (after checkpointing); ``True`` ends the
             run early with ``completed=False``.
-        generate: ``generate(model, x, target, nascent_eps=...) -> CounterfactualBatch``
-            replaces the generator's ``search`` (e.g. sharded over MPI ranks); it
-            must return rows in the order of ``x``.
+        wrap_search: called once, at the first CT epoch, with a function that builds the
+            generator's engine; returns the ``generate(model, x, target, nascent_eps=...)
+            -> CounterfactualBatch`` used instead of the engine's ``search`` (e.g. sharded
+            over MPI ranks). It must return rows in the order of ``x``.
     """
     validate(dataset, config, model_config)
     model = build_model(model_config, dataset.n_features, dataset.n_classes,
@@ -265,7 +267,7 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history = list(state["history"])
-    source = _SearchSource(generator_config, dataset, cache_dir, generate)
+    source = _SearchSource(generator_config, dataset, cache_dir, wrap_search)
     epochs = _Epochs(dataset, model, optimizer, config, source)
     for epoch in range(len(history) + 1, config.nepochs + 1):
         row = epochs.run(epoch)
@@ -281,18 +283,21 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
 
 
 class _SearchSource:
-    """The CE search: the caller's ``generate`` hook, else the generator's engine, built on
-    first use (vanilla runs and burn-in epochs never fit REVISE's VAE). The VAE is
+    """The CE search: the generator's engine, built on first use (vanilla runs and burn-in
+    epochs never fit REVISE's VAE), or what ``wrap_search`` makes of it. The VAE is
     trained with ``generator_for``'s fixed seed, one per training set, as the
     reference pre-trained one VAE per dataset."""
 
     def __init__(self, config: GeneratorConfig, dataset: Dataset, cache_dir: Path | None,
-                 generate: Callable[..., CounterfactualBatch] | None):
-        self.config, self.dataset, self.cache_dir, self.generate = config, dataset, cache_dir, generate
+                 wrap_search: SearchWrapper | None):
+        self.config, self.dataset, self.cache_dir, self.wrap = config, dataset, cache_dir, wrap_search
+        self.generate: Generate | None = None
 
-    def __call__(self) -> Callable[..., CounterfactualBatch]:
+    def engine(self) -> SearchEngine:
+        return generator_for(self.config, self.dataset.constraints, self.dataset.X_train,
+                             cache_dir=self.cache_dir)
+
+    def __call__(self) -> Generate:
         if self.generate is None:
-            engine = generator_for(self.config, self.dataset.constraints, self.dataset.X_train,
-                                   cache_dir=self.cache_dir)
-            self.generate = engine.search
+            self.generate = self.wrap(self.engine) if self.wrap is not None else self.engine().search
         return self.generate

@@ -1,4 +1,4 @@
-"""The terms of the CT objective as small pure functions of logits (SPEC §1.2, ANCHOR_NOTES §1.4).
+"""The terms of the CT objective as small pure functions of logits (docs/deviations.md, M2, R4).
 
 With ``f(x)`` the logits, ``t_j`` the target class and ``y_j`` the factual's true
 label of counterfactual ``j``:
