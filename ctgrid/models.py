@@ -49,6 +49,13 @@ class CNN(nn.Module):
         return self.head(self.features(x.reshape(-1, 1, *self.image_shape)))
 
 
+def check_fits_data(config: ModelConfig, image_data: bool, data_name: str = "") -> None:
+    """The one data-dependent rule of a model config: a CNN needs image data (exit 2 otherwise)."""
+    if config.kind == "cnn" and not image_data:
+        where = f", not {data_name!r}" if data_name else ""
+        raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist){where}")
+
+
 def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
                 image_shape: tuple[int, int] | None = None,
                 generator: torch.Generator | None = None) -> nn.Module:
@@ -57,8 +64,7 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
     Layers are constructed under ``torch.random.fork_rng`` so the global RNG is never
     consumed (their default initialisation is overwritten anyway).
     """
-    if config.kind == "cnn" and image_shape is None:
-        raise ConfigError("model.kind: got 'cnn'; allowed only for image data (mnist)")
+    check_fits_data(config, image_shape is not None)
     with torch.random.fork_rng(devices=[]):
         model = _layers(config, n_features, n_classes, image_shape)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

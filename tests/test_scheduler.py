@@ -150,6 +150,25 @@ def test_bad_grid_is_exit_2_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_cnn_on_tabular_data_is_one_rule_at_every_entry_point(tmp_path, capsys):
+    """The grid runner (before writing), the training and the model builder give the same line."""
+    from ctgrid.data import DataConfig, load_dataset
+    from ctgrid.errors import ConfigError
+    from ctgrid.models import ModelConfig, build_model
+    from ctgrid.training import TrainingConfig, train
+    grid = write_grid(tmp_path, "name: cnngrid\ndata: {name: moons}\nmodel: {kind: cnn}\n"
+                                "training: {objective: vanilla}\n")
+    assert run_cli(grid, "--results", tmp_path / "results") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.kind: got 'cnn'; allowed only for image data (mnist), not 'moons'" in err[0]
+    assert not (tmp_path / "results").exists()
+    with pytest.raises(ConfigError, match="allowed only for image data"):
+        train(load_dataset(DataConfig(name="moons", n_train=40, n_val=10, n_test=20)),
+              ModelConfig(kind="cnn"), None, TrainingConfig(objective="vanilla", nepochs=1))
+    with pytest.raises(ConfigError, match="allowed only for image data"):
+        build_model(ModelConfig(kind="cnn"), 2, 2)
+
+
 def test_missing_data_files_are_exit_2_before_anything_is_written(tmp_path, capsys):
     grid = write_grid(tmp_path, "name: adultgrid\ndata: {name: adult}\ntraining: {objective: vanilla}\n")
     empty = tmp_path / "nodata"

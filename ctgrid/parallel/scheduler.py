@@ -87,10 +87,9 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
+    from ..models import check_fits_data
     for job in jobs.values():
-        if job.model.kind == "cnn" and dataset_defaults(job.data.name).kind != "image":
-            raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist), "
-                              f"not {job.data.name!r}")
+        check_fits_data(job.model, dataset_defaults(job.data.name).kind == "image", job.data.name)
     for name in sorted({j.data.name for j in jobs.values()}):
         files = dataset_defaults(name).files
         if not files:

@@ -34,7 +34,7 @@ from .._torch import eval_mode
 from ..data import Dataset
 from ..errors import ConfigError
 from ..generators import GeneratorConfig, SearchEngine, generator_for
-from ..models import ModelConfig, build_model
+from ..models import ModelConfig, build_model, check_fits_data
 from ..seeding import derive_seed, torch_generator
 from . import objectives as obj
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
@@ -65,8 +65,8 @@ class TrainResult:
 
 def validate(dataset: Dataset, config: TrainingConfig, model_config: ModelConfig | None = None) -> None:
     """Checks that need the data (the configs check themselves): ``nce <= n_train``, CNN on images."""
-    if model_config is not None and model_config.kind == "cnn" and dataset.image_shape is None:
-        raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist), not {dataset.name!r}")
+    if model_config is not None:
+        check_fits_data(model_config, dataset.image_shape is not None, dataset.name)
     n = len(dataset.y_train)
     if config.needs_counterfactuals and config.nce > n:
         raise ConfigError(f"training.nce: got {config.nce}; allowed: at most {n} "
