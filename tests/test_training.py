@@ -13,8 +13,10 @@ from ctgrid.generators import CounterfactualBatch, GeneratorConfig, generator_fo
 from ctgrid.models import ModelConfig
 from ctgrid.training import HISTORY_COLUMNS, TrainingConfig, train
 from ctgrid.training import objectives as obj
-from ctgrid.training.counterfactuals import CETuples, ClassPools, counterfactual_phase, group_bounds
-from ctgrid.training.loop import _Epochs, make_optimizer
+from ctgrid.training.counterfactuals import ClassPools, counterfactual_phase, group_bounds
+from ctgrid.training.loop import make_optimizer
+from ctgrid.training.pack import PackEpochs, StepLog
+from ctgrid.training.stack import ModelStack, StackOptimizer
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,15 +52,16 @@ def test_pure_terms_match_hand_computation():
     assert obj.ridge(f_cf, f_plus).item() == pytest.approx(((9 + 1) + (0.25 + 4)) / 2)
 
 
-def _identity_epochs(objective: str, **lam) -> _Epochs:
+def _identity_epochs(objective: str, optimizer: str = "adam", **lam) -> PackEpochs:
     """A linear model with weight I and bias 0: logits equal the inputs."""
     model = nn.Sequential(nn.Linear(2, 2))
     with torch.no_grad():
         model[0].weight.copy_(torch.eye(2))
         model[0].bias.zero_()
     ds = load_dataset(DataConfig(name="moons", n_train=20, n_val=0, n_test=10))
-    cfg = TrainingConfig(objective=objective, **lam)
-    return _Epochs(ds, model, make_optimizer(model, cfg), cfg, lambda: None)
+    cfg = TrainingConfig(objective=objective, optimizer=optimizer, lr=1.0, **lam)
+    stack = ModelStack([model])
+    return PackEpochs(ds, stack, StackOptimizer(stack, [cfg], make_optimizer), [cfg], [lambda: None])
 
 
 XB, YB = [[1.0, 0.0], [0.0, 2.0], [0.5, -0.5]], [0, 0, 1]
@@ -66,10 +69,10 @@ X_CF, X_PLUS, NASC = [[0.2, 1.0], [1.5, 0.0]], [[-1.0, 3.0], [2.0, -1.0]], [[0.0
 T, Y_FACT = [1, 0], [1, 0]
 
 
-def _hand_batch(ep: _Epochs):
-    ce = CETuples(torch.tensor(X_CF), torch.tensor(X_PLUS), torch.tensor(NASC), torch.tensor(T),
-                  torch.tensor(Y_FACT), n_drawn=2, converged=1.0, steps=1.0)
-    return ep.batch(torch.tensor(XB), torch.tensor(YB), ce, 0, 2)
+def _hand_batch(ep: PackEpochs):
+    """The hand batch as a pack of one (leading member axis of size 1)."""
+    ce = tuple(torch.tensor(v)[None] for v in (X_CF, X_PLUS, NASC, T, Y_FACT))
+    return ep.assemble([0], torch.tensor(XB)[None], torch.tensor(YB)[None], ce)
 
 
 HAND = {
@@ -84,8 +87,8 @@ def test_loop_terms_equal_hand_computation_and_pure_functions():
     """Rows [x_b; x'; x+; nascent] through an identity model (logits = inputs): every term by hand."""
     ep = _identity_epochs("full", lambda_clf=1.0, lambda_div=0.5, lambda_reg=0.25, lambda_adv=2.0)
     b = _hand_batch(ep)
-    assert b.names == ("clf", "div", "reg", "adv") and b.inputs.shape == (9, 2)
-    terms = dict(zip(b.names, ep.evaluate(b).tolist()))
+    assert b.names == ("clf", "div", "reg", "adv") and b.inputs.shape == (1, 9, 2)
+    terms = dict(zip(b.names, ep.evaluate(b)[0].tolist()))
     for name, want in HAND.items():
         assert terms[name] == pytest.approx(want, rel=1e-6, abs=1e-7), name
     f_cf = obj.target_logits(torch.tensor(X_CF), torch.tensor(T))
@@ -100,9 +103,11 @@ def test_loop_terms_equal_hand_computation_and_pure_functions():
 def test_one_update_follows_the_hand_gradient():
     """SGD(lr=1) on the weighted loss moves the bias by minus its hand-computed gradient."""
     lam = {"clf": 1.0, "div": 0.5, "reg": 0.25, "adv": 2.0}
-    ep = _identity_epochs("full", **{f"lambda_{k}": v for k, v in lam.items()})
-    ep.opt = torch.optim.SGD(ep.model.parameters(), lr=1.0)
-    means, skipped = ep._updates([_hand_batch(ep)])
+    ep = _identity_epochs("full", optimizer="sgd", **{f"lambda_{k}": v for k, v in lam.items()})
+    log = StepLog(1)
+    ep.step([([0], None, _hand_batch(ep))], log)
+    ep.stack.sync()
+    (means,), (skipped,) = log.means(), log.skipped
     assert skipped == 0
     assert means["loss"] == pytest.approx(sum(lam[k] * HAND[k] for k in lam), rel=1e-6)
     softmax = lambda z: [math.exp(v) / sum(math.exp(u) for u in z) for v in z]  # noqa: E731
@@ -114,9 +119,10 @@ def test_one_update_follows_the_hand_gradient():
         dz.append((p, [(-lam["div"] / 2 + lam["reg"] * p[t]) * (k == t) for k in range(2)]))
     grad_b = [sum(g[k] for _, g in dz) for k in range(2)]
     grad_w = [[sum(g[k] * x[j] for x, g in dz) for j in range(2)] for k in range(2)]
-    assert ep.model[0].bias.tolist() == pytest.approx([-g for g in grad_b], rel=1e-5)
+    model = ep.stack.models[0]
+    assert model[0].bias.tolist() == pytest.approx([-g for g in grad_b], rel=1e-5)
     want_w = [[(k == j) - grad_w[k][j] for j in range(2)] for k in range(2)]
-    for got, want in zip(ep.model[0].weight.tolist(), want_w):
+    for got, want in zip(model[0].weight.tolist(), want_w):
         assert got == pytest.approx(want, rel=1e-5)
 
 
@@ -126,8 +132,8 @@ def test_one_update_follows_the_hand_gradient():
 def test_objectives_use_their_terms(objective, names, rows):
     ep = _identity_epochs(objective)
     b = _hand_batch(ep)
-    assert b.names == names and len(b.inputs) == rows
-    for name, value in zip(names, ep.evaluate(b).tolist()):
+    assert b.names == names and b.inputs.shape[1] == rows
+    for name, value in zip(names, ep.evaluate(b)[0].tolist()):
         assert value == pytest.approx(HAND[name], rel=1e-6, abs=1e-7), name
 
 

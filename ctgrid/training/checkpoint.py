@@ -38,11 +38,11 @@ def fingerprint(dataset: Dataset, *configs: Any) -> dict[str, Any]:
             "configs": [to_dict(c) for c in configs]}
 
 
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer: dict[str, Any], epoch: int,
                     history: list[dict[str, Any]], fp: dict[str, Any], rng: dict[str, int]) -> None:
-    """Atomically write the state after ``epoch`` finished epochs."""
+    """Atomically write the state after ``epoch`` finished epochs (``optimizer``: its state dict)."""
     save_torch(path, {"version": VERSION, "epoch": epoch, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "history": history,
+                      "optimizer": optimizer, "history": history,
                       "fingerprint": fp, "rng": rng})
 
 

@@ -10,7 +10,9 @@ resumed from a checkpoint replays the same draws as an uninterrupted one.
 
 Speed: the CE phase runs ONE batched search per epoch; each mini-batch is one
 forward pass over ``[x_b; x'; x+; nascent]`` and all terms come from one small
-matrix product (:func:`objectives.term_matrix`); Adam uses the fused kernel.
+fixed matrix (:func:`objectives.term_matrix`); Adam uses the fused kernel. Many
+compatible runs train as one batched network (:func:`train_pack`, :mod:`.pack`);
+a single run is a pack of one.
 
 Deviations from the reference, each a parameter of :class:`TrainingConfig` (docs/deviations.md, D1, D3, R3):
 ``lr`` is really used, ``shuffle`` (the reference never shuffled),
@@ -20,26 +22,24 @@ raised it to one per batch; docs/deviations.md, D22); batches without counterfac
 """
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from .._torch import eval_mode
 from ..data import Dataset
 from ..errors import ConfigError
 from ..generators import GeneratorConfig, SearchEngine, generator_for
 from ..models import ModelConfig, build_model, check_fits_data
-from ..seeding import derive_seed, torch_generator
-from . import objectives as obj
+from ..seeding import torch_generator
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .config import TrainingConfig
-from .counterfactuals import CETuples, ClassPools, Generate, counterfactual_phase, group_bounds
+from .counterfactuals import Generate
+from .pack import PackEpochs
+from .stack import ModelStack, StackOptimizer
 
 #: ``wrap_search(build) -> generate``: the training's CE search made from ``build()``, its
 #: engine (e.g. split over the ranks of a group: :class:`ctgrid.parallel.ShardedGenerate`)
@@ -50,7 +50,6 @@ SearchWrapper = Callable[[Callable[[], SearchEngine]], Generate]
 #: ``converged``/``search_steps`` are NaN without CE phase (the reference logged 1.0).
 HISTORY_COLUMNS = ("epoch", "loss", "clf", "div", "reg", "adv", "converged", "search_steps",
                    "n_ce", "acc_train", "acc_val", "t_ce", "t_update", "skipped")
-NAN = float("nan")
 
 
 @dataclass
@@ -84,156 +83,38 @@ def make_optimizer(model: nn.Module, config: TrainingConfig) -> torch.optim.Opti
         return torch.optim.Adam(params, lr=config.lr)
 
 
-def step_function(optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
-    """``optimizer.step`` without its public wrapper's profiler/hook bookkeeping.
-
-    That wrapper costs ~55 us per call, ~15% of a mini-batch step on the paper's
-    synthetic data (batch 30, MLP 1x32). ctgrid registers no optimizer hooks, so
-    the undecorated step is equivalent; torch versions without ``__wrapped__`` use
-    the public step.
-    """
-    raw = getattr(type(optimizer).step, "__wrapped__", None)
-    return (lambda: raw(optimizer)) if raw is not None else optimizer.step
-
-
 def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
     return frame.astype({"epoch": "int64", "n_ce": "int64", "skipped": "int64"})
 
 
-def accuracy(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> float:
-    if len(y) == 0:
-        return NAN
-    with eval_mode(model), torch.no_grad():
-        return float((model(X).argmax(dim=1) == y).float().mean())
+@dataclass(frozen=True)
+class PackMember:
+    """One training run of a pack: its configs and its checkpoint file."""
+
+    model: ModelConfig
+    generator: GeneratorConfig
+    training: TrainingConfig
+    checkpoint_path: Path | None = None
 
 
-@dataclass(frozen=True, eq=False)
-class _Batch:
-    """One mini-batch: input rows ``[x_b; x'; x+; nascent]`` (CE parts only where used).
-
-    ``index`` holds each row's class of interest (true label for ``x_b`` and the
-    nascent points, target for ``x'`` and ``x+``); ``names``/``matrix``/``weights``
-    give the terms as ``matrix @ row_statistics`` and their weights.
-    """
-
-    inputs: torch.Tensor
-    index: torch.Tensor
-    names: tuple[str, ...]
-    matrix: torch.Tensor
-    weights: torch.Tensor
+#: what must be equal across the members of a pack (``training.<field>``)
+PACK_TRAINING_FIELDS = ("nepochs", "batch_size", "optimizer")
 
 
-class _Epochs:
-    """Runs epochs of one training run; holds what stays fixed across epochs."""
-
-    def __init__(self, dataset: Dataset, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 config: TrainingConfig, generate: Callable[[], Generate]):
-        self.ds, self.model, self.opt, self.cfg = dataset, model, optimizer, config
-        self.lam = obj.weights(config)
-        self.names = tuple(self.lam)
-        self._generate = generate
-        n, bs = len(dataset.y_train), config.batch_size or dataset.batch_size
-        self.batch_bounds = [(s, min(s + bs, n)) for s in range(0, n, bs)]
-        self.pools = ClassPools(dataset.y_train, dataset.n_classes) if config.needs_counterfactuals else None
-        self._terms: dict[tuple[int, int], tuple[tuple[str, ...], torch.Tensor, torch.Tensor]] = {}
-
-    def seeds(self, epoch: int) -> dict[str, int]:
-        return {p: derive_seed(self.cfg.seed, p, epoch) for p in ("shuffle", "counterfactuals")}
-
-    def run(self, epoch: int) -> dict[str, Any]:
-        cfg, ds = self.cfg, self.ds
-        t0 = time.perf_counter()
-        ce = None
-        if epoch > cfg.burnin_epochs and self.pools is not None:   # pools exist iff CT needs CEs
-            ce = counterfactual_phase(
-                self.model, ds.X_train, ds.y_train, self.pools, nce=cfg.nce, n_classes=ds.n_classes,
-                generate=self._generate(), eps=cfg.adv_eps,
-                gen=torch_generator(cfg.seed, "counterfactuals", epoch),
-                nonconverged=cfg.nonconverged, constraints=ds.constraints,
-                adv_label=cfg.adv_label)
-        t1 = time.perf_counter()
-        sums, skipped = self._updates(self._batches(epoch, ce))
-        t2 = time.perf_counter()
-        return {"epoch": epoch, **sums,
-                "converged": ce.converged if ce is not None else NAN,
-                "search_steps": ce.steps if ce is not None else NAN,
-                "n_ce": len(ce) if ce is not None else 0,
-                "acc_train": accuracy(self.model, ds.X_train, ds.y_train),
-                "acc_val": accuracy(self.model, ds.X_val, ds.y_val),
-                "t_ce": t1 - t0, "t_update": t2 - t1, "skipped": skipped}
-
-    def terms(self, n: int, m: int) -> tuple[tuple[str, ...], torch.Tensor, torch.Tensor]:
-        """Term names, matrix and weights of a batch of ``n`` rows and ``m`` CE tuples (cached)."""
-        key = (n, m)
-        if key not in self._terms:
-            names = self.names if m else ("clf",)
-            self._terms[key] = (names, obj.term_matrix(names, n, m),
-                                torch.tensor([self.lam[k] for k in names]))
-        return self._terms[key]
-
-    def batch(self, x: torch.Tensor, y: torch.Tensor, ce: CETuples | None, g0: int, g1: int) -> _Batch:
-        """Assemble one mini-batch with the CE tuples ``g0:g1`` of ``ce``."""
-        m = g1 - g0 if ce is not None and len(self.names) > 1 else 0
-        names, matrix, weights = self.terms(len(y), m)
-        e, a = obj.layout(names, len(y), m)
-        rows, index = [x], [y]
-        if ce is not None:  # e and a are 0 without tuples (m = 0)
-            if e:
-                rows += [ce.counterfactual[g0:g1], ce.plus[g0:g1]]
-                index += [ce.target[g0:g1], ce.target[g0:g1]]
-            if a:
-                rows.append(ce.nascent[g0:g1])
-                index.append(ce.label[g0:g1])
-        if len(rows) == 1:
-            return _Batch(x, y, names, matrix, weights)
-        return _Batch(torch.cat(rows), torch.cat(index), names, matrix, weights)
-
-    def _batches(self, epoch: int, ce: CETuples | None) -> list[_Batch]:
-        X, y = self.ds.X_train, self.ds.y_train
-        if self.cfg.shuffle:
-            perm = torch.randperm(len(y), generator=torch_generator(self.cfg.seed, "shuffle", epoch))
-            X, y = X[perm], y[perm]
-        groups = group_bounds(len(ce), len(self.batch_bounds)) if ce is not None else None
-        return [self.batch(X[s:e], y[s:e], ce, *(groups[i] if groups else (0, 0)))
-                for i, (s, e) in enumerate(self.batch_bounds)]
-
-    def evaluate(self, b: _Batch) -> torch.Tensor:
-        """The batch's terms (in ``b.names`` order) from ONE forward pass over all its rows."""
-        logits = self.model(b.inputs)
-        return b.matrix @ obj.row_statistics(logits, b.index, squares="reg" in b.names)
-
-    def _updates(self, batches: list[_Batch]) -> tuple[dict[str, float], int]:
-        """One optimiser step per mini-batch; non-finite losses skip the step and are counted."""
-        self.model.train()
-        step = step_function(self.opt)
-        logged: dict[tuple[str, ...], list[torch.Tensor]] = {}
-        skipped = 0
-        for b in batches:
-            terms = self.evaluate(b)
-            loss = terms @ b.weights
-            if not math.isfinite(loss.item()):  # .item() is ~40 us cheaper than torch.isfinite
-                skipped += 1
-                continue
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step()
-            logged.setdefault(b.names, []).append(torch.cat([loss[None], terms]).detach())
-        return _epoch_means(logged), skipped
-
-
-def _epoch_means(logged: dict[tuple[str, ...], list[torch.Tensor]]) -> dict[str, float]:
-    """Mean of the loss and of each term over the steps that computed it (NaN if none)."""
-    sums = {k: 0.0 for k in ("loss", *obj.TERMS)}
-    counts = dict.fromkeys(sums, 0)
-    for names, rows in logged.items():
-        if not rows:
-            continue
-        total = torch.stack(rows).double().sum(0).tolist()
-        for k, v in zip(("loss", *names), total):
-            sums[k] += v
-            counts[k] += len(rows)
-    return {k: sums[k] / counts[k] if counts[k] else NAN for k in sums}
+def check_pack(dataset: Dataset, members: Sequence[PackMember]) -> None:
+    """Members must share the architecture, the mini-batch grid, the epochs and the optimiser."""
+    if not members:
+        raise ValueError("a pack needs at least one member")
+    first = members[0]
+    for m in members:
+        validate(dataset, m.training, m.model)
+        if m.model != first.model:
+            raise ConfigError(f"pack members differ in the model: {m.model} vs {first.model}")
+        for f in PACK_TRAINING_FIELDS:
+            if getattr(m.training, f) != getattr(first.training, f):
+                raise ConfigError(f"pack members differ in training.{f}: "
+                                  f"{getattr(m.training, f)!r} vs {getattr(first.training, f)!r}")
 
 
 def train(dataset: Dataset, model_config: ModelConfig, generator_config: GeneratorConfig,
@@ -256,30 +137,55 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
             -> CounterfactualBatch`` used instead of the engine's ``search`` (e.g. sharded
             over MPI ranks). It must return rows in the order of ``x``.
     """
-    validate(dataset, config, model_config)
-    model = build_model(model_config, dataset.n_features, dataset.n_classes,
-                        image_shape=dataset.image_shape, generator=torch_generator(config.seed, "init"))
-    optimizer = make_optimizer(model, config)
-    fp = fingerprint(dataset, model_config, generator_config, config)
-    history: list[dict[str, Any]] = []
-    state = load_checkpoint(checkpoint_path, fp)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-    source = _SearchSource(generator_config, dataset, cache_dir, wrap_search)
-    epochs = _Epochs(dataset, model, optimizer, config, source)
-    for epoch in range(len(history) + 1, config.nepochs + 1):
-        row = epochs.run(epoch)
-        history.append(row)
-        if checkpoint_path is not None:
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, epoch=epoch,
-                            history=history, fp=fp, rng=epochs.seeds(epoch))
-        if progress is not None:
-            progress(dict(row))
-        if epoch < config.nepochs and stop is not None and stop():
-            return TrainResult(model, history_frame(history), False, epoch)
-    return TrainResult(model, history_frame(history), True, len(history))
+    member = PackMember(model_config, generator_config, config, checkpoint_path)
+    report = None if progress is None else (lambda k, row: progress(row))
+    return train_pack(dataset, [member], cache_dir=cache_dir, progress=report, stop=stop,
+                      wrap_search=wrap_search)[0]
+
+
+def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Path | None = None,
+               progress: Callable[[int, dict], None] | None = None,
+               stop: Callable[[], bool] | None = None,
+               wrap_search: SearchWrapper | None = None) -> list[TrainResult]:
+    """Train the ``members`` (see :func:`check_pack`) as one batched network on ``dataset``.
+
+    Each member's result equals what :func:`train` gives it alone: its own initialisation,
+    shuffle order and CE draws from its own seed, its own checkpoint. Members resuming
+    from checkpoints must have finished the same number of epochs. ``progress(k, row)``
+    reports member ``k``'s history rows; ``stop`` is checked once per epoch for the pack.
+    """
+    check_pack(dataset, members)
+    models = [build_model(m.model, dataset.n_features, dataset.n_classes, image_shape=dataset.image_shape,
+                          generator=torch_generator(m.training.seed, "init")) for m in members]
+    stack = ModelStack(models)
+    optimizer = StackOptimizer(stack, [m.training for m in members], make_optimizer)
+    fps = [fingerprint(dataset, m.model, m.generator, m.training) for m in members]
+    histories: list[list[dict[str, Any]]] = []
+    for k, m in enumerate(members):
+        state = load_checkpoint(m.checkpoint_path, fps[k])
+        histories.append([] if state is None else list(state["history"]))
+        if state is not None:
+            models[k].load_state_dict(state["model"])
+            stack.load_member(k)
+            optimizer.load_state_dict(k, state["optimizer"])
+    done = {len(h) for h in histories}
+    if len(done) > 1:
+        raise ValueError(f"pack members resume from different epochs {sorted(done)}; run them apart")
+    sources = [_SearchSource(m.generator, dataset, cache_dir, wrap_search) for m in members]
+    epochs = PackEpochs(dataset, stack, optimizer, [m.training for m in members], sources)
+    nepochs = members[0].training.nepochs
+    for epoch in range(done.pop() + 1, nepochs + 1):
+        rows = epochs.run(epoch)
+        for k, (m, row) in enumerate(zip(members, rows)):
+            histories[k].append(row)
+            if m.checkpoint_path is not None:
+                save_checkpoint(m.checkpoint_path, model=models[k], optimizer=optimizer.state_dict(k),
+                                epoch=epoch, history=histories[k], fp=fps[k], rng=epochs.seeds(k, epoch))
+            if progress is not None:
+                progress(k, dict(row))
+        if epoch < nepochs and stop is not None and stop():
+            return [TrainResult(mod, history_frame(h), False, epoch) for mod, h in zip(models, histories)]
+    return [TrainResult(mod, history_frame(h), True, len(h)) for mod, h in zip(models, histories)]
 
 
 class _SearchSource:

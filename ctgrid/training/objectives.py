@@ -74,12 +74,25 @@ def weights(config: TrainingConfig) -> dict[str, float]:
 # ``tests/test_training.py`` checks the result against the functions above.
 
 def row_statistics(logits: torch.Tensor, index: torch.Tensor, squares: bool) -> torch.Tensor:
-    """``[logsumexp(z_r)]_r ++ [z_r[i_r]]_r (++ [z_r[i_r]^2]_r)`` for ``logits`` ``(N, K)``."""
-    picked = logits.gather(1, index[:, None]).squeeze(1)
-    parts = [torch.logsumexp(logits, dim=1), picked]
+    """``[logsumexp(z_r)]_r ++ [z_r[i_r]]_r (++ [z_r[i_r]^2]_r)`` for ``logits`` ``(..., N, K)``
+    (a leading member axis for a pack) and ``index`` ``(..., N)``."""
+    picked = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+    parts = [torch.logsumexp(logits, dim=-1), picked]
     if squares:
         parts.append(picked.square())
-    return torch.cat(parts)
+    return torch.cat(parts, dim=-1)
+
+
+def apply_terms(matrix: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """``matrix @ stats`` (``(T, S)`` by ``(..., S)`` -> ``(..., T)``) as an elementwise product
+    and a last-axis sum: unlike a matrix product, the result of every member of a pack does
+    not depend on how many members it is computed with."""
+    return (matrix * stats.unsqueeze(-2)).sum(-1)
+
+
+def weighted_loss(terms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``sum_t weights_t * terms_t`` over the last axis (batch-invariant, see :func:`apply_terms`)."""
+    return (terms * weights).sum(-1)
 
 
 def layout(names: tuple[str, ...], n: int, m: int) -> tuple[int, int]:

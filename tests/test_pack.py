@@ -1,0 +1,112 @@
+"""Fused packs: many training runs as one batched network give each member exactly its solo result."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ctgrid.data import DataConfig, load_dataset
+from ctgrid.errors import ConfigError
+from ctgrid.generators import GeneratorConfig
+from ctgrid.models import ModelConfig
+from ctgrid.training import TrainingConfig, train
+from ctgrid.training.loop import PackMember, train_pack
+
+TIMING = ["t_ce", "t_update"]
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return load_dataset(DataConfig(name="moons", n_train=150, n_val=30, n_test=30))
+
+
+def _members(n: int, **common) -> list[PackMember]:
+    """``n`` compatible runs differing in every scalar a pack may vary."""
+    out = []
+    for k in range(n):
+        cfg = TrainingConfig(objective="full", nepochs=3, nce=40, batch_size=30, seed=k,
+                             lambda_div=0.5 + 0.1 * k, lambda_reg=0.1 * (k + 1), lambda_adv=0.25 / (k + 1),
+                             lr=1e-3 * (1 + k % 3), **common)
+        gen = GeneratorConfig(name="ecco", maxiter=5, tau=0.6 + 0.05 * (k % 4), lambda_cost=0.001 * k,
+                              lambda_energy=1.0 + k)
+        out.append(PackMember(ModelConfig(), gen, cfg))
+    return out
+
+
+def _solo(dataset, m: PackMember, **kw):
+    return train(dataset, m.model, m.generator, m.training, checkpoint_path=m.checkpoint_path, **kw)
+
+
+def _same(a, b) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    ha, hb = a.history.drop(columns=TIMING), b.history.drop(columns=TIMING)
+    assert ha.equals(hb), (ha.compare(hb) if ha.shape == hb.shape else (ha.shape, hb.shape))
+    assert (a.completed, a.epochs_done) == (b.completed, b.epochs_done)
+
+
+def test_members_are_bit_identical_to_solo_runs_for_pack_sizes_1_3_8(moons):
+    members = _members(8)
+    solo = [_solo(moons, m) for m in members]
+    for size in (1, 3, 8):
+        for start in range(0, 8, size):
+            for got, want in zip(train_pack(moons, members[start:start + size]), solo[start:start + size]):
+                _same(got, want)
+    assert all(r.history["n_ce"].iloc[-1] == 40 for r in solo)
+
+
+def test_mixed_layouts_sgd_and_drop_take_the_grouped_path(moons):
+    """Vanilla, adversarial-only and `drop` members in one pack: several layouts per mini-batch."""
+    base = _members(4, optimizer="sgd")
+    members = [replace(base[0], training=replace(base[0].training, objective="vanilla")),
+               replace(base[1], training=replace(base[1].training, objective="adversarial")),
+               replace(base[2], training=replace(base[2].training, nonconverged="drop")),
+               base[3]]
+    for got, m in zip(train_pack(moons, members), members):
+        _same(got, _solo(moons, m))
+
+
+def test_a_diverging_member_skips_alone_and_the_others_are_unaffected(moons):
+    members = _members(3)
+    members[1] = replace(members[1], training=replace(members[1].training, lr=1e30))
+    packed = train_pack(moons, members)
+    assert packed[1].history["skipped"].sum() > 0
+    assert not all(bool(torch.isfinite(p).all()) for p in packed[1].model.parameters()) or \
+        packed[1].history["loss"].isna().any()
+    for k in (0, 2):
+        _same(packed[k], _solo(moons, members[k]))
+    _same(packed[1], _solo(moons, members[1]))
+
+
+def test_an_interrupted_pack_resumes_like_an_uninterrupted_run_alone_or_packed(moons, tmp_path):
+    members = [replace(m, checkpoint_path=tmp_path / f"m{k}.pt") for k, m in enumerate(_members(3))]
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) == 2          # after epoch 2
+
+    first = train_pack(moons, members, stop=stop)
+    assert [(r.completed, r.epochs_done) for r in first] == [(False, 2)] * 3
+    resumed = train_pack(moons, members[:2])                         # two of them, as a pack
+    alone = _solo(moons, members[2])                                  # the third alone
+    for got, m in zip([*resumed, alone], members):
+        _same(got, _solo(moons, replace(m, checkpoint_path=None)))
+
+
+def test_incompatible_members_are_refused(moons):
+    a, b = _members(2)
+    with pytest.raises(ConfigError, match="training.nepochs"):
+        train_pack(moons, [a, replace(b, training=replace(b.training, nepochs=4))])
+    with pytest.raises(ConfigError, match="model"):
+        train_pack(moons, [a, replace(b, model=ModelConfig(nhidden=16))])
+
+
+def test_adult_members_match_solo_runs(data_dir):
+    """Wider inputs (one-hot groups, 1 hidden layer of 32) through the batched kernels."""
+    ds = load_dataset(DataConfig(name="adult", n_train=400, n_val=50, n_test=50), data_dir)
+    members = [replace(m, training=replace(m.training, nepochs=2, batch_size=100, nce=60))
+               for m in _members(3)]
+    for got, m in zip(train_pack(ds, members), members):
+        _same(got, _solo(ds, m))
