@@ -43,6 +43,11 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=_positive, default=1, metavar="K",
                    help="MPI only: K ranks train each job together, splitting every epoch's "
                         "counterfactual search (needs 1 + K*m ranks; default 1)")
+    p.add_argument("--pack-size", type=_positive, default=16, metavar="K",
+                   help="train up to K compatible jobs (same data, model, batch grid and search "
+                        "budget; different loss weights, learning rates, seeds...) as one batched "
+                        "network; each job's results are exactly those it gets alone "
+                        "(default 16; 1 = every job alone; packs of one with --shard-size > 1)")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-run failed jobs (by default they are skipped and reported)")
     p.add_argument("--force", action="store_true",
@@ -58,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..parallel import GridRun, RunSettings, run_grid
     check_threads(args.threads)
     settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
-                           shard_size=args.shard_size)
+                           shard_size=args.shard_size, pack_size=args.pack_size)
     return run_grid(GridRun(args.grid, settings, retry_failed=args.retry_failed, force=args.force,
                             dry_run=args.dry_run))
 

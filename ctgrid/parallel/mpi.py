@@ -1,8 +1,9 @@
 """The grid under MPI: rank 0 schedules, the other ranks (or groups of ranks) run jobs.
 
 Protocol (a pull queue, no static chunks and no dummy jobs; docs/deviations.md, D12):
-a worker sends ``("ready", outcome of its last job)``; rank 0 answers with
-``("job", id, config, results dir)`` (longest expected first) or ``("stop", code)``.
+a worker sends ``("ready", outcomes of its last pack)``; rank 0 answers with
+``("pack", {id: config}, results dir)`` (longest expected first; a pack is one or more
+compatible jobs trained as one batched network) or ``("stop", code)``.
 A worker that was interrupted says ``"interrupted"`` instead; rank 0 then stops
 handing out jobs and sends ``("interrupt",)`` to every busy worker, which its
 training's stop hook notices (``Iprobe``) after the current epoch's checkpoint.
@@ -28,7 +29,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ..errors import ConfigError, CTGridError
 from ..store import ResultStore
-from .runner import JobOutcome, Role, run_job, torch_threads, warm_up
+from .runner import JobOutcome, Role, run_job, run_pack, torch_threads, warm_up
 from .scheduler import GridRun, Prepared, Progress, drive, run_serial
 from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
 from .signals import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag, either
@@ -116,17 +117,17 @@ class Scheduler:
         return drive(self.run, self.out, len(self.leaders), self._loop, self.drain)
 
     def _loop(self, prep: Prepared, progress: Progress) -> None:
-        queue = deque(prep.plan.todo)
+        queue = deque(prep.plan.packs)
         active = set(self.leaders)
-        busy: dict[int, str] = {}   # leader rank -> the job it runs
+        busy: dict[int, list[str]] = {}   # leader rank -> the pack it runs
 
         for src, msg in self._requests():
             if not progress.interrupted and self.stop():
                 self._interrupt(progress, busy)
             if src is not None:
-                kind, outcome = msg
-                if outcome is not None:
-                    busy.pop(src, None)
+                kind, outcomes = msg
+                busy.pop(src, None)
+                for outcome in outcomes:
                     progress.finished(JobOutcome(**outcome))
                 if kind == "interrupted":
                     self._interrupt(progress, busy)
@@ -135,17 +136,18 @@ class Scheduler:
                     self.comm.send(("stop", code), dest=src, tag=TAG_REPLY)
                     active.discard(src)
                 else:
-                    job_id = queue.popleft()
-                    busy[src] = job_id
-                    progress.started(job_id, src)
-                    self.comm.send(("job", job_id, prep.jobs[job_id], str(prep.store.root)),
+                    pack = queue.popleft()
+                    busy[src] = pack
+                    for job_id in pack:
+                        progress.started(job_id, src)
+                    self.comm.send(("pack", {j: prep.jobs[j] for j in pack}, str(prep.store.root)),
                                    dest=src, tag=TAG_REPLY)
             if not active:
                 break
         from mpi4py import MPI
         MPI.Request.Waitall(self._sends)
 
-    def _interrupt(self, progress: Progress, busy: dict[int, str]) -> None:
+    def _interrupt(self, progress: Progress, busy: dict[int, list[str]]) -> None:
         if not progress.interrupted:
             progress.interrupted = True
             for rank in busy:
@@ -177,25 +179,27 @@ class Worker:
             self.root_interrupt.seen = True
 
     def lead(self) -> int:
-        """Request jobs from rank 0 until told to stop; run each (with the group)."""
-        outcome: JobOutcome | None = None
+        """Request packs from rank 0 until told to stop; run each (with the group)."""
+        outcomes: list[JobOutcome] = []
         local = either(self.stop, self.root_interrupt)
         while True:
-            kind = "interrupted" if outcome is not None and outcome.status == "interrupted" else "ready"
-            self.comm.send((kind, outcome.to_dict() if outcome else None), dest=0, tag=TAG_REQUEST)
+            kind = "interrupted" if any(o.status == "interrupted" for o in outcomes) else "ready"
+            self.comm.send((kind, [o.to_dict() for o in outcomes]), dest=0, tag=TAG_REQUEST)
             msg = self._reply()
             if msg[0] == "stop":
                 code = max(msg[1], EXIT_INTERRUPTED if local() else EXIT_OK)
                 self._tell_members(("stop", code))
                 return code
-            _, job_id, job, root = msg
+            _, jobs, root = msg
             if local():
-                outcome = JobOutcome(job_id, "interrupted", rank=self.rank)
+                outcomes = [JobOutcome(j, "interrupted", rank=self.rank) for j in jobs]
                 continue
             store = ResultStore(Path(root))
-            if self.sharded:
-                self._tell_members(("job", job_id, job, root, read_checkpoint(store.job(job_id).checkpoint)))
-            outcome = run_job(store, job_id, job, self.run.settings, self.role(local))
+            if self.sharded:   # packs of one in sharded mode (the plan's pack size is 1)
+                (job_id,) = jobs
+                self._tell_members(("job", job_id, jobs[job_id], root,
+                                    read_checkpoint(store.job(job_id).checkpoint)))
+            outcomes = run_pack(store, jobs, self.run.settings, self.role(local))
 
     def _tell_members(self, msg: tuple) -> None:
         if self.sharded:

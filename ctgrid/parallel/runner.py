@@ -16,7 +16,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
 
 import pandas as pd
 import torch
@@ -48,6 +48,7 @@ class RunSettings:
     data_dir: str | None = None
     threads: int = 1
     shard_size: int = 1
+    pack_size: int = 16    # ctgrid.grid.packs.DEFAULT_PACK_SIZE (1 with shard_size > 1)
 
 
 @dataclass
@@ -107,19 +108,35 @@ def default_threads() -> int:
         return 1
 
 
+class _ForJob(logging.Filter):
+    """Pass records of one job (``extra={"job": id}``) and records of no job in particular."""
+
+    def __init__(self, job_id: str):
+        super().__init__()
+        self.job_id = job_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "job", self.job_id) == self.job_id
+
+
 @contextlib.contextmanager
-def job_log(path: Path | None) -> Iterator[logging.Logger]:
-    """Append the ``ctgrid`` logger and Python warnings to the job's ``log.txt`` meanwhile."""
+def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
+    """Append the ``ctgrid`` logger and Python warnings to the jobs' ``log.txt`` meanwhile:
+    a record with ``extra={"job": id}`` goes to that job's log only, others to every log."""
     logger = logging.getLogger("ctgrid.job")
-    if path is None:
+    if not paths:
         yield logger
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("ctgrid")
+    handlers = []
+    for job_id, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        handler.addFilter(_ForJob(job_id))
+        handlers.append(handler)
+        root.addHandler(handler)
     old_level, old_prop = root.level, root.propagate
-    root.addHandler(handler)
     root.setLevel(logging.INFO)
     root.propagate = False
     old_show = warnings.showwarning
@@ -129,10 +146,11 @@ def job_log(path: Path | None) -> Iterator[logging.Logger]:
         yield logger
     finally:
         warnings.showwarning = old_show
-        root.removeHandler(handler)
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
         root.setLevel(old_level)
         root.propagate = old_prop
-        handler.close()
 
 
 def _epoch_line(row: dict[str, Any]) -> str:
@@ -165,21 +183,6 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir
                                    evaluation_constraints(dataset, job.evaluation))
 
 
-def _train(job: JobConfig, dataset: Dataset, store: ResultStore, checkpoint: Path, role: Role,
-           logger: logging.Logger) -> tuple[TrainResult, int]:
-    from ..training import train
-    ran = []
-
-    def progress(row: dict[str, Any]) -> None:
-        ran.append(row["epoch"])
-        logger.info(_epoch_line(row))
-
-    result = train(dataset, job.model, job.generator, replace(job.training, seed=job.seed),
-                   checkpoint_path=checkpoint, cache_dir=store.cache_dir, progress=progress,
-                   stop=role.stop, wrap_search=role.wrap_search)
-    return result, result.epochs_done - len(ran)
-
-
 def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables) -> None:
     from ..modeldir import write_model
     write_model(paths, job, result)
@@ -191,85 +194,147 @@ def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables:
 
 @dataclass
 class _Attempt:
-    """One execution of one job on one rank (what the steps of :func:`run_job` share)."""
+    """One execution of one pack on one rank (what the steps of :func:`run_pack` share)."""
 
     store: ResultStore
-    job_id: str
-    job: JobConfig
+    jobs: dict[str, JobConfig]
     settings: RunSettings
     role: Role
     logger: logging.Logger
     t0: float = field(default_factory=time.perf_counter)
     started: str = field(default_factory=now)
 
-    def outcome(self, status: str, seconds: float, epochs: int = 0) -> JobOutcome:
-        return JobOutcome(self.job_id, status, seconds, rank=self.role.rank, epochs_done=epochs)
+    def outcome(self, job_id: str, status: str, seconds: float, epochs: int = 0) -> JobOutcome:
+        return JobOutcome(job_id, status, seconds, rank=self.role.rank, epochs_done=epochs)
 
-    def train(self) -> tuple[Dataset, TrainResult, int]:
+    def train(self) -> tuple[Dataset, list[TrainResult], int]:
         from ..data import load_dataset
+        from ..training.loop import PackMember, train_pack
+        ids = list(self.jobs)
         if self.role.leader:
-            self.store.begin(self.job_id)
-            self.store.write_config(self.job_id, self.job)
-        self.logger.info("job %s (%s) on rank %d of %s, seed %d", self.job_id, self.job.name,
-                         self.role.rank, socket.gethostname(), self.job.seed)
-        dataset = load_dataset(self.job.data, self.settings.data_dir)
-        checkpoint = self.role.checkpoint or self.store.job(self.job_id).checkpoint
-        result, resumed = _train(self.job, dataset, self.store, checkpoint, self.role, self.logger)
-        return dataset, result, resumed
+            for job_id, job in self.jobs.items():
+                self.store.begin(job_id)
+                self.store.write_config(job_id, job)
+        for job_id, job in self.jobs.items():
+            self.logger.info("job %s (%s) on rank %d of %s, seed %d%s", job_id, job.name,
+                             self.role.rank, socket.gethostname(), job.seed,
+                             f", in a pack of {len(ids)}" if len(ids) > 1 else "", extra={"job": job_id})
+        first = self.jobs[ids[0]]
+        dataset = load_dataset(first.data, self.settings.data_dir)
+        members = [PackMember(j.model, j.generator, replace(j.training, seed=j.seed),
+                              self.role.checkpoint or self.store.job(i).checkpoint)
+                   for i, j in self.jobs.items()]
+        ran = [0] * len(ids)
 
-    def finish(self, dataset: Dataset, result: TrainResult, resumed: int, t_train: float) -> JobOutcome:
-        """Evaluate, write the results, then the ``done.json`` marker (last)."""
-        tables = evaluate(result.model, dataset, self.job, self.store.cache_dir)
-        _write_results(self.store.job(self.job_id), self.job, result, tables)
-        seconds = time.perf_counter() - self.t0
-        self.store.mark_done(self.job_id, {
-            "name": self.job.name, "started": self.started, "seconds": seconds,
+        def progress(k: int, row: dict[str, Any]) -> None:
+            ran[k] += 1
+            self.logger.info(_epoch_line(row), extra={"job": ids[k]})
+
+        results = train_pack(dataset, members, cache_dir=self.store.cache_dir, progress=progress,
+                             stop=self.role.stop, wrap_search=self.role.wrap_search)
+        return dataset, results, results[0].epochs_done - ran[0]
+
+    def finish(self, job_id: str, dataset: Dataset, result: TrainResult, resumed: int,
+               t_train: float) -> JobOutcome:
+        """Evaluate one member, write its results, then its ``done.json`` marker (last)."""
+        t_eval = time.perf_counter()
+        job = self.jobs[job_id]
+        tables = evaluate(result.model, dataset, job, self.store.cache_dir)
+        _write_results(self.store.job(job_id), job, result, tables)
+        seconds = t_train + time.perf_counter() - t_eval
+        self.store.mark_done(job_id, {
+            "name": job.name, "started": self.started, "seconds": seconds,
             "train_seconds": t_train, "eval_seconds": seconds - t_train,
             "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.role.rank,
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
-            "threads": self.settings.threads, "data_summary": dataset.summary(),
-            "ctgrid_version": __version__})
-        self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train)
-        return self.outcome("done", seconds, result.epochs_done)
+            "pack_size": len(self.jobs), "threads": self.settings.threads,
+            "data_summary": dataset.summary(), "ctgrid_version": __version__})
+        self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
+        return self.outcome(job_id, "done", seconds, result.epochs_done)
 
-    def fail(self, exc: Exception) -> JobOutcome:
-        seconds = time.perf_counter() - self.t0
-        self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True)
+    def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:
+        self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"job": job_id})
         if self.role.leader:
-            self.store.mark_failed(self.job_id, exc, {"rank": self.role.rank, "seconds": seconds,
-                                                      "started": self.started},
+            self.store.mark_failed(job_id, exc, {"rank": self.role.rank, "seconds": seconds,
+                                                 "started": self.started},
                                    drop_checkpoint=isinstance(exc, NonFiniteError))
-        out = self.outcome("failed", seconds)
+        out = self.outcome(job_id, "failed", seconds)
         out.error_type, out.message = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
         return out
 
 
+def _checkpoint_epoch(path: Path) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+    except FileNotFoundError:
+        return 0
+    except Exception:  # noqa: BLE001 - unreadable: the training starts it afresh (and says so)
+        return 0
+
+
+def _by_checkpoint_epoch(store: ResultStore, jobs: dict[str, JobConfig]) -> list[dict[str, JobConfig]]:
+    """The pack split by the epoch its members' checkpoints reached (one part when they agree)."""
+    if len(jobs) == 1:
+        return [jobs]
+    parts: dict[int, dict[str, JobConfig]] = {}
+    for job_id, job in jobs.items():
+        parts.setdefault(_checkpoint_epoch(store.job(job_id).checkpoint), {})[job_id] = job
+    return [parts[e] for e in sorted(parts)]
+
+
 def run_job(store: ResultStore, job_id: str, job: JobConfig, settings: RunSettings,
             role: Role = Role()) -> JobOutcome:
-    """Run ``job`` to completion, failure or interruption and record the result.
+    """:func:`run_pack` of one job."""
+    return run_pack(store, {job_id: job}, settings, role)[0]
 
-    ``role.stop`` is the training's between-epoch check; ``role.local_stop`` (default
-    ``role.stop``) is checked once more before the evaluation. A non-leader (sharded
-    member) trains from ``role.checkpoint`` and writes nothing into the results.
+
+def run_pack(store: ResultStore, jobs: Mapping[str, JobConfig], settings: RunSettings,
+             role: Role = Role()) -> list[JobOutcome]:
+    """Train the compatible ``jobs`` as one pack, then evaluate and record each; one outcome per job.
+
+    Every outcome is the job's own: a member with non-finite weights or an error in its
+    evaluation fails alone (``error.json``), the others finish. An error while loading
+    the data or training fails every member. ``role.stop`` is the training's
+    between-epoch check; ``role.local_stop`` (default ``role.stop``) is checked once more
+    before the evaluations. A non-leader (sharded member) trains from ``role.checkpoint``
+    and writes nothing into the results.
     """
-    paths = store.job(job_id)
+    jobs = dict(jobs)
+    parts = _by_checkpoint_epoch(store, jobs) if role.checkpoint is None else [jobs]
+    if len(parts) > 1:   # members interrupted at different epochs resume as separate packs
+        return [o for part in parts for o in run_pack(store, part, settings, role)]
+    paths = {i: store.job(i).log for i in jobs} if role.leader else {}
     local_stop = role.stop if role.local_stop is None else role.local_stop
-    with job_log(paths.log if role.leader else None) as logger:
-        run = _Attempt(store, job_id, job, settings, role, logger)
+    with job_log(paths) as logger:
+        run = _Attempt(store, jobs, settings, role, logger)
         try:
-            dataset, result, resumed = run.train()
-            t_train = time.perf_counter() - run.t0
-            if not result.completed:
-                logger.info("interrupted after epoch %d (checkpoint kept)", result.epochs_done)
-                return run.outcome("interrupted", t_train, result.epochs_done)
-            check_finite(result.model, result.history)
-            if not role.leader:
-                return run.outcome("done", t_train, result.epochs_done)
-            if local_stop():
-                logger.info("interrupted before the evaluation (training complete, checkpoint kept)")
-                return run.outcome("interrupted", t_train, result.epochs_done)
-            return run.finish(dataset, result, resumed, t_train)
+            dataset, results, resumed = run.train()
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a failed job is a record, not a crash
-            return run.fail(exc)
+            seconds = time.perf_counter() - run.t0
+            return [run.fail(i, exc, seconds) for i in jobs]
+        t_train = (time.perf_counter() - run.t0) / len(jobs)
+        if not results[0].completed:
+            for i in jobs:
+                logger.info("interrupted after epoch %d (checkpoint kept)", results[0].epochs_done,
+                            extra={"job": i})
+            return [run.outcome(i, "interrupted", t_train, r.epochs_done) for i, r in zip(jobs, results)]
+        outcomes = []
+        for job_id, result in zip(jobs, results):
+            try:
+                check_finite(result.model, result.history)
+                if not role.leader:
+                    outcomes.append(run.outcome(job_id, "done", t_train, result.epochs_done))
+                elif local_stop():
+                    logger.info("interrupted before the evaluation (training complete, checkpoint kept)",
+                                extra={"job": job_id})
+                    outcomes.append(run.outcome(job_id, "interrupted", t_train, result.epochs_done))
+                else:
+                    outcomes.append(run.finish(job_id, dataset, result, resumed, t_train))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one member's failure is its own record
+                outcomes.append(run.fail(job_id, exc, t_train))
+        return outcomes

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
 from ..errors import ConfigError, CTGridError, DataError
 from ..store import ResultStore, RunLock
-from .runner import JobOutcome, Role, RunSettings, run_job, warm_up
+from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ class GridRun:
 class Plan:
     """Which of the grid's jobs run now, in which order, and which are skipped."""
 
-    todo: list[str]
+    todo: list[str]                                       # in run order, pack by pack
+    packs: list[list[str]] = field(default_factory=list)  # todo as packs, longest expected first
     done: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)      # skipped (no --retry-failed)
     resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
@@ -65,9 +66,13 @@ def job_cost(job: JobConfig) -> float:
     return float(job.expected_cost())
 
 
-def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool) -> Plan:
-    """Skip done (and, unless ``retry_failed``, failed) jobs; longest expected first."""
+def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,
+              pack_size: int = 1) -> Plan:
+    """Skip done (and, unless ``retry_failed``, failed) jobs; the rest as packs of the grid's
+    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first."""
+    from ..grid.packs import make_packs
     plan = Plan(todo=[])
+    run: set[str] = set()
     for job_id in jobs:
         state = store.job(job_id).status
         if state == "done":
@@ -75,11 +80,13 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
         elif state == "failed" and not retry_failed:
             plan.failed.append(job_id)
         else:
-            plan.todo.append(job_id)
+            run.add(job_id)
             if store.job(job_id).checkpoint.exists():
                 plan.resume.add(job_id)
-    plan.costs = {j: job_cost(jobs[j]) for j in plan.todo}
-    plan.todo.sort(key=lambda j: (-plan.costs[j], j))
+    plan.costs = {j: job_cost(jobs[j]) for j in run}
+    packs = [[j for j in pack if j in run] for pack in make_packs(jobs, pack_size)]
+    plan.packs = sorted((p for p in packs if p), key=lambda p: (-sum(plan.costs[j] for j in p), p[0]))
+    plan.todo = [j for p in plan.packs for j in p]
     return plan
 
 
@@ -108,13 +115,14 @@ def prepare(run: GridRun) -> Prepared:
     store = ResultStore.for_grid(run.settings.results, grid.name)
     jobs = grid.jobs()
     preflight(jobs, run.settings.data_dir)
+    pack_size = run.settings.pack_size if run.settings.shard_size == 1 else 1
     if run.dry_run:
-        return Prepared(store, jobs, make_plan(store, jobs, retry_failed=run.retry_failed),
-                        None, len(grid))
+        return Prepared(store, jobs, make_plan(store, jobs, retry_failed=run.retry_failed,
+                                               pack_size=pack_size), None, len(grid))
     lock = store.lock().acquire()
     try:
         store.initialise(grid, force=run.force)
-        plan = make_plan(store, jobs, retry_failed=run.retry_failed)
+        plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size)
     except BaseException:
         lock.release()
         raise
@@ -122,15 +130,20 @@ def prepare(run: GridRun) -> Prepared:
 
 
 def print_plan(prep: Prepared, out: TextIO) -> None:
-    """The ``--dry-run`` report: what would be skipped and what would run, in order."""
+    """The ``--dry-run`` report: what would be skipped and what would run, in order, by pack."""
     p = prep.plan
     print(f"grid results: {prep.store.root}", file=out)
     print(f"{prep.n_points} grid points -> {len(prep.jobs)} jobs: {len(p.done)} done, "
           f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
-          f"({len(p.resume)} resume from a checkpoint)", file=out)
-    for job_id in p.todo:
-        tag = "  resume" if job_id in p.resume else ""
-        print(f"  {job_id}  {prep.jobs[job_id].name:<28} cost {p.costs[job_id]:>10.0f}{tag}", file=out)
+          f"({len(p.resume)} resume from a checkpoint) in {len(p.packs)} pack(s)", file=out)
+    for n, pack in enumerate(p.packs, 1):
+        if len(pack) > 1:
+            print(f"  pack {n}: {len(pack)} jobs trained as one batched network", file=out)
+        for job_id in pack:
+            tag = "  resume" if job_id in p.resume else ""
+            indent = "    " if len(pack) > 1 else "  "
+            print(f"{indent}{job_id}  {prep.jobs[job_id].name:<28} cost {p.costs[job_id]:>10.0f}{tag}",
+                  file=out)
 
 
 def _duration(seconds: float) -> str:
@@ -260,14 +273,16 @@ def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
 
     def loop(prep: Prepared, progress: Progress) -> None:
         warm_up()
-        for job_id in prep.plan.todo:
+        for pack in prep.plan.packs:
             if stop():
                 progress.interrupted = True
                 return
-            progress.started(job_id, 0)
-            outcome = run_job(prep.store, job_id, prep.jobs[job_id], run.settings, Role(stop=stop))
-            progress.finished(outcome)
-            if outcome.status == "interrupted":
+            for job_id in pack:
+                progress.started(job_id, 0)
+            outcomes = run_pack(prep.store, {j: prep.jobs[j] for j in pack}, run.settings, Role(stop=stop))
+            for outcome in outcomes:
+                progress.finished(outcome)
+            if any(o.status == "interrupted" for o in outcomes):
                 return
 
     return drive(run, out, 1, loop)

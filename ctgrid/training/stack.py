@@ -106,8 +106,12 @@ class ModelStack:
         return self._vmapped(params, x)
 
     def zero_grad(self) -> None:
+        """Zero the stacked gradients in place (they stay allocated: the optimiser keeps views)."""
         for p in self.params.values():
-            p.grad = None
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.zero_()
 
     def train(self) -> None:
         for m in self.models:
@@ -131,21 +135,30 @@ class StackOptimizer:
         self.optimizers = [make(m, c) for m, c in zip(stack.models, configs)]
         self._fused = self.kind == "adam" and hasattr(torch, "_fused_adam_") and all(
             o.defaults.get("fused") for o in self.optimizers)
-        self._moments = {n: (torch.zeros_like(p.detach()), torch.zeros_like(p.detach()))
-                         for n, p in stack.params.items()} if self.kind == "adam" else {}
-        self._steps = [[torch.zeros((), dtype=torch.float32) for _ in stack.names] for _ in stack.models]
+        names, K = stack.names, len(stack)
+        stack.zero_grad()
+        moments = [(torch.zeros_like(p.detach()), torch.zeros_like(p.detach()))
+                   for p in stack.params.values()]
+        self._step_table = torch.zeros(K, len(names), dtype=torch.float32)
+        # per member, fixed views into the stacked tensors: params, grads, moments, steps
+        self._views = [
+            ([stack.params[n].detach()[k] for n in names],
+             [stack.params[n].grad[k] for n in names],          # type: ignore[index]
+             [m[0][k] for m in moments], [m[1][k] for m in moments],
+             [self._step_table[k, i] for i in range(len(names))])
+            for k in range(K)]
 
-    def _slot(self, k: int, i: int, name: str) -> dict[str, torch.Tensor]:
-        ea, eb = self._moments[name]
-        return {"step": self._steps[k][i], "exp_avg": ea[k], "exp_avg_sq": eb[k]}
+    def _slot(self, k: int, i: int) -> dict[str, torch.Tensor]:
+        _, _, ea, eb, steps = self._views[k]
+        return {"step": steps[i], "exp_avg": ea[i], "exp_avg_sq": eb[i]}
 
     def state_dict(self, k: int) -> dict[str, Any]:
         """Member ``k``'s optimiser state as its own ``torch.optim`` optimiser would save it."""
         opt, model = self.optimizers[k], self.stack.models[k]
-        if self.kind == "adam" and bool(self._steps[k][0] > 0):
+        if self.kind == "adam" and bool(self._step_table[k, 0] > 0):
             for i, name in enumerate(self.stack.names):
                 opt.state[model.get_parameter(name)] = {
-                    key: v.clone() for key, v in self._slot(k, i, name).items()}
+                    key: v.clone() for key, v in self._slot(k, i).items()}
         return opt.state_dict()
 
     @torch.no_grad()
@@ -154,8 +167,8 @@ class StackOptimizer:
         self.optimizers[k].load_state_dict(state)
         if self.kind != "adam" or not state.get("state"):
             return
-        for i, name in enumerate(self.stack.names):
-            for key, dst in self._slot(k, i, name).items():
+        for i in range(len(self.stack.names)):
+            for key, dst in self._slot(k, i).items():
                 dst.copy_(state["state"][i][key])
 
     def step(self, members: Sequence[int]) -> None:
@@ -163,28 +176,23 @@ class StackOptimizer:
         by_lr: dict[float, list[int]] = {}
         for k in members:
             by_lr.setdefault(self.lrs[k], []).append(k)
-        names = self.stack.names
+        if self._fused:                 # the fused kernel reads the step; torch counts it first
+            if len(members) == len(self.lrs):
+                self._step_table.add_(1)
+            else:
+                self._step_table[torch.tensor(list(members))] += 1
         for lr, ks in by_lr.items():
-            params = [self.stack.params[n].detach()[k] for k in ks for n in names]
-            grads = [self._grad(n, k) for k in ks for n in names]
+            params, grads, exp_avgs, exp_avg_sqs, steps = (
+                [t for k in ks for t in self._views[k][j]] for j in range(5))
             if self.kind == "sgd":      # torch.optim.SGD on CPU: param.add_(grad, alpha=-lr)
                 torch._foreach_add_(params, grads, alpha=-lr)
-                continue
-            slots = [self._slot(k, i, n) for k in ks for i, n in enumerate(names)]
-            steps = [s["step"] for s in slots]
-            exp_avgs, exp_avg_sqs = [s["exp_avg"] for s in slots], [s["exp_avg_sq"] for s in slots]
-            if self._fused:             # what torch.optim.Adam(fused=True) runs
-                torch._foreach_add_(steps, 1)
+            elif self._fused:           # what torch.optim.Adam(fused=True) runs
                 torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
                                    lr=lr, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
                                    maximize=False, grad_scale=None, found_inf=None)
             else:                       # torch without the fused CPU kernel: its functional Adam
-                from torch.optim.adam import adam
+                from torch.optim.adam import adam   # counts the steps itself
                 adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=False, lr=lr,
                      beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False,
                      amsgrad=False, capturable=False, differentiable=False, fused=None,
                      grad_scale=None, found_inf=None, has_complex=False)
-
-    def _grad(self, name: str, k: int) -> torch.Tensor:
-        g = self.stack.params[name].grad
-        return torch.zeros_like(self.stack.params[name][k]) if g is None else g[k]

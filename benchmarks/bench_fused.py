@@ -1,0 +1,85 @@
+"""Training throughput of a fused pack of K runs vs the same K runs one after another.
+
+Paper settings (docs/deviations.md, R19) for the CT runs (full objective, ECCo, T = 30);
+members differ in lambda_div/lambda_reg/lambda_adv and seed as in the penalties grid.
+One torch thread, one process. Both sides train the same K runs for ``--epochs``
+epochs (solo: ``train`` K times; fused: one ``train_pack``); the figure is
+``solo seconds / fused seconds`` (per-model throughput ratio). Also reported: the
+vanilla objective (no CE phase) and the share of the fused CT time spent in the CE
+phase (``t_ce``).
+
+Usage: python benchmarks/bench_fused.py [--epochs N] [--data-dir DIR] [--quick]
+Prints ``BENCH <name> <value> <unit>`` lines.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from ctgrid.data import DataConfig, load_dataset
+from ctgrid.generators import GeneratorConfig
+from ctgrid.models import ModelConfig
+from ctgrid.training import TrainingConfig, train
+from ctgrid.training.loop import PackMember, train_pack
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+LAMBDAS = [(d, r, a) for d in (0.1, 0.5, 1.0) for r in (0.1, 0.25, 0.5) for a in (0.1, 0.25, 0.5)]
+
+
+def members(k: int, objective: str, epochs: int, **kw) -> list[PackMember]:
+    gen = GeneratorConfig(name="ecco", maxiter=30, tau=kw.pop("tau", 0.75))
+    out = []
+    for i in range(k):
+        d, r, a = LAMBDAS[i % len(LAMBDAS)]
+        cfg = TrainingConfig(objective=objective, nepochs=epochs, seed=i // len(LAMBDAS),
+                             lambda_div=d, lambda_reg=r, lambda_adv=a, **kw)
+        out.append(PackMember(ModelConfig(), gen, cfg))
+    return out
+
+
+def timed(fn) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def compare(name: str, dataset, k: int, objective: str, epochs: int, **kw) -> None:
+    ms = members(k, objective, epochs, **kw)
+    solo, _ = timed(lambda: [train(dataset, m.model, m.generator, m.training) for m in ms])
+    fused, results = timed(lambda: train_pack(dataset, ms))
+    tag = "" if objective == "full" else "_vanilla"
+    print(f"BENCH fused_speedup{tag}_{name}_{k} {solo / fused:.1f} x", flush=True)
+    print(f"BENCH fused_model_epoch_ms{tag}_{name}_{k} {1000 * fused / (k * epochs):.2f} ms", flush=True)
+    if objective == "full":
+        share = sum(float(r.history["t_ce"].sum()) for r in results) / fused
+        print(f"BENCH fused_ce_share_{name}_{k} {share:.2f} fraction", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
+    ap.add_argument("--quick", action="store_true", help="moons K = 8 and 45 only")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    moons = load_dataset(DataConfig(name="moons"))
+    sizes = (8, 45) if args.quick else (1, 8, 45, 135)
+    for k in sizes:
+        compare("moons", moons, k, "vanilla", args.epochs, batch_size=30)
+        compare("moons", moons, k, "full", args.epochs, batch_size=30, nce=1000, tau=0.9)
+    if not args.quick:
+        adult = load_dataset(DataConfig(name="adult"), args.data_dir)
+        for k in (8, 45):
+            compare("adult", adult, k, "full", 1, batch_size=1000, nce=5000)
+        mnist = load_dataset(DataConfig(name="mnist"), args.data_dir)
+        compare("mnist", mnist, 4, "full", 1, batch_size=128, nce=1000)
+    print(f"BENCH rss_mb_fused {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
