@@ -9,27 +9,30 @@ import torch
 from ..constraints import Constraints
 from ..errors import ConfigError
 from .config import GENERATORS, GeneratorConfig
-from .engine import Codec, CounterfactualBatch, SearchEngine, frozen
+from .engine import Codec, CounterfactualBatch, RoutedModels, SearchEngine, frozen
 from .penalties import l1_cost, make_energy, per_row
 from .vae import VAE, load_or_train_vae, train_vae
 
-__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "VAE",
+__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "RoutedModels", "VAE",
            "make_generator", "generator_for", "codec_for", "frozen", "load_or_train_vae", "train_vae"]
 
 
 def make_generator(config: GeneratorConfig, constraints: Constraints, *,
                    codec: Codec | None = None,
-                   lambda_energy: float | torch.Tensor | None = None) -> SearchEngine:
+                   lambda_energy: float | torch.Tensor | None = None,
+                   lambda_cost: float | torch.Tensor | None = None) -> SearchEngine:
     """The engine configured as ``config.name``.
 
     - ``generic`` (Wachter et al. 2017): cross-entropy + ``lambda_cost * ||x' - x||_1``.
     - ``ecco`` (ECCCo without conformal part): + ``lambda_energy * phi(t) * E(x')``.
     - ``revise`` (Joshi et al. 2019): generic objective searched in ``codec``'s latent space.
 
-    ``lambda_energy`` overrides ``config.lambda_energy``; a ``(n,)`` tensor gives every
-    row of an ``n``-row search its own weight (the engine then serves only such searches).
+    ``lambda_energy`` and ``lambda_cost`` override the config's; a ``(n,)`` tensor gives
+    every row of an ``n``-row search its own weight (the engine then serves only such searches).
     """
-    penalties = [(config.lambda_cost, l1_cost)]
+    cost = config.lambda_cost if lambda_cost is None else lambda_cost
+    penalties = ([(1.0, per_row(cost.detach(), l1_cost))] if isinstance(cost, torch.Tensor)
+                 else [(cost, l1_cost)])
     if config.name == "ecco":
         lam = config.lambda_energy if lambda_energy is None else lambda_energy
         energy = make_energy(config.energy_schedule, config.energy_quadratic)

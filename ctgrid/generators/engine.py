@@ -19,6 +19,7 @@ converged only if it still reaches ``tau``).
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -214,25 +215,30 @@ class SearchEngine:
         norm = grad.norm(dim=1, keepdim=True)
         return grad / torch.where(norm > 0, norm, torch.ones_like(norm))
 
-    def _project_final(self, model: nn.Module, out: CounterfactualBatch, tau: float) -> CounterfactualBatch:
+    def _project_final(self, model: nn.Module, out: CounterfactualBatch,
+                       tau: float | torch.Tensor) -> CounterfactualBatch:
         """``categorical = "final"``: project every counterfactual (and nascent point) onto
         valid one-hot groups; a row stays converged only if the projection still reaches tau."""
         cf = self.constraints.project_onehot(out.counterfactual)
         with torch.no_grad():
-            p = model(cf).softmax(dim=1).gather(1, out.target[:, None]).squeeze(1)
-        return CounterfactualBatch(out.factual, out.target, cf, out.converged & (p >= tau),
+            rows = torch.arange(cf.shape[0], device=cf.device)
+            p = _forward(model, cf, rows).softmax(dim=1).gather(1, out.target[:, None]).squeeze(1)
+        return CounterfactualBatch(out.factual, out.target, cf, out.converged & (p >= _at(tau, rows)),
                                    out.steps, self.constraints.project_onehot(out.nascent))
 
     def search(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, *,
-               nascent_eps: float = 0.3, maxiter: int | None = None,
-               tau: float | None = None) -> CounterfactualBatch:
+               nascent_eps: float | torch.Tensor = 0.3, maxiter: int | None = None,
+               tau: float | torch.Tensor | None = None) -> CounterfactualBatch:
         """Search counterfactuals for factuals ``x`` ``(n, d)`` towards classes ``target`` ``(n,)``.
 
         A row whose target probability reaches ``tau`` after ``k`` steps is frozen there
-        (``steps = k``, ``converged``); the others stop after ``maxiter`` steps.
+        (``steps = k``, ``converged``); the others stop after ``maxiter`` steps. ``tau`` and
+        ``nascent_eps`` may be ``(n,)`` tensors (one value per row). A ``model`` with
+        ``routes_rows = True`` is called as ``model(x_active, rows)`` with the positions of
+        the active rows in ``x`` (several models searched at once: :class:`RoutedModels`).
         """
         T = self.maxiter if maxiter is None else int(maxiter)
-        tau = self.tau if tau is None else float(tau)
+        tau = self.tau if tau is None else (tau if isinstance(tau, torch.Tensor) else float(tau))
         x, target = x.detach(), target.detach().long()
         with frozen(model), torch.enable_grad():
             state = x if self.codec is None else self.codec.encode(x).detach()
@@ -242,12 +248,12 @@ class SearchEngine:
                     break
                 s = rows.state.detach().requires_grad_(True)
                 xa = self._to_input(s, rows.factual)
-                logits = model(xa)
+                logits = _forward(model, xa, rows.idx)
                 x_now = xa.detach()
                 gap = (xa - rows.factual).abs()
-                rows.track_nascent(x_now, gap.detach().amax(dim=1) <= nascent_eps)
+                rows.track_nascent(x_now, gap.detach().amax(dim=1) <= _at(nascent_eps, rows.idx))
                 p = logits.detach().softmax(dim=1).gather(1, rows.target[:, None]).squeeze(1)
-                go_on = rows.finish(x_now, p >= tau, t, last=t == T)
+                go_on = rows.finish(x_now, p >= _at(tau, rows.idx), t, last=t == T)
                 if go_on is not None and go_on.numel() == 0:
                     break
                 loss = self._objective(xa, rows.factual, gap, rows.target, logits, t, T, rows.idx)
@@ -260,3 +266,36 @@ class SearchEngine:
             if self.categorical == "final":
                 return self._project_final(model, rows.out, tau)
         return rows.out
+
+
+def _at(value: float | torch.Tensor, rows: torch.Tensor) -> float | torch.Tensor:
+    """A per-row setting at the active ``rows`` (a scalar applies to every row)."""
+    return value[rows] if isinstance(value, torch.Tensor) else value
+
+
+def _forward(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return model(x, rows) if getattr(model, "routes_rows", False) else model(x)
+
+
+class RoutedModels(nn.Module):
+    """Several models searched as one batch: rows ``[offsets[k], offsets[k+1])`` of the
+    searched batch belong to ``models[k]``.
+
+    Each active row goes through its own model, member by member, with exactly the
+    shapes a search of that member alone has (its active rows), so the search of each
+    member is the one it gets alone; everything else in the search step (penalties,
+    constraints, convergence, compaction) runs once for all members.
+    """
+
+    routes_rows = True
+
+    def __init__(self, models: Sequence[nn.Module], sizes: Sequence[int]):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.bounds = torch.tensor(list(itertools.accumulate(sizes)))[:-1]
+
+    def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        member = torch.bucketize(rows, self.bounds, right=True)     # rows are sorted
+        counts = torch.bincount(member, minlength=len(self.members)).tolist()
+        parts = [m(seg) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]

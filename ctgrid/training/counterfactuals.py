@@ -73,6 +73,49 @@ def draw_targets(pred: torch.Tensor, n_classes: int, gen: torch.Generator) -> to
     return (pred + shift) % n_classes
 
 
+@dataclass(frozen=True, eq=False)
+class CEDraws:
+    """The random part of a CE phase: factual rows, the model's predictions, targets, ``x+``."""
+
+    idx: torch.Tensor
+    x: torch.Tensor
+    pred: torch.Tensor
+    target: torch.Tensor
+    plus: torch.Tensor
+
+
+def draw_factuals(model: nn.Module, X: torch.Tensor, pools: ClassPools, *, nce: int, n_classes: int,
+                  gen: torch.Generator) -> CEDraws:
+    """``nce`` factuals without replacement, a target per factual among the classes other than
+    the model's prediction, one ``x+`` of the target class each (all from ``gen``, in this order)."""
+    idx = torch.randperm(X.shape[0], generator=gen)[:nce]
+    x = X[idx]
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    target = draw_targets(pred, n_classes, gen)
+    return CEDraws(idx, x, pred, target, X[pools.draw(target, gen)])
+
+
+def ce_tuples(draws: CEDraws, result: CounterfactualBatch, y: torch.Tensor, *, nonconverged: str,
+              constraints: Constraints, adv_label: str = "true") -> CETuples:
+    """Replace or drop non-converged rows of a search result; protect constrained features of ``x+``."""
+    nce = len(draws.idx)
+    if len(result) != nce:
+        raise RuntimeError(f"generate returned {len(result)} counterfactuals for {nce} factuals")
+    conv = result.converged.bool()
+    cf, nascent = result.counterfactual.detach(), result.nascent.detach()
+    plus, target = draws.plus, draws.target
+    label = draws.pred.to(y.device) if adv_label == "predicted" else y[draws.idx]
+    if nonconverged == "replace":
+        cf = torch.where(conv[:, None], cf, plus)
+    else:
+        cf, plus, nascent, target, label = (t[conv] for t in (cf, plus, nascent, target, label))
+    if constraints.is_constrained:
+        plus = constraints.protect(plus, cf)
+    return CETuples(cf, plus, nascent, target, label, n_drawn=nce,
+                    converged=float(conv.float().mean()), steps=float(result.steps.float().mean()))
+
+
 def counterfactual_phase(model: nn.Module, X: torch.Tensor, y: torch.Tensor, pools: ClassPools, *,
                          nce: int, n_classes: int, generate: Generate, eps: float,
                          gen: torch.Generator, nonconverged: str,
@@ -84,26 +127,10 @@ def counterfactual_phase(model: nn.Module, X: torch.Tensor, y: torch.Tensor, poo
     ``"predicted"`` (the model's prediction at the factual at the start of the epoch, as the
     reference's earlier releases).
     """
-    idx = torch.randperm(X.shape[0], generator=gen)[:nce]
-    x = X[idx]
-    with torch.no_grad():
-        pred = model(x).argmax(dim=1)
-    target = draw_targets(pred, n_classes, gen)
-    plus = X[pools.draw(target, gen)]
-    result = generate(model, x, target, nascent_eps=eps)
-    if len(result) != nce:
-        raise RuntimeError(f"generate returned {len(result)} counterfactuals for {nce} factuals")
-    conv = result.converged.bool()
-    cf, nascent = result.counterfactual.detach(), result.nascent.detach()
-    label = pred.to(y.device) if adv_label == "predicted" else y[idx]
-    if nonconverged == "replace":
-        cf = torch.where(conv[:, None], cf, plus)
-    else:
-        cf, plus, nascent, target, label = (t[conv] for t in (cf, plus, nascent, target, label))
-    if constraints.is_constrained:
-        plus = constraints.protect(plus, cf)
-    return CETuples(cf, plus, nascent, target, label, n_drawn=nce,
-                    converged=float(conv.float().mean()), steps=float(result.steps.float().mean()))
+    draws = draw_factuals(model, X, pools, nce=nce, n_classes=n_classes, gen=gen)
+    result = generate(model, draws.x, draws.target, nascent_eps=eps)
+    return ce_tuples(draws, result, y, nonconverged=nonconverged, constraints=constraints,
+                     adv_label=adv_label)
 
 
 def group_bounds(m: int, n_groups: int) -> list[tuple[int, int]]:

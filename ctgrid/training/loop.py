@@ -32,18 +32,15 @@ from torch import nn
 
 from ..data import Dataset
 from ..errors import ConfigError
-from ..generators import GeneratorConfig, SearchEngine, generator_for
+from ..generators import GeneratorConfig
 from ..models import ModelConfig, build_model, check_fits_data
 from ..seeding import torch_generator
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .config import TrainingConfig
-from .counterfactuals import Generate
 from .pack import PackEpochs
+from .search import PackSearch, SearchWrapper
 from .stack import ModelStack, StackOptimizer
 
-#: ``wrap_search(build) -> generate``: the training's CE search made from ``build()``, its
-#: engine (e.g. split over the ranks of a group: :class:`ctgrid.parallel.ShardedGenerate`)
-SearchWrapper = Callable[[Callable[[], SearchEngine]], Generate]
 
 #: Columns of the per-epoch history. Loss components are NaN when the term is
 #: not part of the objective (or has weight 0) and in epochs without CE phase;
@@ -171,8 +168,8 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     done = {len(h) for h in histories}
     if len(done) > 1:
         raise ValueError(f"pack members resume from different epochs {sorted(done)}; run them apart")
-    sources = [_SearchSource(m.generator, dataset, cache_dir, wrap_search) for m in members]
-    epochs = PackEpochs(dataset, stack, optimizer, [m.training for m in members], sources)
+    search = PackSearch(dataset, [m.generator for m in members], cache_dir, wrap_search)
+    epochs = PackEpochs(dataset, stack, optimizer, [m.training for m in members], search)
     nepochs = members[0].training.nepochs
     for epoch in range(done.pop() + 1, nepochs + 1):
         rows = epochs.run(epoch)
@@ -186,24 +183,3 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
         if epoch < nepochs and stop is not None and stop():
             return [TrainResult(mod, history_frame(h), False, epoch) for mod, h in zip(models, histories)]
     return [TrainResult(mod, history_frame(h), True, len(h)) for mod, h in zip(models, histories)]
-
-
-class _SearchSource:
-    """The CE search: the generator's engine, built on first use (vanilla runs and burn-in
-    epochs never fit REVISE's VAE), or what ``wrap_search`` makes of it. The VAE is
-    trained with ``generator_for``'s fixed seed, one per training set, as the
-    reference pre-trained one VAE per dataset."""
-
-    def __init__(self, config: GeneratorConfig, dataset: Dataset, cache_dir: Path | None,
-                 wrap_search: SearchWrapper | None):
-        self.config, self.dataset, self.cache_dir, self.wrap = config, dataset, cache_dir, wrap_search
-        self.generate: Generate | None = None
-
-    def engine(self) -> SearchEngine:
-        return generator_for(self.config, self.dataset.constraints, self.dataset.X_train,
-                             cache_dir=self.cache_dir)
-
-    def __call__(self) -> Generate:
-        if self.generate is None:
-            self.generate = self.wrap(self.engine) if self.wrap is not None else self.engine().search
-        return self.generate

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -29,7 +29,8 @@ from ..data import Dataset
 from ..seeding import derive_seed, torch_generator
 from . import objectives as obj
 from .config import TrainingConfig
-from .counterfactuals import CETuples, ClassPools, Generate, counterfactual_phase, group_bounds
+from .counterfactuals import CETuples, ClassPools, group_bounds
+from .search import PackSearch
 from .stack import ModelStack, StackOptimizer
 
 NAN = float("nan")
@@ -73,9 +74,9 @@ class PackEpochs:
     """Runs the epochs of a pack; holds what stays fixed across epochs."""
 
     def __init__(self, dataset: Dataset, stack: ModelStack, optimizer: StackOptimizer,
-                 configs: Sequence[TrainingConfig], searches: Sequence[Callable[[], Generate]]):
+                 configs: Sequence[TrainingConfig], search: PackSearch | None = None):
         self.ds, self.stack, self.opt, self.cfgs = dataset, stack, optimizer, list(configs)
-        self.searches = list(searches)
+        self.search = search
         self.lams = [obj.weights(c) for c in self.cfgs]
         n, bs = len(dataset.y_train), self.cfgs[0].batch_size or dataset.batch_size
         self.batch_bounds = [(s, min(s + bs, n)) for s in range(0, n, bs)]
@@ -105,7 +106,7 @@ class PackEpochs:
         """Train every member for epoch ``epoch``; one history row per member."""
         t0 = time.perf_counter()
         self.stack.sync()
-        ces = [self._ce_phase(k, epoch) for k in range(len(self))]
+        ces = self._ce_phases(epoch)
         t1 = time.perf_counter()
         sums, skipped = self._updates(self._groups(epoch, ces))
         t2 = time.perf_counter()
@@ -120,16 +121,16 @@ class PackEpochs:
                  "t_ce": (t1 - t0) / K, "t_update": (t2 - t1) / K, "skipped": skipped[k]}
                 for k, ce in enumerate(ces)]
 
-    def _ce_phase(self, k: int, epoch: int) -> CETuples | None:
-        cfg = self.cfgs[k]
-        if epoch <= cfg.burnin_epochs or self.pools is None or not cfg.needs_counterfactuals:
-            return None
-        ds = self.ds
-        return counterfactual_phase(
-            self.stack.models[k], ds.X_train, ds.y_train, self.pools, nce=cfg.nce,
-            n_classes=ds.n_classes, generate=self.searches[k](), eps=cfg.adv_eps,
-            gen=torch_generator(cfg.seed, "counterfactuals", epoch), nonconverged=cfg.nonconverged,
-            constraints=ds.constraints, adv_label=cfg.adv_label)
+    def _ce_phases(self, epoch: int) -> list[CETuples | None]:
+        """Every member's CE tuples of ``epoch`` (``None``: no CE phase in this epoch)."""
+        members = [k for k, c in enumerate(self.cfgs)
+                   if c.needs_counterfactuals and epoch > c.burnin_epochs]
+        if not members or self.pools is None:
+            return [None] * len(self)
+        if self.search is None:
+            raise ValueError("a CT pack needs a PackSearch")
+        found = self.search.phases(self.stack.models, members, self.cfgs, epoch, self.pools)
+        return [found.get(k) for k in range(len(self))]
 
     def _order(self, k: int, epoch: int) -> torch.Tensor:
         n = len(self.ds.y_train)
