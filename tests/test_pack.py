@@ -110,3 +110,14 @@ def test_adult_members_match_solo_runs(data_dir):
                for m in _members(3)]
     for got, m in zip(train_pack(ds, members), members):
         _same(got, _solo(ds, m))
+
+
+def test_cnn_members_match_solo_runs(data_dir):
+    """Architectures outside the batched fast path (LeNet on MNIST) run member by member, exactly."""
+    ds = load_dataset(DataConfig(name="mnist", n_train=300, n_val=50, n_test=50), data_dir)
+    members = [PackMember(ModelConfig(kind="cnn"), GeneratorConfig(name="ecco", maxiter=3),
+                          TrainingConfig(objective="full", nepochs=1, nce=20, batch_size=50, seed=s,
+                                         lambda_div=0.1 * (s + 1)))
+               for s in range(2)]
+    for got, m in zip(train_pack(ds, members), members):
+        _same(got, _solo(ds, m))

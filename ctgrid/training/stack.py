@@ -29,7 +29,7 @@ _ELEMENTWISE = (nn.ReLU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity)
 
 def _linear_plan(model: nn.Module) -> list[tuple[str, Any]] | None:
     """``[("linear", (weight name, bias name)) | ("act", module)]`` for a Sequential of Linear
-    layers and elementwise activations, else ``None`` (the stack then uses ``torch.func.vmap``)."""
+    layers and elementwise activations, else ``None`` (the stack then runs member by member)."""
     if not isinstance(model, nn.Sequential):
         return None
     plan: list[tuple[str, Any]] = []
@@ -61,7 +61,6 @@ class ModelStack:
             name: torch.stack([m.get_parameter(name).detach() for m in self.models]).requires_grad_(True)
             for name in self.names}
         self._plan = _linear_plan(self.models[0])
-        self._vmapped: Callable[..., torch.Tensor] | None = None
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -85,7 +84,7 @@ class ModelStack:
         params = self.params if select is None else {
             n: p.index_select(0, select) for n, p in self.params.items()}
         if self._plan is None:
-            return self._vmap_forward(params, x)
+            return self._member_forward(params, x)
         h = x
         for kind, spec in self._plan:
             if kind == "act":
@@ -95,15 +94,14 @@ class ModelStack:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
         return h
 
-    def _vmap_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        if self._vmapped is None:
-            from torch.func import functional_call, vmap
-            base = self.models[0]
-
-            def one(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
-                return functional_call(base, p, (xi,))
-            self._vmapped = vmap(one)
-        return self._vmapped(params, x)
+    def _member_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """Other architectures (the CNN): member by member through the first member's module
+        with each member's parameter slices (``vmap`` would batch the convolutions, but not
+        bit-identically to a model alone)."""
+        from torch.func import functional_call
+        base = self.models[0]
+        return torch.stack([functional_call(base, {n: p[j] for n, p in params.items()}, (x[j],))
+                            for j in range(x.shape[0])])
 
     def zero_grad(self) -> None:
         """Zero the stacked gradients in place (they stay allocated: the optimiser keeps views)."""
