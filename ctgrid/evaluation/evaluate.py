@@ -39,7 +39,7 @@ the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -50,7 +50,7 @@ from .._torch import model_device
 from ..constraints import Constraints
 from ..data.dataset import Dataset
 from ..errors import ConfigError
-from ..generators import GeneratorConfig, codec_for
+from ..generators import CounterfactualBatch, GeneratorConfig, codec_for
 from ..seeding import torch_generator
 from .config import EvaluationConfig
 from .grid import CHUNK_ROWS, EvaluationGrid, build_grid, data_identity, search_config, search_grid
@@ -90,15 +90,26 @@ def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
     ``tau``, ``T`` and step come from ``config``. ``cache_dir`` caches REVISE's VAE.
     ``config.enabled`` is the grid runner's switch and is not consulted here.
     """
-    device = model_device(model)
-    k = predict_logits(model, dataset.X_train[:1].to(device)).shape[1]
-    if k != dataset.n_classes:
-        raise ConfigError(f"evaluate_model: the model has {k} outputs; dataset {dataset.name!r} "
-                          f"has {dataset.n_classes} classes")
+    return evaluate_models([model], dataset, config, generator_config=generator_config,
+                           cache_dir=cache_dir, constraints=constraints, chunk_rows=chunk_rows)[0]
+
+
+def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: EvaluationConfig, *,
+                    generator_config: GeneratorConfig | None = None,
+                    cache_dir: str | os.PathLike | None = None,
+                    constraints: Constraints | None = None,
+                    chunk_rows: int = CHUNK_ROWS) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """:func:`evaluate_model` of several models (a pack) under one configuration: their
+    test-time searches run as one (each model's result is the one it gets alone)."""
+    for model in models:
+        k = predict_logits(model, dataset.X_train[:1].to(model_device(model))).shape[1]
+        if k != dataset.n_classes:
+            raise ConfigError(f"evaluate_model: the model has {k} outputs; dataset {dataset.name!r} "
+                              f"has {dataset.n_classes} classes")
     cons = evaluation_constraints(dataset, config, constraints)
-    return (counterfactual_frame(model, dataset, config, cons, generator_config=generator_config,
-                                 cache_dir=cache_dir, chunk_rows=chunk_rows),
-            performance_frame(model, dataset, config, cons))
+    frames = counterfactual_frames(models, dataset, config, cons, generator_config=generator_config,
+                                   cache_dir=cache_dir, chunk_rows=chunk_rows)
+    return [(frame, performance_frame(model, dataset, config, cons)) for model, frame in zip(models, frames)]
 
 
 def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
@@ -106,10 +117,24 @@ def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationC
                          cache_dir: str | os.PathLike | None = None,
                          chunk_rows: int = CHUNK_ROWS) -> pd.DataFrame:
     """The ``evaluation`` frame: one batched search over the whole grid, then every measure."""
+    return counterfactual_frames([model], dataset, config, constraints, generator_config=generator_config,
+                                 cache_dir=cache_dir, chunk_rows=chunk_rows)[0]
+
+
+def counterfactual_frames(models: Sequence[nn.Module], dataset: Dataset, config: EvaluationConfig,
+                          constraints: Constraints, *, generator_config: GeneratorConfig | None = None,
+                          cache_dir: str | os.PathLike | None = None,
+                          chunk_rows: int = CHUNK_ROWS) -> list[pd.DataFrame]:
+    """:func:`counterfactual_frame` of several models: the paired grid once, one search for all."""
     grid = build_grid(dataset, config)
     gen_cfg = search_config(config, generator_config)
     codec = codec_for(gen_cfg, dataset.X_train, cache_dir=cache_dir)  # REVISE: the training's VAE
-    batch = search_grid(model, grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
+    batches = search_grid(list(models), grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
+    return [_frame(model, grid, batch, config, gen_cfg.name) for model, batch in zip(models, batches)]
+
+
+def _frame(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch, config: EvaluationConfig,
+           generator: str) -> pd.DataFrame:
     x_cf = batch.counterfactual
     values = _per_run_metrics(model, grid, x_cf, config)
     values["converged"] = batch.converged.double().cpu()
@@ -124,7 +149,7 @@ def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationC
     if config.mmd_permutations:
         values["ip_star_pvalue"] = ip_star["ip_star_p"]
     predicted = predict_logits(model, grid.x.to(x_cf.device)).argmax(1).cpu()  # batched inside
-    return _long_frame(grid, gen_cfg.name, values, predicted)
+    return _long_frame(grid, generator, values, predicted)
 
 
 def _per_run_metrics(model: nn.Module, grid: EvaluationGrid, x_cf: torch.Tensor,

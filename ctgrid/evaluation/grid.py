@@ -30,6 +30,7 @@ independent, so this equals one search per setting.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence, overload
 
 import torch
 from torch import nn
@@ -38,7 +39,7 @@ from .._torch import model_device, tensor_digest
 from ..constraints import Constraints
 from ..data.dataset import Dataset
 from ..errors import ConfigError, DataError
-from ..generators import CounterfactualBatch, GeneratorConfig, make_generator
+from ..generators import CounterfactualBatch, GeneratorConfig, RoutedModels, make_generator
 from ..generators.engine import Codec
 from ..seeding import torch_generator
 from .config import EvaluationConfig
@@ -179,16 +180,39 @@ def search_config(config: EvaluationConfig, base: GeneratorConfig | None = None)
                    categorical=config.categorical)
 
 
+@overload
 def search_grid(model: nn.Module, grid: EvaluationGrid, generator: GeneratorConfig,
+                constraints: Constraints, *, codec: Codec | None = ...,
+                chunk_rows: int = ...) -> CounterfactualBatch: ...
+@overload
+def search_grid(model: Sequence[nn.Module], grid: EvaluationGrid, generator: GeneratorConfig,
+                constraints: Constraints, *, codec: Codec | None = ...,
+                chunk_rows: int = ...) -> list[CounterfactualBatch]: ...
+def search_grid(model: nn.Module | Sequence[nn.Module], grid: EvaluationGrid, generator: GeneratorConfig,
                 constraints: Constraints, *, codec: Codec | None = None,
-                chunk_rows: int = CHUNK_ROWS) -> CounterfactualBatch:
-    """Search every row of ``grid`` (each with its own energy weight), ``chunk_rows`` at a time."""
-    device = model_device(model)
+                chunk_rows: int = CHUNK_ROWS) -> CounterfactualBatch | list[CounterfactualBatch]:
+    """Search every row of ``grid`` (each with its own energy weight), ``chunk_rows`` at a time.
+
+    Given several models (a pack), every chunk is searched for all of them in ONE search
+    (:class:`ctgrid.generators.RoutedModels`: each model's rows through that model, with
+    the rows and chunks it has alone, so each result is the one it gets alone); returns
+    one batch per model.
+    """
+    models = [model] if isinstance(model, nn.Module) else list(model)
+    device = model_device(models[0])
     lam = grid.lambda_energy.float()
-    x_all = grid.x
-    parts = []
+    x_all, K = grid.x, len(models)
+    parts: list[list[CounterfactualBatch]] = [[] for _ in models]
     for start in range(0, len(grid), chunk_rows):
         rows = slice(start, start + chunk_rows)
-        engine = make_generator(generator, constraints, codec=codec, lambda_energy=lam[rows].to(device))
-        parts.append(engine.search(model, x_all[rows].to(device), grid.target[rows].to(device)))
-    return CounterfactualBatch.concat(parts)
+        x, target = x_all[rows].to(device), grid.target[rows].to(device)
+        n = x.shape[0]
+        engine = make_generator(generator, constraints, codec=codec,
+                                lambda_energy=lam[rows].to(device).repeat(K))
+        found = engine.search(RoutedModels(models, [n] * K), x.repeat(K, 1), target.repeat(K))
+        for k in range(K):
+            parts[k].append(CounterfactualBatch(*(getattr(found, f)[k * n:(k + 1) * n] for f in
+                                                  ("factual", "target", "counterfactual", "converged",
+                                                   "steps", "nascent"))))
+    out = [CounterfactualBatch.concat(p) for p in parts]
+    return out[0] if isinstance(model, nn.Module) else out

@@ -7,16 +7,14 @@ with the job's timings, so a job is finished exactly when its marker exists.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import socket
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 
 import pandas as pd
 import torch
@@ -24,6 +22,7 @@ import torch
 from .. import __version__, _atomic
 from ..errors import JobFailedError
 from ..store import JobPaths, ResultStore, now
+from .joblog import job_log
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -108,51 +107,6 @@ def default_threads() -> int:
         return 1
 
 
-class _ForJob(logging.Filter):
-    """Pass records of one job (``extra={"job": id}``) and records of no job in particular."""
-
-    def __init__(self, job_id: str):
-        super().__init__()
-        self.job_id = job_id
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return getattr(record, "job", self.job_id) == self.job_id
-
-
-@contextlib.contextmanager
-def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
-    """Append the ``ctgrid`` logger and Python warnings to the jobs' ``log.txt`` meanwhile:
-    a record with ``extra={"job": id}`` goes to that job's log only, others to every log."""
-    logger = logging.getLogger("ctgrid.job")
-    if not paths:
-        yield logger
-        return
-    root = logging.getLogger("ctgrid")
-    handlers = []
-    for job_id, path in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        handler.addFilter(_ForJob(job_id))
-        handlers.append(handler)
-        root.addHandler(handler)
-    old_level, old_prop = root.level, root.propagate
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    old_show = warnings.showwarning
-    warnings.showwarning = (lambda msg, cat, fn, ln, *a, **k:
-                            root.warning("%s: %s (%s:%s)", cat.__name__, msg, fn, ln))
-    try:
-        yield logger
-    finally:
-        warnings.showwarning = old_show
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
-        root.setLevel(old_level)
-        root.propagate = old_prop
-
-
 def _epoch_line(row: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -181,6 +135,24 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir
         return evaluate_model(model, dataset, job.evaluation, cache_dir=cache_dir)
     return None, performance_frame(model, dataset, job.evaluation,
                                    evaluation_constraints(dataset, job.evaluation))
+
+
+#: members of a pack are evaluated in one search while (members x grid rows x features)
+#: stays under this many values (the paper's synthetic grids; big ones go one by one)
+JOINT_EVALUATION_VALUES = 2**24
+
+
+def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobConfig,
+                     cache_dir: Path) -> list[Tables] | None:
+    """The tables of several models under ``job``'s evaluation in one search, or ``None``
+    when that would be too large (or there is nothing to share)."""
+    from ..evaluation.evaluate import evaluate_models
+    from ..evaluation.grid import CHUNK_ROWS, lambda_settings
+    ev = job.evaluation
+    rows = min(CHUNK_ROWS, ev.n_runs * ev.n_individuals * len(lambda_settings(ev)))
+    if len(models) < 2 or not ev.enabled or len(models) * rows * dataset.n_features > JOINT_EVALUATION_VALUES:
+        return None
+    return list(evaluate_models(models, dataset, ev, cache_dir=cache_dir))
 
 
 def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables) -> None:
@@ -235,13 +207,18 @@ class _Attempt:
         return dataset, results, results[0].epochs_done - ran[0]
 
     def finish(self, job_id: str, dataset: Dataset, result: TrainResult, resumed: int,
-               t_train: float) -> JobOutcome:
-        """Evaluate one member, write its results, then its ``done.json`` marker (last)."""
+               t_train: float, evaluated: tuple[Tables, float] | None = None) -> JobOutcome:
+        """Evaluate one member (unless ``evaluated``: its tables and seconds from a joint
+        evaluation), write its results, then its ``done.json`` marker (last)."""
         t_eval = time.perf_counter()
         job = self.jobs[job_id]
-        tables = evaluate(result.model, dataset, job, self.store.cache_dir)
+        if evaluated is None:
+            tables = evaluate(result.model, dataset, job, self.store.cache_dir)
+            t_eval_s = time.perf_counter() - t_eval
+        else:
+            tables, t_eval_s = evaluated
         _write_results(self.store.job(job_id), job, result, tables)
-        seconds = t_train + time.perf_counter() - t_eval
+        seconds = t_train + t_eval_s
         self.store.mark_done(job_id, {
             "name": job.name, "started": self.started, "seconds": seconds,
             "train_seconds": t_train, "eval_seconds": seconds - t_train,
@@ -261,6 +238,29 @@ class _Attempt:
         out = self.outcome(job_id, "failed", seconds)
         out.error_type, out.message = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
         return out
+
+
+def _joint_evaluations(run: _Attempt, dataset: Dataset,
+                       results: dict[str, TrainResult]) -> dict[str, tuple[Tables, float]]:
+    """Members sharing one evaluation configuration, evaluated in one search where small
+    enough; any error there leaves them to be evaluated one by one (each failing alone)."""
+    groups: dict[Any, list[str]] = {}
+    for job_id in results:
+        groups.setdefault(run.jobs[job_id].evaluation, []).append(job_id)
+    out: dict[str, tuple[Tables, float]] = {}
+    for ids in groups.values():
+        t0 = time.perf_counter()
+        try:
+            tables = evaluate_jointly([results[i].model for i in ids], dataset, run.jobs[ids[0]],
+                                      run.store.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - retried one by one below
+            run.logger.warning("joint evaluation failed (%s: %s); evaluating one by one",
+                               type(exc).__name__, exc)
+            continue
+        if tables is not None:
+            share = (time.perf_counter() - t0) / len(ids)
+            out.update({i: (t, share) for i, t in zip(ids, tables)})
+    return out
 
 
 def _checkpoint_epoch(path: Path) -> int:
@@ -321,20 +321,32 @@ def run_pack(store: ResultStore, jobs: Mapping[str, JobConfig], settings: RunSet
                 logger.info("interrupted after epoch %d (checkpoint kept)", results[0].epochs_done,
                             extra={"job": i})
             return [run.outcome(i, "interrupted", t_train, r.epochs_done) for i, r in zip(jobs, results)]
-        outcomes = []
+        outcomes: dict[str, JobOutcome] = {}
+        ready: list[str] = []
         for job_id, result in zip(jobs, results):
             try:
                 check_finite(result.model, result.history)
                 if not role.leader:
-                    outcomes.append(run.outcome(job_id, "done", t_train, result.epochs_done))
-                elif local_stop():
+                    outcomes[job_id] = run.outcome(job_id, "done", t_train, result.epochs_done)
+                else:
+                    ready.append(job_id)
+            except Exception as exc:  # noqa: BLE001 - one member's failure is its own record
+                outcomes[job_id] = run.fail(job_id, exc, t_train)
+        evaluated = {} if local_stop() else _joint_evaluations(
+            run, dataset, {i: r for i, r in zip(jobs, results) if i in ready})
+        for job_id, result in zip(jobs, results):
+            if job_id not in ready:
+                continue
+            try:
+                if local_stop():
                     logger.info("interrupted before the evaluation (training complete, checkpoint kept)",
                                 extra={"job": job_id})
-                    outcomes.append(run.outcome(job_id, "interrupted", t_train, result.epochs_done))
+                    outcomes[job_id] = run.outcome(job_id, "interrupted", t_train, result.epochs_done)
                 else:
-                    outcomes.append(run.finish(job_id, dataset, result, resumed, t_train))
+                    outcomes[job_id] = run.finish(job_id, dataset, result, resumed, t_train,
+                                                  evaluated.get(job_id))
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - one member's failure is its own record
-                outcomes.append(run.fail(job_id, exc, t_train))
-        return outcomes
+                outcomes[job_id] = run.fail(job_id, exc, t_train)
+        return [outcomes[i] for i in jobs]
