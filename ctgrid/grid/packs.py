@@ -28,7 +28,7 @@ from .job import JobConfig
 #: the default cap on members per pack (``ctgrid run --pack-size``)
 DEFAULT_PACK_SIZE = 16
 #: rough bound on the extra memory of one pack's members on a rank (bytes)
-PACK_MEMORY = 512 * 2**20
+PACK_MEMORY = 256 * 2**20
 
 #: fields that may differ between the members of one pack
 VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "lr", "seed",
@@ -48,14 +48,15 @@ def pack_key(job: JobConfig) -> str:
 
 
 def member_bytes(job: JobConfig) -> int:
-    """A rough per-member memory estimate: its CE rows and search state, row orders, weights."""
+    """A rough per-member memory estimate: its CE tuples (stacked for the updates) and the
+    search's per-row state, row orders, weights and their optimiser moments."""
     from ..data import dataset_defaults
     spec = dataset_defaults(job.data.name)
     d = spec.n_features
     n_train = job.data.n_train or spec.n_train
     nce = job.training.nce if job.training.needs_counterfactuals else 0
     hidden = job.model.nhidden * job.model.nlayers
-    return 4 * nce * (6 * d + 4 * hidden) + 8 * n_train + 4 * (d + 1) * hidden * 4
+    return 4 * nce * (12 * d + 4 * hidden) + 8 * n_train + 4 * (d + 1) * hidden * 4
 
 
 def make_packs(jobs: Mapping[str, JobConfig], pack_size: int = DEFAULT_PACK_SIZE) -> list[list[str]]:

@@ -139,7 +139,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir
 
 #: members of a pack are evaluated in one search while (members x grid rows x features)
 #: stays under this many values (the paper's synthetic grids; big ones go one by one)
-JOINT_EVALUATION_VALUES = 2**24
+JOINT_EVALUATION_VALUES = 2**21
 
 
 def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobConfig,

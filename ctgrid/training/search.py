@@ -33,6 +33,9 @@ SearchWrapper = Callable[[Callable[[], SearchEngine]], Generate]
 
 #: generator fields a pack's members may set differently within one search
 PER_ROW = ("tau", "lambda_cost", "lambda_energy")
+#: at most this many values (rows x features) in one fused search: larger searches run
+#: their members in several searches (memory-bound steps slow down once out of cache)
+SEARCH_VALUES = 2**20
 
 
 class PackSearch:
@@ -55,7 +58,8 @@ class PackSearch:
             groups.setdefault(json.dumps(key, sort_keys=True), []).append(k)
         out: dict[int, CETuples] = {}
         for ks in groups.values():
-            out.update(self._together(models, ks, cfgs, epoch, pools))
+            for part in _chunks(ks, [cfgs[k].nce * self.ds.n_features for k in ks], SEARCH_VALUES):
+                out.update(self._together(models, part, cfgs, epoch, pools))
         return out
 
     def _alone(self, model: nn.Module, k: int, cfg: TrainingConfig, epoch: int,
@@ -106,3 +110,17 @@ class PackSearch:
             codec = codec_for(first, self.ds.X_train, cache_dir=self.cache_dir)
             self._engines[key] = make_generator(first, self.ds.constraints, codec=codec, **weights)
         return self._engines[key]
+
+
+def _chunks(items: list[int], sizes: list[int], limit: int) -> list[list[int]]:
+    """``items`` in order, cut into consecutive runs whose ``sizes`` sum to at most ``limit``
+    (a single item larger than ``limit`` forms its own run)."""
+    out: list[list[int]] = [[]]
+    total = 0
+    for item, size in zip(items, sizes):
+        if out[-1] and total + size > limit:
+            out.append([])
+            total = 0
+        out[-1].append(item)
+        total += size
+    return out
