@@ -1,0 +1,86 @@
+"""Sharded mode: one job's per-epoch CE search split over the ranks of a group.
+
+For MNIST (MLP, nce 5000) and adult (batch 1000, nce 5000), both with ECCo T 30, the same
+training runs under ``mpiexec -n 1`` and ``mpiexec -n 2`` (one torch thread per rank; the
+two ranks form one group as in ``ctgrid run --shard-size 2``). Printed:
+
+- ``sharded_ce_speedup_<data>``: CE-phase seconds on 1 rank / on 2 ranks (rank 0's ``t_ce``);
+- ``sharded_comm_share_<data>``: the share of rank 0's CE phase spent transferring the
+  counterfactuals (the buffer ``Allgatherv``);
+- ``sharded_wait_share_<data>``: the share spent waiting for the slower rank (its slice
+  of the search took longer: rows converge at different steps).
+
+Usage: python benchmarks/bench_sharded.py [--epochs N] [--data-dir DIR]
+Prints ``BENCH <name> <value> <unit>`` lines.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CASES = {"mnist": dict(batch_size=128, nce=5000), "adult": dict(batch_size=1000, nce=5000)}
+
+
+def worker(name: str, epochs: int, data_dir: str, out: Path) -> None:
+    """One training under MPI; rank 0 writes its CE seconds and allgather seconds to ``out``."""
+    import torch
+    from mpi4py import MPI
+
+    from ctgrid.data import DataConfig, load_dataset
+    from ctgrid.generators import GeneratorConfig
+    from ctgrid.models import ModelConfig
+    from ctgrid.parallel.sharded import ShardedGenerate
+    from ctgrid.training import TrainingConfig, train
+    torch.set_num_threads(1)
+    comm = MPI.COMM_WORLD
+    ds = load_dataset(DataConfig(name=name), data_dir)
+    hooks: list[ShardedGenerate] = []
+
+    def wrap(build):
+        hooks.append(ShardedGenerate(comm, build, leader=comm.Get_rank() == 0))
+        return hooks[-1]
+
+    cfg = TrainingConfig(objective="full", nepochs=epochs, seed=1, **CASES[name])
+    result = train(ds, ModelConfig(), GeneratorConfig(name="ecco", maxiter=30), cfg, wrap_search=wrap)
+    if comm.Get_rank() == 0:
+        t_ce = float(result.history["t_ce"].iloc[1:].sum())     # epoch 1 builds the engine
+        out.write_text(json.dumps({"t_ce": t_ce, **hooks[0].seconds}))
+
+
+def run(n: int, name: str, epochs: int, data_dir: str) -> dict:
+    mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if mpiexec is None:
+        raise SystemExit("bench_sharded needs mpiexec and mpi4py: pip install '.[mpich]'")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        subprocess.run([mpiexec, "-n", str(n), sys.executable, __file__, "--worker", name,
+                        "--epochs", str(epochs), "--data-dir", data_dir, "--out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
+    ap.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker(args.worker, args.epochs, args.data_dir, args.out)
+        return
+    for name in CASES:
+        one, two = (run(n, name, args.epochs, args.data_dir) for n in (1, 2))
+        print(f"BENCH sharded_ce_speedup_{name} {one['t_ce'] / two['t_ce']:.2f} x", flush=True)
+        print(f"BENCH sharded_comm_share_{name} {two['transfer'] / two['t_ce']:.3f} fraction", flush=True)
+        print(f"BENCH sharded_wait_share_{name} {two['wait'] / two['t_ce']:.3f} fraction", flush=True)
+
+
+if __name__ == "__main__":
+    main()
