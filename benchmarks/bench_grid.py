@@ -8,7 +8,8 @@ nce 1000; 270 grid points = 136 distinct jobs) with
 - ``grid_jobs``: jobs finished;
 - ``grid_busy_share``: sum of the per-job times recorded in ``done.json`` divided
   by (worker ranks x wall time): 1.0 means the workers never waited and the
-  scheduler's start-up, hand-outs and the tail of the last job cost nothing.
+  scheduler's start-up, hand-outs and the tail of the last job cost nothing;
+- ``rss_mb_grid_rank_max``: the largest peak resident memory of any rank.
 
 ``--quick`` runs the same grid with 2 epochs, nce 100 and a small evaluation
 (figures named ``grid_quick_*``), to check the script in a minute or two.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -85,6 +87,8 @@ def main() -> None:
     print(f"BENCH {prefix}_wall_seconds {wall:.1f} s")
     print(f"BENCH {prefix}_jobs {len(records)} jobs")
     print(f"BENCH {prefix}_busy_share {busy / (workers * wall):.3f} ratio")
+    # the largest peak RSS of any waited-for descendant: the biggest rank of the run
+    print(f"BENCH rss_mb_{prefix}_rank_max {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} MB")
     if args.results is None:
         shutil.rmtree(tmp, ignore_errors=True)
 
