@@ -64,6 +64,11 @@ class EvaluationConfig:
     ig_rounds: int = param(100, ge=0)
     ig_samples: int = param(2500, ge=1)
     ig_steps: int = param(50, ge=1)
+    sns_radius: float = param(0.0, ge=0, doc="refine test-time counterfactuals with Stable Neighbor "
+                                             "Search in this L2 radius (0 = off)")
+    sns_steps: int = param(100, ge=1)
+    sns_step_size: float = param(1e-3, gt=0)
+    sns_points: int = param(16, ge=1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mutability", mutability_pairs(self.mutability, "evaluation.mutability"))

@@ -174,10 +174,12 @@ def build_grid(dataset: Dataset, config: EvaluationConfig) -> EvaluationGrid:
 def search_config(config: EvaluationConfig, base: GeneratorConfig | None = None) -> GeneratorConfig:
     """The generator searched at test time: ``base`` (e.g. the training generator, for its
     energy schedule or VAE sizes) with the evaluation's name, cost, ``tau``, ``T``, step size,
-    step rule and one-hot handling."""
+    step rule, one-hot handling and Stable Neighbor Search stage."""
     return replace(base or GeneratorConfig(), name=config.generator, lambda_cost=config.lambda_cost,
                    tau=config.tau, maxiter=config.maxiter, lr=config.lr, step=config.step,
-                   categorical=config.categorical)
+                   categorical=config.categorical, sns_radius=config.sns_radius,
+                   sns_steps=config.sns_steps, sns_step_size=config.sns_step_size,
+                   sns_points=config.sns_points)
 
 
 @overload

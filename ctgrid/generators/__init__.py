@@ -11,10 +11,12 @@ from ..errors import ConfigError
 from .config import GENERATORS, GeneratorConfig
 from .engine import Codec, CounterfactualBatch, RoutedModels, SearchEngine, frozen
 from .penalties import l1_cost, make_energy, per_row
+from .sns import StableNeighborSearch
 from .vae import VAE, load_or_train_vae, train_vae
 
-__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "RoutedModels", "VAE",
-           "make_generator", "generator_for", "codec_for", "frozen", "load_or_train_vae", "train_vae"]
+__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "RoutedModels",
+           "StableNeighborSearch", "VAE", "make_generator", "generator_for", "codec_for", "frozen",
+           "load_or_train_vae", "train_vae"]
 
 
 def make_generator(config: GeneratorConfig, constraints: Constraints, *,
@@ -42,9 +44,12 @@ def make_generator(config: GeneratorConfig, constraints: Constraints, *,
             penalties.append((lam, energy))
     if config.name == "revise" and codec is None:
         raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
+    refine = None if config.sns_radius == 0 else StableNeighborSearch(
+        constraints, radius=config.sns_radius, steps=config.sns_steps, step_size=config.sns_step_size,
+        points=config.sns_points)
     return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,
                         tau=config.tau, codec=codec if config.name == "revise" else None,
-                        step=config.step, categorical=config.categorical)
+                        step=config.step, categorical=config.categorical, refine=refine)
 
 
 def codec_for(config: GeneratorConfig, X_train: torch.Tensor, *,

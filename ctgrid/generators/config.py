@@ -1,7 +1,7 @@
 """Configuration of a counterfactual generator (one engine, several presets)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .._validate import check, param, reset_unused
 from ..constraints import CATEGORICAL_MODES
@@ -34,7 +34,8 @@ class GeneratorConfig:
     (``"none"``, the reference's training searches), the state projected onto valid one-hot
     vectors after every step (``"project"``, the reference's evaluation), the model seeing the
     projected point with a continuous state (``"step"``) or one projection at the end
-    (``"final"``).
+    (``"final"``). ``sns_radius > 0`` refines every result with Stable Neighbor Search
+    (:mod:`ctgrid.generators.sns`; Black et al. 2022) within that L2 radius.
     """
 
     name: str = param("ecco", choices=GENERATORS)
@@ -53,13 +54,21 @@ class GeneratorConfig:
     vae_epochs: int = param(100, ge=1, only=("revise",))
     step: str = param("sgd", choices=STEP_RULES)
     categorical: str = param("none", choices=CATEGORICAL_MODES)
+    sns_radius: float = param(0.0, ge=0, doc="Stable Neighbor Search stage: L2 radius (0 = off)")
+    sns_steps: int = param(100, ge=1, doc="SNS gradient-ascent steps")
+    sns_step_size: float = param(1e-3, gt=0, doc="SNS step length (L2)")
+    sns_points: int = param(16, ge=1, doc="SNS points of the integrated-score path")
 
     def __post_init__(self) -> None:
         check(self, "generator")
 
     def canonical(self) -> "GeneratorConfig":
-        """This config with the parameters its generator ignores (``only`` others) reset."""
-        return reset_unused(self, {self.name})
+        """This config with the parameters its generator ignores (``only`` others) reset,
+        and the SNS settings reset when the stage is off."""
+        out = reset_unused(self, {self.name})
+        if out.sns_radius == 0:
+            out = replace(out, sns_steps=100, sns_step_size=1e-3, sns_points=16)
+        return out
 
     @property
     def latent(self) -> bool:

@@ -82,6 +82,12 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+class Refiner(Protocol):
+    """A stage that refines a search's result (e.g. :class:`ctgrid.generators.sns.StableNeighborSearch`)."""
+
+    def refine(self, model: nn.Module, batch: CounterfactualBatch) -> CounterfactualBatch: ...
+
+
 class _Rows:
     """The still-active rows of a search, compacted: state, factual, target, running nascent,
     and their positions ``idx`` in the caller's batch; finished rows are written to ``out``."""
@@ -147,6 +153,7 @@ class SearchEngine:
         step: ``"sgd"`` (``lr * grad``) or ``"normalized"`` (a step of L2 length ``lr``
             along the allowed components of the gradient).
         categorical: one-hot handling, ``"none"``, ``"project"``, ``"step"`` or ``"final"`` (module doc).
+        refine: a stage applied to the search's result (Stable Neighbor Search).
 
     Rows are independent (the model is put in eval mode), so a batch gives the same
     result as its rows searched one by one. Only rows still searching are computed
@@ -155,7 +162,7 @@ class SearchEngine:
 
     def __init__(self, constraints: Constraints, *, penalties: Sequence[tuple[float, Penalty]] = (),
                  lr: float = 0.1, maxiter: int = 30, tau: float = 0.75, codec: Codec | None = None,
-                 step: str = "sgd", categorical: str = "none"):
+                 step: str = "sgd", categorical: str = "none", refine: Refiner | None = None):
         if step not in ("sgd", "normalized"):
             raise ValueError(f"step: got {step!r}; allowed: sgd, normalized")
         if categorical not in ("none", "project", "step", "final"):
@@ -165,6 +172,7 @@ class SearchEngine:
         self.lr, self.maxiter, self.tau, self.codec = lr, maxiter, tau, codec
         self.step_rule = step
         self.categorical = categorical if constraints.groups else "none"
+        self.refine = refine
 
     def _to_input(self, state: torch.Tensor, factual: torch.Tensor) -> torch.Tensor:
         x = state
@@ -222,7 +230,7 @@ class SearchEngine:
         cf = self.constraints.project_onehot(out.counterfactual)
         with torch.no_grad():
             rows = torch.arange(cf.shape[0], device=cf.device)
-            p = _forward(model, cf, rows).softmax(dim=1).gather(1, out.target[:, None]).squeeze(1)
+            p = forward_rows(model, cf, rows).softmax(dim=1).gather(1, out.target[:, None]).squeeze(1)
         return CounterfactualBatch(out.factual, out.target, cf, out.converged & (p >= _at(tau, rows)),
                                    out.steps, self.constraints.project_onehot(out.nascent))
 
@@ -248,7 +256,7 @@ class SearchEngine:
                     break
                 s = rows.state.detach().requires_grad_(True)
                 xa = self._to_input(s, rows.factual)
-                logits = _forward(model, xa, rows.idx)
+                logits = forward_rows(model, xa, rows.idx)
                 x_now = xa.detach()
                 gap = (xa - rows.factual).abs()
                 rows.track_nascent(x_now, gap.detach().amax(dim=1) <= _at(nascent_eps, rows.idx))
@@ -263,9 +271,8 @@ class SearchEngine:
                     rows.state = new
                 else:
                     rows.keep(go_on, new)
-            if self.categorical == "final":
-                return self._project_final(model, rows.out, tau)
-        return rows.out
+            out = self._project_final(model, rows.out, tau) if self.categorical == "final" else rows.out
+        return out if self.refine is None else self.refine.refine(model, out)
 
 
 def _at(value: float | torch.Tensor, rows: torch.Tensor) -> float | torch.Tensor:
@@ -273,7 +280,8 @@ def _at(value: float | torch.Tensor, rows: torch.Tensor) -> float | torch.Tensor
     return value[rows] if isinstance(value, torch.Tensor) else value
 
 
-def _forward(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+def forward_rows(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``model(x)``, or for a model that routes rows (:class:`RoutedModels`) ``model(x, rows)``."""
     return model(x, rows) if getattr(model, "routes_rows", False) else model(x)
 
 
