@@ -1,7 +1,7 @@
 """The :class:`Dataset` every other part of ctgrid consumes, and its config."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 import torch
@@ -73,6 +73,22 @@ class Dataset:
     @property
     def n_features(self) -> int:
         return self.X_train.shape[1]
+
+    def leave_one_out(self, i: int) -> tuple["Dataset", int]:
+        """This dataset without one training row — the ``i``-th of a permutation of the
+        training rows seeded by their content (so the ``i``-th variant of a grid drops the same
+        row in every run) — and that row's index. Preprocessing and domain stay as fitted on
+        the full training split: only what the model trains on changes."""
+        from .._torch import tensor_digest
+        from ..seeding import torch_generator
+        n = len(self.y_train)
+        if not 0 <= i < n:
+            raise ConfigError(f"training.leave_out: got {i}; allowed: -1 (none) or 0..{n - 1} "
+                              f"(the training rows of {self.name!r})")
+        key = tensor_digest(self.X_train, self.y_train).hexdigest()
+        row = int(torch.randperm(n, generator=torch_generator("leave_out", key))[i])
+        keep = torch.cat([torch.arange(row), torch.arange(row + 1, n)])
+        return replace(self, X_train=self.X_train[keep], y_train=self.y_train[keep]), row
 
     def summary(self) -> dict[str, Any]:
         """Sizes and class balance, e.g. for the README table and logs."""

@@ -53,6 +53,9 @@ class TrainingConfig:
     nonconverged: str = param("replace", choices=("replace", "drop"), only=("ce",))
     adv_label: str = param("true", choices=("true", "predicted"), only=("adv",))
     seed: int = param(0, ge=0)
+    leave_out: int = param(-1, ge=-1, doc="leave-one-out retraining: drop the leave_out-th row of a "
+                                          "seeded permutation of the training rows (-1 = none; "
+                                          "docs/deviations.md, M10)")
 
     def __post_init__(self) -> None:
         if self.adv_label is True:  # YAML `adv_label: true`

@@ -96,7 +96,7 @@ class PackMember:
 
 
 #: what must be equal across the members of a pack (``training.<field>``)
-PACK_TRAINING_FIELDS = ("nepochs", "batch_size", "optimizer")
+PACK_TRAINING_FIELDS = ("nepochs", "batch_size", "optimizer", "leave_out")
 
 
 def check_pack(dataset: Dataset, members: Sequence[PackMember]) -> None:
@@ -152,6 +152,8 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     reports member ``k``'s history rows; ``stop`` is checked once per epoch for the pack.
     """
     check_pack(dataset, members)
+    if members[0].training.leave_out >= 0:     # the same initialisation, one training row fewer
+        dataset, _ = dataset.leave_one_out(members[0].training.leave_out)
     models = [build_model(m.model, dataset.n_features, dataset.n_classes, image_shape=dataset.image_shape,
                           generator=torch_generator(m.training.seed, "init")) for m in members]
     stack = ModelStack(models)
