@@ -54,3 +54,13 @@ def test_random_seed_variants_differ_only_in_the_seed():
     da, db = a.canonical().to_dict(), b.canonical().to_dict()
     diff = {(g, k) for g in da for k in da[g] if da[g][k] != db[g][k]}
     assert diff == {("training", "seed")} and a.seed != b.seed
+
+
+def test_a_leave_out_beyond_the_training_rows_is_exit_2_before_anything_is_written(tmp_path, capsys):
+    from ctgrid.cli import main
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: loo\ndata: {name: moons, n_train: 50}\ntraining: {objective: vanilla, leave_out: 50}\n")
+    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training.leave_out: got 50; allowed: -1 (none) or 0..49" in err[0]
+    assert not (tmp_path / "res").exists()

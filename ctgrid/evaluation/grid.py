@@ -212,9 +212,7 @@ def search_grid(model: nn.Module | Sequence[nn.Module], grid: EvaluationGrid, ge
         engine = make_generator(generator, constraints, codec=codec,
                                 lambda_energy=lam[rows].to(device).repeat(K))
         found = engine.search(RoutedModels(models, [n] * K), x.repeat(K, 1), target.repeat(K))
-        for k in range(K):
-            parts[k].append(CounterfactualBatch(*(getattr(found, f)[k * n:(k + 1) * n] for f in
-                                                  ("factual", "target", "counterfactual", "converged",
-                                                   "steps", "nascent"))))
+        for k, part in enumerate(found.split([n] * K)):
+            parts[k].append(part)
     out = [CounterfactualBatch.concat(p) for p in parts]
     return out[0] if isinstance(model, nn.Module) else out

@@ -60,12 +60,18 @@ class CounterfactualBatch:
     def __len__(self) -> int:
         return self.target.numel()
 
+    FIELDS = ("factual", "target", "counterfactual", "converged", "steps", "nascent")
+
     @staticmethod
     def concat(parts: Sequence["CounterfactualBatch"]) -> "CounterfactualBatch":
         """Concatenate results row-wise (e.g. shards gathered from several ranks)."""
         return CounterfactualBatch(*(torch.cat([getattr(p, f) for p in parts])
-                                     for f in ("factual", "target", "counterfactual",
-                                               "converged", "steps", "nascent")))
+                                     for f in CounterfactualBatch.FIELDS))
+
+    def split(self, sizes: Sequence[int]) -> list["CounterfactualBatch"]:
+        """Consecutive row blocks of ``sizes`` (e.g. the members of a joint search)."""
+        cols = [getattr(self, f).split(list(sizes)) for f in CounterfactualBatch.FIELDS]
+        return [CounterfactualBatch(*block) for block in zip(*cols)]
 
 
 @contextlib.contextmanager

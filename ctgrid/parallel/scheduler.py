@@ -96,7 +96,12 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     from ..data.registry import resolve_data_dir
     from ..models import check_fits_data
     for job in jobs.values():
-        check_fits_data(job.model, dataset_defaults(job.data.name).kind == "image", job.data.name)
+        spec = dataset_defaults(job.data.name)
+        check_fits_data(job.model, spec.kind == "image", job.data.name)
+        n_train = job.data.n_train or spec.n_train
+        if job.training.leave_out >= n_train:
+            raise ConfigError(f"training.leave_out: got {job.training.leave_out}; allowed: -1 (none) or "
+                              f"0..{n_train - 1} (the training rows of {job.data.name!r})")
     for name in sorted({j.data.name for j in jobs.values()}):
         files = dataset_defaults(name).files
         if not files:

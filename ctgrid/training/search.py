@@ -21,7 +21,7 @@ from torch import nn
 
 from .._validate import to_dict
 from ..data import Dataset
-from ..generators import (CounterfactualBatch, GeneratorConfig, RoutedModels, SearchEngine, codec_for,
+from ..generators import (GeneratorConfig, RoutedModels, SearchEngine, codec_for,
                           generator_for, make_generator)
 from ..seeding import torch_generator
 from .config import TrainingConfig
@@ -81,35 +81,30 @@ class PackSearch:
         draws = [draw_factuals(models[k], ds.X_train, pools, nce=cfgs[k].nce, n_classes=ds.n_classes,
                                gen=torch_generator(cfgs[k].seed, "counterfactuals", epoch)) for k in ks]
         sizes = [len(d.idx) for d in draws]
-
-        def per_row(values: list[float]) -> torch.Tensor:
-            return torch.cat([torch.full((n,), v, dtype=torch.float32) for v, n in zip(values, sizes)])
-
         result = self._engine(ks, sizes).search(
             RoutedModels([models[k] for k in ks], sizes),
             torch.cat([d.x for d in draws]), torch.cat([d.target for d in draws]),
-            nascent_eps=per_row([cfgs[k].adv_eps for k in ks]),
-            tau=per_row([self.gens[k].tau for k in ks]))
-        out, start = {}, 0
-        for k, d, n in zip(ks, draws, sizes):
-            part = CounterfactualBatch(*(getattr(result, f)[start:start + n] for f in
-                                         ("factual", "target", "counterfactual", "converged", "steps",
-                                          "nascent")))
-            out[k] = ce_tuples(d, part, ds.y_train, nonconverged=cfgs[k].nonconverged,
-                               constraints=ds.constraints, adv_label=cfgs[k].adv_label)
-            start += n
-        return out
+            nascent_eps=_per_row([cfgs[k].adv_eps for k in ks], sizes),
+            tau=_per_row([self.gens[k].tau for k in ks], sizes))
+        return {k: ce_tuples(d, part, ds.y_train, nonconverged=cfgs[k].nonconverged,
+                             constraints=ds.constraints, adv_label=cfgs[k].adv_label)
+                for k, d, part in zip(ks, draws, result.split(sizes))}
 
     def _engine(self, ks: list[int], sizes: list[int]) -> SearchEngine:
         """One engine for the members ``ks`` (their per-row weights; REVISE's shared VAE)."""
         key = (*ks, *sizes)
         if key not in self._engines:
             first = self.gens[ks[0]]
-            weights = {f: torch.cat([torch.full((n,), float(getattr(self.gens[k], f)), dtype=torch.float32)
-                                     for k, n in zip(ks, sizes)]) for f in ("lambda_cost", "lambda_energy")}
+            weights = {f: _per_row([float(getattr(self.gens[k], f)) for k in ks], sizes)
+                       for f in ("lambda_cost", "lambda_energy")}
             codec = codec_for(first, self.ds.X_train, cache_dir=self.cache_dir)
             self._engines[key] = make_generator(first, self.ds.constraints, codec=codec, **weights)
         return self._engines[key]
+
+
+def _per_row(values: list[float], sizes: list[int]) -> torch.Tensor:
+    """One float32 value per searched row: ``values[k]`` for the ``sizes[k]`` rows of member ``k``."""
+    return torch.cat([torch.full((n,), v, dtype=torch.float32) for v, n in zip(values, sizes)])
 
 
 def _chunks(items: list[int], sizes: list[int], limit: int) -> list[list[int]]:
