@@ -81,7 +81,7 @@ def child(name: str, data_dir: str, model_dir: str, threads: int, runs: int) -> 
     for seed in (1, 2):
         model = build_model(ModelConfig(), ds.n_features, ds.n_classes)
         model.load_state_dict(torch.load(Path(model_dir) / f"model{seed}.pt", weights_only=True))
-        ev, perf = evaluate_model(model.eval(), ds, cfg)
+        ev, perf, _ = evaluate_model(model.eval(), ds, cfg)
         wide = ev.groupby("metric").value.mean()
         summary.append({"rows": len(ev), "validity": wide["validity"], "converged": wide["converged"],
                         "steps": wide["steps"], "accuracy": float(perf.value.iloc[0]),

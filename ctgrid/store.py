@@ -13,6 +13,7 @@ Layout (``<results>`` defaults to ``./results``)::
             model.pt         ``{"state_dict", "job_id", "config"}`` of the trained model
             history.parquet  one row per epoch
             evaluation.parquet, performance.parquet
+            counterfactuals.parquet  the test-time points (evaluation.save_counterfactuals)
             log.txt          job log (appended: the only file not replaced atomically)
             error.json       failure record: status, error type, message, traceback, log path
             done.json        completion marker with timings, written last
@@ -116,6 +117,7 @@ class JobPaths:
     history = property(lambda self: self.dir / "history.parquet")
     evaluation = property(lambda self: self.dir / "evaluation.parquet")
     performance = property(lambda self: self.dir / "performance.parquet")
+    counterfactuals = property(lambda self: self.dir / "counterfactuals.parquet")
     log = property(lambda self: self.dir / "log.txt")
     error = property(lambda self: self.dir / "error.json")
     done = property(lambda self: self.dir / "done.json")

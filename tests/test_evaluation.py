@@ -60,7 +60,7 @@ def _pairs(ev: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_pairs_identical_across_models_redrawn_across_runs(moons, models, frames):
-    (ev_a, _), (ev_b, _) = frames
+    (ev_a, _, _), (ev_b, _, _) = frames
     assert not torch.equal(models[0](moons.X_train[:5]), models[1](moons.X_train[:5]))
     pairs = _pairs(ev_a)
     pd.testing.assert_frame_equal(pairs, _pairs(ev_b))
@@ -76,7 +76,7 @@ def test_pairs_identical_across_models_redrawn_across_runs(moons, models, frames
 
 
 def test_frame_schema_one_row_per_counterfactual_and_metric(frames):
-    ev, perf = frames[0]
+    ev, perf, _ = frames[0]
     assert tuple(ev.columns) == EVALUATION_COLUMNS
     assert tuple(perf.columns) == PERFORMANCE_COLUMNS
     for col in ("run", "individual", "factual_index", "factual_label", "target"):
@@ -96,7 +96,7 @@ def test_frame_schema_one_row_per_counterfactual_and_metric(frames):
 
 def test_pvalue_rows_only_with_permutations(moons, models):
     cfg = EvaluationConfig(**{**SMALL, "n_runs": 1, "mmd_permutations": 9, "pgd_eps": ()})
-    ev, perf = evaluate_model(models[0], moons, cfg)
+    ev, perf, _ = evaluate_model(models[0], moons, cfg)
     p = ev[ev.metric == "ip_star_pvalue"].value
     assert len(p) == SMALL["n_individuals"] * 2 and p.between(0.1, 1).all()
     assert "pgd" not in set(perf.attack)
@@ -113,7 +113,7 @@ def test_strict_validity_uses_tau(moons):
     base = {**SMALL, "n_individuals": 40, "pgd_eps": (), "lambda_energy": (0.1,)}
     strict = {}
     for tau in (0.95, 0.55):
-        ev, _ = evaluate_model(model, moons, EvaluationConfig(**base, tau=tau))
+        ev, _, _ = evaluate_model(model, moons, EvaluationConfig(**base, tau=tau))
         wide = ev.pivot_table(index=["run", "individual"], columns="metric", values="value")
         x = moons.X_train[ev[ev.metric == "validity"].factual_index.to_numpy().copy()]
         assert (wide.validity_strict == wide.converged).all()
@@ -125,7 +125,7 @@ def test_strict_validity_uses_tau(moons):
 
 
 def test_performance_rows(moons, models, frames):
-    _, perf = frames[0]
+    _, perf, _ = frames[0]
     model = models[0]
     with torch.no_grad():
         acc = (model(moons.X_test).argmax(1) == moons.y_test).double().mean().item()
@@ -165,7 +165,7 @@ def test_deterministic(moons, models, frames):
 def test_mutability_override(moons, models):
     cfg = EvaluationConfig(**{**SMALL, "n_runs": 1, "mutability": {"0": "none"}})
     assert evaluation_constraints(moons, cfg).mutability == ("none", "both")
-    ev, _ = evaluate_model(models[0], moons, cfg)
+    ev, _, _ = evaluate_model(models[0], moons, cfg)
     assert (ev[ev.metric == "share_unchanged"].value >= 0.5).all()
     free = EvaluationConfig(**{**SMALL, "mutability": {}})
     constrained = moons.constraints.with_mutability({1: "increase"}, moons.feature_names)
@@ -174,7 +174,7 @@ def test_mutability_override(moons, models):
 
 
 def test_generic_generator_collapses_lambda_grid(moons, models):
-    ev, _ = evaluate_model(models[0], moons, EvaluationConfig(**{**SMALL, "generator": "generic",
+    ev, _, _ = evaluate_model(models[0], moons, EvaluationConfig(**{**SMALL, "generator": "generic",
                                                                   "n_runs": 1, "pgd_eps": ()}))
     assert set(ev.lambda_energy) == {0.0} and set(ev.generator) == {"generic"}
     assert (ev.metric == "validity").sum() == SMALL["n_individuals"]

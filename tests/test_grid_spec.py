@@ -43,6 +43,8 @@ EXPECTED = {
     # 9 dataset blocks x {full, energy, adversarial, vanilla}.
     "ablation": (36, 36),
     "quickstart": (2, 2),
+    # 2 datasets x 2 objectives x (2 generators x 2 SNS radii base + 100 seeds + 100 left-out rows).
+    "consistency": (816, 816),
 }
 
 _cache: dict[str, object] = {}

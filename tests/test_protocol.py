@@ -84,8 +84,8 @@ def test_balanced_draw_is_identical_for_two_models_and_predicted_is_recorded():
                            n_ip_samples=5, n_energy_samples=5, mmd_samples=4, fgsm_eps=(), ig_rounds=0)
     a = linear([[0.0], [1.0]], [0.0, -0.5])         # predicts 1 iff x0 > 0.5
     b = linear([[0.0], [-1.0]], [0.0, -0.5])        # predicts 1 iff x0 < -0.5
-    ev_a, _ = evaluate_model(a, ds, cfg)
-    ev_b, _ = evaluate_model(b, ds, cfg)
+    ev_a, _, _ = evaluate_model(a, ds, cfg)
+    ev_b, _, _ = evaluate_model(b, ds, cfg)
     keys = ["run", "individual", "factual_index", "factual_label", "target"]
     pa_, pb_ = (e[e.metric == "validity"].reset_index(drop=True) for e in (ev_a, ev_b))
     pd.testing.assert_frame_equal(pa_[keys], pb_[keys])
@@ -270,7 +270,7 @@ def test_redundancy_and_sensitivity_rows():
     cfg = EvaluationConfig(n_runs=2, n_individuals=6, lambda_energy=(1.0,), test_time=True, maxiter=50,
                            tau=0.6, n_ip_samples=5, n_energy_samples=5, mmd_samples=4, fgsm_eps=(),
                            ig_rounds=7, ig_samples=30, ig_steps=8)
-    ev, perf = evaluate_model(model, two, cfg)
+    ev, perf, _ = evaluate_model(model, two, cfg)
     red = ev[ev.metric == "redundancy"]["value"]
     valid = ev[ev.metric == "validity"]["value"].to_numpy() == 1
     # x0 is immutable, so never changed: resettable; x1 moved and is needed
@@ -278,7 +278,7 @@ def test_redundancy_and_sensitivity_rows():
     ig = perf[perf.metric == "ig_sensitivity"]["value"]
     assert len(ig) == 7 and (ig == 0).all()                # no attribution on the immutable x0
     free = EvaluationConfig(**{**cfg.__dict__, "mutability": ()})
-    _, perf_free = evaluate_model(model, two, free)
+    _, perf_free, _ = evaluate_model(model, two, free)
     assert "ig_sensitivity" not in set(perf_free.metric)
 
 

@@ -8,6 +8,7 @@ atomically. Output layout under ``out``::
     search.{...}                     test-time search behaviour, BL vs CT
     sensitivity.{...}                IG sensitivity to immutable features (when evaluated)
     final_hyperparameters.{...}      Table 2
+    consistency{,_contrasts}.{...}   invalidation rates under retraining (when jobs saved counterfactuals)
     predictive_<grid>.{...}          Tables 3-5 (one per results directory)
     figures/*.png, figures/*.pdf
 """
@@ -27,6 +28,8 @@ from .. import __version__, _atomic
 from .._validate import check, param
 from ..errors import ConfigError
 from ..store import ResultStore
+from .consistency import consistency_records, contrast_table, iv_table
+from .consistency import iv_cost_figure as consistency_figure
 from .explain import search_table, sensitivity_table
 from .keyresults import key_results, run_level
 from .load import Results
@@ -140,7 +143,11 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
               *predictive_tables(results, perf), search_table(results, pairs)]
     sens = sensitivity_table(pairs, perf)
     tables += [sens] if sens is not None else []
-    return tables, {"pairs": pairs, "run_level": rl, "perf": perf}
+    records = consistency_records(results, opts.data_dir)
+    if not records.empty:
+        tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence),
+                   contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence)]
+    return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records}
 
 
 def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOptions) -> tuple[list[Path], list[str]]:
@@ -156,6 +163,8 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
         paths += figures.outcome_boxplots(results, units[f"{metric}_l"], metric, out_dir)
     paths += figures.maturity(results, out_dir)
     paths += figures.robust_accuracy(results, parts["perf"], out_dir)
+    if not parts["consistency"].empty:
+        paths += consistency_figure(parts["consistency"], out_dir)
     drawn = {p.stem for p in paths}
     why = {"outcomes_ip": "no paired IP evaluations", "outcomes_cost": "no paired cost evaluations",
            "maturity": "no CT training history with a CE phase",

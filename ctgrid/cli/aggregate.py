@@ -59,5 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out: required when aggregating several RESULTS directories")
     out = Path(args.out) if args.out else Path(args.results[0]) / "aggregate"
     written = aggregate(args.results, out, opts)
+    for table in ("consistency", "consistency_contrasts"):  # the answer of a consistency grid
+        if out / f"{table}.md" in written:
+            print((out / f"{table}.md").read_text(encoding="utf-8"))
     print(f"wrote {len(written)} files to {out}; see {written[-1]}")
     return 0

@@ -147,8 +147,10 @@ def run(args: argparse.Namespace) -> int:
         # so a baseline and its CT models are searched identically (paired design).
         results.append(evaluate_model(model, datasets[item.job.data], item.job.evaluation,
                                       cache_dir=args.cache_dir))
-    for item, (evaluation, performance) in zip(items, results):
+    for item, (evaluation, performance, points) in zip(items, results):
         write_parquet(item.out_dir / "evaluation.parquet", evaluation)
+        if points is not None:
+            write_parquet(item.out_dir / "counterfactuals.parquet", points)
         write_parquet(item.out_dir / "performance.parquet", performance)
         acc = performance.loc[performance.metric == "accuracy", "value"].iloc[0]
         valid = evaluation.loc[evaluation.metric == "validity", "value"].mean()

@@ -7,7 +7,7 @@ parts (the paired test-time grid, the frames) live in :mod:`.grid` and :mod:`.ev
 """
 from .config import EvaluationConfig
 from .consistency import invalidation_rate
-from .evaluate import evaluate_model
+from .evaluate import ModelEvaluation, evaluate_model
 from .metrics import (cost, counterfactual_metrics, energy_differential, implausibility,
                       mean_l1_distance, share_resettable, share_unchanged, validity,
                       validity_strict)
@@ -17,7 +17,7 @@ from .predictive import (accuracy, confusion_matrix, f1_per_class, ig_sensitivit
 from .robustness import fgsm, pgd, robust_accuracy
 
 __all__ = [
-    "EvaluationConfig", "MMDResult", "accuracy", "confusion_matrix", "cost",
+    "EvaluationConfig", "MMDResult", "ModelEvaluation", "accuracy", "confusion_matrix", "cost",
     "counterfactual_metrics", "energy_differential", "evaluate_model", "f1_per_class", "fgsm",
     "ig_sensitivity", "implausibility", "integrated_gradients", "invalidation_rate",
     "macro_f1", "mean_l1_distance", "mmd2_unbiased", "mmd_test", "pgd", "predict_logits",

@@ -34,7 +34,9 @@ class EvaluationConfig:
     ``ig_rounds`` x ``ig_samples``: integrated-gradients sensitivity to the immutable
     features (``ig_samples`` test rows drawn with replacement, baseline U(-1, 1),
     ``ig_steps`` points, resampled ``ig_rounds`` times), measured only when the
-    evaluation's constraints make some feature immutable.
+    evaluation's constraints make some feature immutable. ``save_counterfactuals``: keep the
+    points themselves (``counterfactuals.parquet``), e.g. to re-predict them with retrained
+    models (the consistency table of ``ctgrid aggregate``).
     """
 
     enabled: bool = param(True)
@@ -69,6 +71,8 @@ class EvaluationConfig:
     sns_steps: int = param(100, ge=1)
     sns_step_size: float = param(1e-3, gt=0)
     sns_points: int = param(16, ge=1)
+    save_counterfactuals: bool = param(False, doc="also write every test-time counterfactual (factual, "
+                                                  "counterfactual, target) to counterfactuals.parquet")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mutability", mutability_pairs(self.mutability, "evaluation.mutability"))

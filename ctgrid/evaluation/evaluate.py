@@ -32,6 +32,9 @@ features immutable (and ``ig_rounds > 0``), ``ig_sensitivity`` rows (attack ``no
 predicted class's logit that falls on the immutable features, the quantity Proposition
 3.1 of the paper is about (:func:`sensitivity_rounds`).
 
+``counterfactuals`` (only with ``save_counterfactuals``; :data:`POINT_COLUMNS`) — one row
+per counterfactual with both points, float32 as searched, for re-prediction by other models.
+
 Every random draw (factuals, targets, reference samples, MMD subsamples, PGD starts)
 comes from a generator seeded by the evaluation data's identity and the run, never by
 the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
@@ -39,10 +42,11 @@ the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
 from __future__ import annotations
 
 import os
-from typing import Literal, Sequence
+from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -66,6 +70,16 @@ CE_METRICS = ("validity", "validity_strict", "cost", "ip", "energy_differential"
               "share_unchanged", "redundancy", "converged", "steps", "ip_star")
 
 
+class ModelEvaluation(NamedTuple):
+    """What :func:`evaluate_model` measures for one model: the ``evaluation`` and
+    ``performance`` frames (module docstring) and, with ``config.save_counterfactuals``,
+    the ``counterfactuals`` themselves (:func:`counterfactual_points`; else ``None``)."""
+
+    evaluation: pd.DataFrame
+    performance: pd.DataFrame
+    counterfactuals: pa.Table | None = None
+
+
 def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
                            constraints: Constraints | None = None) -> Constraints:
     """The training constraints (``constraints`` or the dataset's), or — when
@@ -82,8 +96,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
                    generator_config: GeneratorConfig | None = None,
                    cache_dir: str | os.PathLike | None = None,
                    constraints: Constraints | None = None,
-                   chunk_rows: int = CHUNK_ROWS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(evaluation, performance)`` frames of ``model`` on ``dataset`` (see module docstring).
+                   chunk_rows: int = CHUNK_ROWS) -> ModelEvaluation:
+    """``(evaluation, performance, counterfactuals)`` of ``model`` on ``dataset`` (module docstring).
 
     ``generator_config`` supplies generator settings the evaluation config does not
     (energy schedule, REVISE VAE sizes; default :class:`GeneratorConfig`); name, cost,
@@ -98,7 +112,7 @@ def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: Evalu
                     generator_config: GeneratorConfig | None = None,
                     cache_dir: str | os.PathLike | None = None,
                     constraints: Constraints | None = None,
-                    chunk_rows: int = CHUNK_ROWS) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+                    chunk_rows: int = CHUNK_ROWS) -> list[ModelEvaluation]:
     """:func:`evaluate_model` of several models (a pack) under one configuration: their
     test-time searches run as one (each model's result is the one it gets alone)."""
     for model in models:
@@ -107,9 +121,21 @@ def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: Evalu
             raise ConfigError(f"evaluate_model: the model has {k} outputs; dataset {dataset.name!r} "
                               f"has {dataset.n_classes} classes")
     cons = evaluation_constraints(dataset, config, constraints)
-    frames = counterfactual_frames(models, dataset, config, cons, generator_config=generator_config,
-                                   cache_dir=cache_dir, chunk_rows=chunk_rows)
-    return [(frame, performance_frame(model, dataset, config, cons)) for model, frame in zip(models, frames)]
+    grid = build_grid(dataset, config)
+    batches = _search(models, grid, dataset, config, cons, generator_config, cache_dir, chunk_rows)
+    name = search_config(config, generator_config).name
+    return [ModelEvaluation(_frame(model, grid, batch, config, name),
+                            performance_frame(model, dataset, config, cons),
+                            counterfactual_points(model, grid, batch) if config.save_counterfactuals else None)
+            for model, batch in zip(models, batches)]
+
+
+def _search(models: Sequence[nn.Module], grid: EvaluationGrid, dataset: Dataset, config: EvaluationConfig,
+            constraints: Constraints, generator_config: GeneratorConfig | None,
+            cache_dir: str | os.PathLike | None, chunk_rows: int) -> list[CounterfactualBatch]:
+    gen_cfg = search_config(config, generator_config)
+    codec = codec_for(gen_cfg, dataset.X_train, cache_dir=cache_dir)  # REVISE: the training's VAE
+    return search_grid(list(models), grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
 
 
 def counterfactual_frame(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
@@ -127,10 +153,33 @@ def counterfactual_frames(models: Sequence[nn.Module], dataset: Dataset, config:
                           chunk_rows: int = CHUNK_ROWS) -> list[pd.DataFrame]:
     """:func:`counterfactual_frame` of several models: the paired grid once, one search for all."""
     grid = build_grid(dataset, config)
-    gen_cfg = search_config(config, generator_config)
-    codec = codec_for(gen_cfg, dataset.X_train, cache_dir=cache_dir)  # REVISE: the training's VAE
-    batches = search_grid(list(models), grid, gen_cfg, constraints, codec=codec, chunk_rows=chunk_rows)
-    return [_frame(model, grid, batch, config, gen_cfg.name) for model, batch in zip(models, batches)]
+    batches = _search(models, grid, dataset, config, constraints, generator_config, cache_dir, chunk_rows)
+    name = search_config(config, generator_config).name
+    return [_frame(model, grid, batch, config, name) for model, batch in zip(models, batches)]
+
+
+#: columns of ``counterfactuals.parquet`` (``factual`` and ``counterfactual``: float32 lists)
+POINT_COLUMNS = ("run", "individual", "split", "factual_index", "target", "lambda_energy", "predicted",
+                 "valid", "factual", "counterfactual")
+
+
+def counterfactual_points(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch) -> pa.Table:
+    """One row per counterfactual, in the grid's order (:data:`POINT_COLUMNS`): where it
+    came from, its target, the model's class at the factual (``predicted``), whether the
+    model's ``argmax`` at the counterfactual is the target (``valid``) and both points,
+    stored exactly (float32) so that other models can re-predict them."""
+    x_cf = batch.counterfactual
+    valid = predict_logits(model, x_cf).argmax(1).cpu() == grid.target
+    predicted = predict_logits(model, grid.x.to(x_cf.device)).argmax(1).cpu()
+    d = x_cf.shape[1]
+
+    def points(t: torch.Tensor) -> pa.Array:
+        flat = t.detach().reshape(-1).to(torch.float32).cpu().numpy()
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), d)
+    columns = [grid.run.numpy(), grid.individual.numpy(), np.full(len(grid), grid.split, dtype=object),
+               grid.factual_index.numpy(), grid.target.numpy(), grid.lambda_energy.numpy(),
+               predicted.numpy(), valid.numpy(), points(grid.x), points(x_cf)]
+    return pa.table([c if isinstance(c, pa.Array) else pa.array(c) for c in columns], names=list(POINT_COLUMNS))
 
 
 def _frame(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch, config: EvaluationConfig,

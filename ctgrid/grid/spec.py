@@ -122,6 +122,8 @@ def _axis(value: Any, depth: int, where: str) -> tuple:
     ``data.mutability``, ...) a list is an axis only when each element is itself a
     complete value (a list, mapping, string or null); ``[]`` is then the empty value.
     """
+    if depth == 0 and isinstance(value, dict) and "range" in value:
+        return _range_axis(value, where)
     if not isinstance(value, list):
         return (value,)
     if depth == 0 or (value and all(_is_one_value(v, depth) for v in value)):
@@ -135,6 +137,30 @@ def _axis(value: Any, depth: int, where: str) -> tuple:
             seen.add(key)
         return tuple(value)
     return (value,)
+
+
+def _range_axis(value: dict, where: str) -> tuple:
+    """``{range: [start, stop]}`` or ``{range: [start, stop, step]}``: the integer axis
+    ``start, start + step, ...`` below ``stop`` (Python's ``range``; for ``training.seed`` or
+    ``training.leave_out`` = "100 retrained models" without listing 100 numbers)."""
+    bounds = value["range"]
+    usage = "expected {range: [start, stop]} or {range: [start, stop, step]} with integers"
+    if set(value) != {"range"} or not isinstance(bounds, list) or len(bounds) not in (2, 3) \
+            or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        raise ConfigError(f"{where}: got {_short(value)}; {usage}")
+    if len(bounds) == 3 and bounds[2] == 0:
+        raise ConfigError(f"{where}: got {_short(value)}; the step must not be 0")
+    axis = range(*bounds)
+    if not axis:
+        raise ConfigError(f"{where}: got {_short(value)}; the range is empty ({usage})")
+    if len(axis) > MAX_POINTS:
+        raise ConfigError(f"{where}: got {_short(value)}: {len(axis)} values; allowed: at most {MAX_POINTS}")
+    return tuple(axis)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _block(mapping: dict, where: str) -> Block:

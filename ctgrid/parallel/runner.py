@@ -25,6 +25,8 @@ from ..store import JobPaths, ResultStore, now
 from .joblog import job_log
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+
     from ..data import Dataset
     from ..grid.job import JobConfig
     from ..training.loop import SearchWrapper, TrainResult
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctgrid")
 
 #: ``(evaluation, performance)`` of one model (``evaluation`` is None when disabled)
-Tables = tuple[Optional[pd.DataFrame], pd.DataFrame]
+Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional["pa.Table"]]
 
 
 def _never() -> bool:
@@ -125,16 +127,17 @@ def check_finite(model: torch.nn.Module, history: pd.DataFrame) -> None:
 
 
 def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir: Path) -> Tables:
-    """``(evaluation, performance)`` tables of a trained model. With
+    """``(evaluation, performance, counterfactuals)`` tables of a trained model. With
     ``evaluation.enabled: false`` only the (cheap) predictive performance is computed
-    (Tables 3–5 need it for every job) and ``evaluation`` is ``None``."""
+    (Tables 3–5 need it for every job) and ``evaluation`` is ``None``; ``counterfactuals``
+    is ``None`` unless ``evaluation.save_counterfactuals``."""
     from ..evaluation.evaluate import evaluate_model, evaluation_constraints, performance_frame
     if job.evaluation.enabled:
         # No training generator: a baseline (whose canonical generator is the default) and its
         # CT models must get the identical test-time search (paired design).
-        return evaluate_model(model, dataset, job.evaluation, cache_dir=cache_dir)
+        return tuple(evaluate_model(model, dataset, job.evaluation, cache_dir=cache_dir))
     return None, performance_frame(model, dataset, job.evaluation,
-                                   evaluation_constraints(dataset, job.evaluation))
+                                   evaluation_constraints(dataset, job.evaluation)), None
 
 
 #: members of a pack are evaluated in one search while (members x grid rows x features)
@@ -152,15 +155,17 @@ def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobCo
     rows = min(CHUNK_ROWS, ev.n_runs * ev.n_individuals * len(lambda_settings(ev)))
     if len(models) < 2 or not ev.enabled or len(models) * rows * dataset.n_features > JOINT_EVALUATION_VALUES:
         return None
-    return list(evaluate_models(models, dataset, ev, cache_dir=cache_dir))
+    return [tuple(e) for e in evaluate_models(models, dataset, ev, cache_dir=cache_dir)]
 
 
 def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables) -> None:
     from ..modeldir import write_model
     write_model(paths, job, result)
-    evaluation, performance = tables
+    evaluation, performance, points = tables
     if evaluation is not None:
         _atomic.write_parquet(paths.evaluation, evaluation)
+    if points is not None:
+        _atomic.write_parquet(paths.counterfactuals, points)
     _atomic.write_parquet(paths.performance, performance)
 
 

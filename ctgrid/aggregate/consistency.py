@@ -1,0 +1,295 @@
+"""Consistency of counterfactuals under retraining (Black et al. 2022): the IV table.
+
+A *base* job keeps its test-time counterfactuals (``evaluation.save_counterfactuals``).
+Its *retrained* models are the other finished jobs with the same data, model, generator
+and training settings (evaluation settings ignored) that differ only in
+
+- ``RS``: the seed — ``training.seed`` other than the base's, no row left out;
+- ``LOO``: one left-out training row — the base's seed, ``training.leave_out >= 0``.
+
+The invalidation rate of a counterfactual ``x'`` valid under the base model (its
+``argmax`` is the target) is the share of retrained models whose ``argmax`` at ``x'``
+is not the target (:func:`ctgrid.evaluation.invalidation_rate`); invalid counterfactuals
+have none (NaN). Per base job and variation the table reports validity (all
+counterfactuals) and, over the valid ones, mean ± sd IV with a bootstrap interval of the
+mean, L1 and L2 cost, and the R² of a least-squares line of IV on L2 cost (Black et al.
+found R² <= 0.17: cost says little about consistency). A second table gives the
+contrasts the question is about — CT − BL and "+sns" − base generator — as differences
+of mean IV with bootstrap intervals (counterfactuals resampled on each side).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..data import load_dataset
+from ..evaluation import EvaluationConfig, invalidation_rate
+from ..grid.job import JobConfig
+from ..modeldir import load_trained
+from ..seeding import numpy_generator
+from .load import Results, to_pandas
+from .render import Table, mean_sd, num
+
+VARIATIONS = ("RS", "LOO")
+#: per-counterfactual columns of :func:`consistency_records`
+RECORD_COLUMNS = ("source", "base_job", "baseline_job", "dataset", "objective", "setting", "method", "variation",
+                  "n_models", "run", "individual", "target", "valid", "iv", "l1", "l2")
+
+
+def model_key(job: JobConfig) -> str:
+    """What a retrained model shares with its base: the canonical job without the seed,
+    the left-out row and the evaluation."""
+    c = job.canonical()
+    c = replace(c, training=replace(c.training, seed=0, leave_out=-1), evaluation=EvaluationConfig())
+    return json.dumps(c.to_dict(), sort_keys=True, default=str)
+
+
+def _method(ev: EvaluationConfig, others: dict[str, Any]) -> str:
+    label = ev.generator + ("+sns" if ev.sns_radius > 0 else "")
+    return " ".join([label, *(f"{k}={v}" for k, v in others.items())])
+
+
+def _base_jobs(results: Results) -> pd.DataFrame:
+    jobs = results.jobs
+    if "evaluation.save_counterfactuals" not in jobs:
+        return jobs.iloc[:0]
+    left_out = jobs["training.leave_out"] if "training.leave_out" in jobs else -1
+    base = jobs[(jobs["evaluation.save_counterfactuals"] == True) & (left_out == -1)]  # noqa: E712
+    return base.sort_values(["source", "job_id"])
+
+
+def _varied(frame: pd.DataFrame, skip: set[str]) -> list[str]:
+    return [c for c in frame.columns if "." in c and c not in skip and frame[c].astype(str).nunique() > 1]
+
+
+def _labels(results: Results, base: pd.DataFrame) -> tuple[dict[str, str], dict[str, str]]:
+    """Per base job: its method label (generator, "+sns", other evaluation settings that
+    vary) and its setting label (the training settings that vary between the base jobs of
+    one dataset and objective)."""
+    skip_ev = {"evaluation.generator", "evaluation.sns_radius"}
+    skip = {"data.name", "training.objective", "training.seed", "training.leave_out"}
+    ev_cols = [c for c in _varied(base, skip_ev) if c.startswith("evaluation.")]
+    method, setting = {}, {}
+    for _, group in base.groupby(["data.name", "training.objective"]):
+        set_cols = [c for c in _varied(group, skip) if not c.startswith("evaluation.")]
+        for _, row in group.iterrows():
+            jid = row["job_id"]
+            method[jid] = _method(results.config(jid).evaluation,
+                                  {c.split(".", 1)[1]: row[c] for c in ev_cols})
+            setting[jid] = ", ".join(f"{c.split('.', 1)[1]}={row[c]}" for c in set_cols) or "—"
+    return method, setting
+
+
+def _baseline_of(results: Results, base: pd.DataFrame) -> dict[str, str]:
+    """CT base job -> the vanilla base job with the same data, model, seed and evaluation
+    (the baseline its IV is compared with)."""
+    def key(jid: str) -> str:
+        c = results.config(jid).canonical()
+        return repr((c.data, c.model, c.training.seed, c.evaluation))
+    vanilla = {key(j): j for j, o in zip(base["job_id"], base["training.objective"]) if o == "vanilla"}
+    return {j: vanilla[key(j)] for j, o in zip(base["job_id"], base["training.objective"])
+            if o != "vanilla" and key(j) in vanilla}
+
+
+def _retrained(results: Results, base_job: JobConfig, key: str,
+               keys: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+    out: dict[str, list[tuple[int, str]]] = {v: [] for v in VARIATIONS}
+    seed = base_job.training.seed
+    for src, jid in zip(results.jobs["source"], results.jobs["job_id"]):
+        if keys[jid] != key:
+            continue
+        tr = results.config(jid).training
+        if tr.leave_out == -1 and tr.seed != seed:
+            out["RS"].append((int(src), jid))
+        elif tr.leave_out >= 0 and tr.seed == seed:
+            out["LOO"].append((int(src), jid))
+    return out
+
+
+def _points(results: Results, source: int, job_id: str) -> pd.DataFrame:
+    path = results.model_path(source, job_id).parent / "counterfactuals.parquet"
+    import pyarrow.parquet as pq
+    return to_pandas(pq.read_table(path))
+
+
+def _stack(column: pd.Series) -> torch.Tensor:
+    return torch.tensor(np.stack(column.to_numpy()).astype(np.float32))
+
+
+def consistency_records(results: Results, data_dir: str | None = None) -> pd.DataFrame:
+    """One row per (base counterfactual, variation) (:data:`RECORD_COLUMNS`); empty when no
+    job saved its counterfactuals or none has retrained models."""
+    base = _base_jobs(results)
+    if base.empty:
+        return pd.DataFrame(columns=list(RECORD_COLUMNS))
+    keys = {jid: model_key(results.config(jid)) for jid in results.jobs["job_id"]}
+    method, setting = _labels(results, base)
+    baseline = _baseline_of(results, base)
+    datasets: dict[Any, Any] = {}
+    models: dict[str, torch.nn.Module] = {}
+    frames = []
+    for _, row in base.iterrows():
+        src, jid = int(row["source"]), row["job_id"]
+        job = results.config(jid)
+        if job.data not in datasets:
+            datasets[job.data] = load_dataset(job.data, data_dir)
+        pts = _points(results, src, jid)
+        valid = pts["valid"].to_numpy(bool)
+        x, x_cf = _stack(pts["factual"]), _stack(pts["counterfactual"])
+        target = torch.tensor(pts["target"].to_numpy(np.int64))
+        for variation, members in _retrained(results, job, keys[jid], keys).items():
+            if not members:
+                continue
+            for s, m in members:
+                if m not in models:
+                    models[m] = load_trained(results.model_path(s, m).parent, datasets[job.data])[1]
+            iv = np.full(len(pts), np.nan)
+            if valid.any():
+                iv[valid] = invalidation_rate(x_cf[valid], target[valid], [models[m] for _, m in members]).numpy()
+            frames.append(pd.DataFrame({
+                "source": src, "base_job": jid, "baseline_job": baseline.get(jid), "dataset": job.data.name,
+                "objective": job.training.objective, "setting": setting[jid], "method": method[jid],
+                "variation": variation,
+                "n_models": len(members), "run": pts["run"].to_numpy(), "individual": pts["individual"].to_numpy(),
+                "target": pts["target"].to_numpy(), "valid": valid, "iv": iv,
+                "l1": (x_cf - x).abs().sum(1).double().numpy(), "l2": (x_cf - x).norm(dim=1).double().numpy()}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
+
+
+def r_squared(x: np.ndarray, y: np.ndarray) -> float:
+    """R² of the least-squares line of ``y`` on ``x`` (NaN when either is constant or n < 3)."""
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1] ** 2)
+
+
+def _interval(values: list[np.ndarray], n_boot: int, confidence: float, seed_parts: tuple) -> tuple[float, float]:
+    """Bootstrap percentile interval of ``mean(values[0]) - mean(values[1])`` (or of the mean
+    of ``values[0]`` alone); each array resampled on its own."""
+    if n_boot <= 0 or any(len(v) < 2 for v in values):
+        return float("nan"), float("nan")
+    rng = numpy_generator("aggregate-consistency", *seed_parts)
+    stats = np.zeros(n_boot)
+    for sign, v in zip((1.0, -1.0), values):
+        stats += sign * v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
+    a = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(stats, [a, 1.0 - a])
+    return float(lo), float(hi)
+
+
+ROW_KEYS = ["dataset", "setting", "objective", "method", "variation"]
+
+
+def _groups(records: pd.DataFrame, keys: list[str]) -> Iterator[tuple[tuple, pd.DataFrame]]:
+    yield from records.groupby(keys, sort=True)
+
+
+def iv_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> Table:
+    """Per dataset x setting x objective x method x variation: the IV summary."""
+    rows, recs = [], []
+    pct = f"{confidence:.0%}"
+    for key, g in _groups(records, ROW_KEYS):
+        v = g[g["valid"]]
+        iv = v["iv"].to_numpy(float)
+        lo, hi = _interval([iv], n_boot, confidence, key)
+        rec = dict(zip(ROW_KEYS, key), n_models=int(g["n_models"].iloc[0]), n=len(g), n_valid=len(v),
+                   validity=float(g["valid"].mean()), iv_mean=float(iv.mean()) if len(iv) else np.nan,
+                   iv_sd=float(iv.std(ddof=1)) if len(iv) > 1 else np.nan, iv_lo=lo, iv_hi=hi,
+                   l1=float(v["l1"].mean()) if len(v) else np.nan, l2=float(v["l2"].mean()) if len(v) else np.nan,
+                   r2_l2=r_squared(v["l2"].to_numpy(float), iv), r2_l1=r_squared(v["l1"].to_numpy(float), iv))
+        recs.append(rec)
+        rows.append([*key, str(rec["n_models"]), f"{rec['n_valid']}/{rec['n']}", num(100 * rec["validity"], 1),
+                     mean_sd(rec["iv_mean"], rec["iv_sd"], 3), f"[{num(lo, 3)}, {num(hi, 3)}]",
+                     num(rec["l1"]), num(rec["l2"]), num(rec["r2_l2"]), num(rec["r2_l1"])])
+    header = ["Data", "Setting", "Objective", "Method", "Var.", "Models", "Valid/n", "Validity %",
+              "IV mean ± sd", f"IV {pct} CI", "L1 cost", "L2 cost", "R² (L2)", "R² (L1)"]
+    notes = ["IV: share of the retrained models (RS: other training seeds; LOO: one training row left out, "
+             "same seed and initialisation) whose predicted class at the counterfactual is not its target; "
+             "over the counterfactuals valid under the base model. Lower = more consistent.",
+             f"IV CI: {pct} percentile bootstrap of the mean over counterfactuals ({n_boot} resamples); it "
+             "treats the one base model and its retrained models as fixed.",
+             "Validity: % of all test-time counterfactuals valid under the base model. L1/L2 cost: mean "
+             "distance to the factual (valid ones). R²: of a least-squares line of IV on that cost."]
+    return Table("consistency", "Consistency under retraining: invalidation rate (IV) of counterfactuals",
+                 header, rows, notes, pd.DataFrame.from_records(recs), n_text=5)
+
+
+def _contrast_rows(records: pd.DataFrame) -> Iterator[tuple[str, tuple, pd.DataFrame, pd.DataFrame]]:
+    """(comparison, key, a, b) for CT − BL (same method) and +sns − base (same objective)."""
+    valid = records[records["valid"]]
+    by_job = {k: g for k, g in valid.groupby(["base_job", "variation"])}
+    ct = valid.dropna(subset=["baseline_job"])
+    for (d, s, m, var, obj, bl), g in _groups(ct, ["dataset", "setting", "method", "variation", "objective",
+                                                   "baseline_job"]):
+        if (bl, var) in by_job:
+            yield f"{obj} − vanilla", (d, s, m, var), g, by_job[(bl, var)]
+    for (d, s, obj, var), g in _groups(valid, ["dataset", "setting", "objective", "variation"]):
+        for m in sorted(set(g["method"])):
+            plain = m.replace("+sns", "", 1)
+            if "+sns" in m and plain in set(g["method"]):
+                yield f"+sns − {plain}", (d, s, obj, var), g[g["method"] == m], g[g["method"] == plain]
+
+
+def contrast_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> Table:
+    """Differences of mean IV (and of mean L2 cost) with bootstrap intervals."""
+    rows, recs = [], []
+    pct = f"{confidence:.0%}"
+    for comparison, key, a, b in _contrast_rows(records):
+        ia, ib = a["iv"].to_numpy(float), b["iv"].to_numpy(float)
+        lo, hi = _interval([ia, ib], n_boot, confidence, (comparison, *key))
+        d_iv = float(ia.mean() - ib.mean()) if len(ia) and len(ib) else np.nan
+        d_l2 = float(a["l2"].mean() - b["l2"].mean()) if len(ia) and len(ib) else np.nan
+        star = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+        recs.append({"comparison": comparison, "dataset": key[0], "setting": key[1], "within": key[2],
+                     "variation": key[3], "n_a": len(ia), "n_b": len(ib), "d_iv": d_iv, "d_iv_lo": lo,
+                     "d_iv_hi": hi, "significant": star, "d_l2": d_l2})
+        rows.append([key[0], key[1], comparison, key[2], key[3], f"{len(ia)}/{len(ib)}",
+                     num(d_iv, 3) + ("*" if star else ""), f"[{num(lo, 3)}, {num(hi, 3)}]", num(d_l2)])
+    header = ["Data", "Setting", "Comparison", "Within", "Var.", "n (a/b)", "Δ mean IV", f"{pct} CI", "Δ L2 cost"]
+    notes = ["Δ: mean over the first side's valid counterfactuals minus the second's; negative Δ IV = the "
+             "first is more consistent. * : the interval excludes 0.",
+             f"{pct} percentile bootstrap, counterfactuals resampled on each side; one base model per side, "
+             "so the interval does not cover the variation between base models."]
+    return Table("consistency_contrasts", "Consistency: does CT, does SNS lower the invalidation rate?",
+                 header, rows, notes, pd.DataFrame.from_records(recs), n_text=5)
+
+
+def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """IV against L2 cost of every valid counterfactual: one row per dataset x variation,
+    one column per method, one colour per objective."""
+    from .figures import _grid, save
+    valid = records[records["valid"]]
+    if valid.empty:
+        return []
+    rows = sorted(set(zip(valid["dataset"], valid["setting"], valid["variation"])),
+                  key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
+    methods = sorted(set(valid["method"]))
+    objectives = sorted(set(valid["objective"]), key=lambda o: (o == "vanilla", o))
+    fig, axes = _grid(len(rows), len(methods), 3.2, 2.6)
+    colours = dict(zip(objectives, ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]))
+    for i, (d, s, var) in enumerate(rows):
+        for j, m in enumerate(methods):
+            ax = axes[i, j]
+            g = valid[(valid["dataset"] == d) & (valid["setting"] == s) & (valid["variation"] == var)
+                      & (valid["method"] == m)]
+            for obj in objectives:
+                h = g[g["objective"] == obj]
+                label = f"{obj} (mean IV {h['iv'].mean():.2f})" if len(h) else obj
+                ax.scatter(h["l2"], h["iv"], s=8, alpha=0.45, color=colours[obj], label=label, linewidths=0)
+            ax.set_ylim(-0.03, 1.03)
+            where = d if s == "—" else f"{d} ({s})"
+            ax.set_title(f"{where} · {var} · {m}", fontsize=9)
+            ax.set_xlabel("L2 cost" if i == len(rows) - 1 else "")
+            ax.set_ylabel("invalidation rate" if j == 0 else "")
+            ax.grid(alpha=0.3)
+            if len(g):
+                ax.legend(fontsize=7, loc="upper right", frameon=False)
+    fig.suptitle("Invalidation rate vs cost of each valid counterfactual (lower = more consistent)", y=1.0)
+    fig.tight_layout()
+    return save(fig, out_dir, "consistency_iv_cost")
