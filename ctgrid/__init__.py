@@ -5,6 +5,7 @@ The public API, imported lazily so that ``import ctgrid`` stays cheap::
 
     from ctgrid import DataConfig, load_dataset, ModelConfig, GeneratorConfig, make_generator
     from ctgrid import TrainingConfig, train, EvaluationConfig, evaluate_model, JobConfig, load_grid
+    from ctgrid import load_results   # results directories -> one wide DataFrame
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ _EXPORTS = {
     "TrainingConfig": "ctgrid.training", "train": "ctgrid.training",
     "EvaluationConfig": "ctgrid.evaluation.config", "evaluate_model": "ctgrid.evaluation",
     "JobConfig": "ctgrid.grid.job", "load_grid": "ctgrid.grid",
+    "load_results": "ctgrid.aggregate.wide",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -12,7 +12,7 @@ still read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import _atomic
 from .errors import DataError
@@ -34,11 +34,13 @@ def write_config(path: Path, job: JobConfig, job_id: str) -> None:
     _atomic.write_text(path, header + body)
 
 
-def write_model(paths: JobPaths, job: JobConfig, result: TrainResult) -> None:
-    """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``)."""
+def write_model(paths: JobPaths, job: JobConfig, result: TrainResult, record: dict[str, Any]) -> None:
+    """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
+    ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
+    from .store import write_job_parquet
     _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
-                                     "config": job.canonical().to_dict()})
-    _atomic.write_parquet(paths.history, result.history)
+                                     "config": job.canonical().to_dict(), "provenance": record})
+    write_job_parquet(paths.history, result.history, paths.job_id, record)
 
 
 def read_model_dir(model_dir: str | Path) -> tuple[JobConfig, dict]:

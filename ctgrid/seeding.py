@@ -1,10 +1,16 @@
-"""Seeds derived from identities, never from ranks, order or process counts."""
+"""Seeds derived from identities, never from ranks, order or process counts.
+
+torch and numpy are imported on first use: job ids and training seeds (``ctgrid expand``,
+``ctgrid config``) need only :func:`derive_seed`.
+"""
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 def derive_seed(*parts: object) -> int:
@@ -13,10 +19,12 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def torch_generator(*parts: object) -> torch.Generator:
+def torch_generator(*parts: object) -> "torch.Generator":
     """A CPU ``torch.Generator`` seeded with :func:`derive_seed` of ``parts``."""
+    import torch
     return torch.Generator().manual_seed(derive_seed(*parts))
 
 
-def numpy_generator(*parts: object) -> np.random.Generator:
+def numpy_generator(*parts: object) -> "np.random.Generator":
+    import numpy as np
     return np.random.default_rng(derive_seed(*parts))

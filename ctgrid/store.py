@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
 _GRID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-STATES = ("done", "failed", "running", "pending")
+STATES = ("done", "failed", "started", "pending")
 
 
 def check_job_id(job_id: str) -> str:
@@ -124,13 +124,14 @@ class JobPaths:
 
     @property
     def status(self) -> str:
-        """``done``, ``failed``, ``running`` (checkpoint, no record) or ``pending``."""
+        """``done``, ``failed``, ``started`` (a checkpoint, no record: running now or interrupted;
+        ``ctgrid status`` tells which) or ``pending``."""
         if self.done.exists():
             return "done"
         if self.error.exists():
             return "failed"
         if self.checkpoint.exists():
-            return "running"
+            return "started"
         return "pending"
 
     def done_record(self) -> dict[str, Any] | None:
@@ -138,6 +139,21 @@ class JobPaths:
 
     def error_record(self) -> dict[str, Any] | None:
         return _read_json(self.error)
+
+
+def write_job_parquet(path: Path, frame: Any, job_id: str, record: Mapping[str, Any]) -> Path:
+    """One of a job's Parquet files, atomically: ``job_id`` as its first column (so that
+    duckdb/polars globs over ``jobs/*/evaluation.parquet`` join to ``jobs.parquet``) and the
+    provenance ``record`` as key-value metadata (:mod:`ctgrid.provenance`)."""
+    import pyarrow as pa
+
+    from .provenance import parquet_metadata
+    table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
+    if "job_id" in table.column_names:
+        table = table.drop_columns(["job_id"])
+    table = table.add_column(0, "job_id", pa.array([job_id] * table.num_rows, pa.string()))
+    meta = {**(table.schema.metadata or {}), **parquet_metadata(job_id, dict(record))}
+    return _atomic.write_parquet(path, table.replace_schema_metadata(meta))
 
 
 def mark_done(paths: JobPaths, record: Mapping[str, Any]) -> None:
@@ -233,11 +249,12 @@ class ResultStore:
 
     # -- writing the grid ------------------------------------------------------------
     def initialise(self, grid: Grid, *, force: bool = False) -> None:
-        """Write ``grid.yaml``, ``jobs.parquet`` and every job's ``config.yaml``.
+        """Write ``grid.yaml``, ``jobs.parquet`` (every point: its job id, name and all its
+        parameters) and every job's ``config.yaml``.
 
         Call it while holding :meth:`lock`.
         """
-        table = grid.point_table()
+        table = grid.point_table(all_parameters=True)
         self._check_same_grid(grid.source_text, table, force)
         self.root.mkdir(parents=True, exist_ok=True)
         for job_id, job in grid.jobs().items():
@@ -284,10 +301,16 @@ class ResultStore:
             raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
         return pd.read_parquet(self.jobs_file)
 
+    def point_job_ids(self) -> list[str]:
+        """Each grid point's job id, in point order (pyarrow only: ``ctgrid status`` stays fast)."""
+        import pyarrow.parquet as pq
+        if not self.jobs_file.exists():
+            raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
+        return [str(i) for i in pq.ParquetFile(self.jobs_file).read(columns=["job_id"]).column(0).to_pylist()]
+
     def job_ids(self) -> list[str]:
         """The grid's distinct job ids, in order of first appearance in the point table."""
-        ids = dict.fromkeys(self.point_table()["job_id"].astype(str).tolist())
-        return [check_job_id(i) for i in ids]
+        return [check_job_id(i) for i in dict.fromkeys(self.point_job_ids())]
 
     def read_config(self, job_id: str) -> JobConfig:
         """The :class:`~ctgrid.grid.job.JobConfig` stored for ``job_id``."""
@@ -296,8 +319,8 @@ class ResultStore:
         return JobConfig.from_dict(yaml.safe_load(self.job(job_id).config.read_text(encoding="utf-8")))
 
     def status(self) -> StoreStatus:
-        table = self.point_table()
-        ids = [check_job_id(i) for i in dict.fromkeys(table["job_id"].astype(str).tolist())]
+        points = self.point_job_ids()
+        ids = [check_job_id(i) for i in dict.fromkeys(points)]
         counts = {s: 0 for s in STATES}
         failed = []
         for job_id in ids:
@@ -311,7 +334,7 @@ class ResultStore:
         if jobs_dir.is_dir():
             known = set(ids)
             others = sum(1 for p in jobs_dir.iterdir() if p.name not in known)
-        return StoreStatus(counts, failed, n_points=len(table), n_other=others)
+        return StoreStatus(counts, failed, n_points=len(points), n_other=others)
 
     # -- job records -------------------------------------------------------------------
     def mark_done(self, job_id: str, record: Mapping[str, Any]) -> None:

@@ -380,3 +380,23 @@ def test_each_config_resets_what_its_generator_or_objective_ignores():
     van = TrainingConfig(objective="vanilla", lambda_div=2.0, nce=10, burnin=0.5, nonconverged="drop",
                          nepochs=7)
     assert van.canonical() == TrainingConfig(objective="vanilla", nepochs=7)
+
+
+def test_range_axis_is_an_integer_axis():
+    g = parse_grid("training: {seed: {range: [1, 4]}, leave_out: {range: [0, 6, 3]}}", "r")
+    assert [(p.training.seed, p.training.leave_out) for p in g] == [
+        (s, i) for i in (0, 3) for s in (1, 2, 3)]
+    assert len(parse_grid("training: {seed: {range: [1, 101]}}", "r")) == 100
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("{range: [1]}", "expected {range: [start, stop]}"),
+    ("{range: [1, 2.5]}", "with integers"),
+    ("{range: [5, 1]}", "the range is empty"),
+    ("{range: [0, 9, 0]}", "the step must not be 0"),
+    ("{range: [0, 2], step: 1}", "expected {range"),
+    ("{range: [0, 1000000]}", "1000000 values; allowed: at most 100000"),
+])
+def test_range_axis_errors_name_the_key(value, needle):
+    msg = err(f"training: {{seed: {value}}}")
+    assert msg.startswith("g: training.seed: got ") and needle in msg

@@ -101,7 +101,7 @@ def reference(grid) -> ResultStore:
     results = grid.parent / "inprocess"
     assert main(["run", str(grid), "--results", str(results)]) == 1   # one job fails
     store = ResultStore(results / "mpigrid")
-    assert store.status().counts == {"done": 3, "failed": 1, "running": 0, "pending": 0}
+    assert store.status().counts == {"done": 3, "failed": 1, "started": 0, "pending": 0}
     return store
 
 
@@ -128,12 +128,12 @@ def test_sigkill_everything_then_rerun_completes_the_grid(grid, reference, tmp_p
             if not store.jobs_file.exists():
                 return False
             states = [store.job(j).status for j in store.job_ids()]
-            return "done" in states and "running" in states
+            return "done" in states and "started" in states
         wait_for(half_done, proc, TIMEOUT)
     finally:
         kill_all(proc.pid)
         proc.wait()
-    assert store.status().counts["running"] >= 1
+    assert store.status().counts["started"] >= 1
     rerun = mpi_run(3, grid, tmp_path)    # the dead run's flock is gone with it
     assert rerun.returncode == 1, rerun.stderr
     assert_same_results(reference, store)
@@ -149,13 +149,13 @@ def test_usr1_to_one_member_of_a_sharded_group_interrupts_and_resumes_consistent
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: store.jobs_file.exists()
-                 and any(store.job(j).status == "running" for j in store.job_ids()), proc, TIMEOUT)
+                 and any(store.job(j).status == "started" for j in store.job_ids()), proc, TIMEOUT)
         os.kill(rank_pid(proc.pid, 2), signal.SIGUSR1)      # rank 2: a group member, not the leader
         assert proc.wait(timeout=TIMEOUT) == 3
     finally:
         kill_all(proc.pid)
     counts = store.status().counts
-    assert counts["running"] >= 1 and counts["done"] < 3, counts
+    assert counts["started"] >= 1 and counts["done"] < 3, counts
     rerun = mpi_run(3, grid, tmp_path, "--shard-size", "2")
     assert rerun.returncode == 1, rerun.stderr
     assert_same_results(reference, store)

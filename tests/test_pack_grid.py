@@ -72,7 +72,7 @@ def test_packed_run_equals_every_job_alone_and_one_member_fails_alone(grid, alon
     assert "pack 1: 3 jobs trained as one batched network" in out
     assert run_cli(grid, "--results", tmp_path, "--pack-size", "3") == EXIT_FAILED
     store = ResultStore(tmp_path / "packgrid")
-    assert store.status().counts == {"done": 12, "failed": 1, "running": 0, "pending": 0}
+    assert store.status().counts == {"done": 12, "failed": 1, "started": 0, "pending": 0}
     failed = [j for j in store.job_ids() if store.job(j).status == "failed"]
     assert store.job(failed[0]).error_record()["error_type"] == "NonFiniteError"
     assert_same_results(alone, store)

@@ -105,7 +105,7 @@ def test_failures_become_records_and_the_other_jobs_finish(tmp_path, capsys):
     assert run_cli(grid, "--results", results) == EXIT_FAILED
     store = ResultStore(results / "sched")
     st = store.status()
-    assert st.counts == {"done": 2, "failed": 2, "running": 0, "pending": 0}
+    assert st.counts == {"done": 2, "failed": 2, "started": 0, "pending": 0}
     types = sorted(r["error_type"] for r in st.failed)
     assert types == ["ConfigError", "NonFiniteError"]
     for rec in st.failed:
@@ -250,7 +250,7 @@ def test_sigterm_stops_after_an_epoch_and_a_rerun_resumes_to_identical_results(t
     assert proc.returncode == EXIT_INTERRUPTED, err
     assert "SIGTERM received" in err
     st = store.status()
-    assert st.counts["running"] >= 1 and st.counts["done"] < 2, st.counts
+    assert st.counts["started"] >= 1 and st.counts["done"] < 2, st.counts
     assert run_cli(grid, "--results", tmp_path / "results") == EXIT_OK
     assert_same_results(ref, store)
     resumed = [store.job(j).done_record()["resumed_from_epoch"] for j in store.job_ids()]

@@ -140,14 +140,15 @@ def test_status_counts_states_and_lists_failures(tmp_path, capsys):
     ids = store.job_ids()
     _fake_states(store, ids)
     st = store.status()
-    assert st.counts == {"done": 1, "failed": 1, "running": 1, "pending": 0}
+    assert st.counts == {"done": 1, "failed": 1, "started": 1, "pending": 0}
     assert st.n_points == 4 and st.n_jobs == 3
     rec = st.failed[0]
     assert rec["error_type"] == "ValueError" and rec["message"] == "boom" and "Traceback" not in rec["message"]
     assert rec["log_path"] == str(store.job(ids[1]).log.absolute()) and rec["status"] == "failed"
     assert main(["status", str(store.root)]) == 0
     out = capsys.readouterr().out
-    assert "4 grid points, 3 jobs: 1 done, 1 failed, 1 running, 0 pending" in out
+    assert "4 grid points, 3 jobs: 1 done, 1 failed, 0 running, 1 interrupted, 0 pending" in out
+    assert "no live run" in out
     assert f"failed {ids[1]}: ValueError: boom" in out
     # the results root lists every grid in it
     assert [s.root for s in find_stores(tmp_path / "results")] == [store.root]
@@ -165,7 +166,7 @@ def test_done_marker_wins_and_clears_error_and_checkpoint(tmp_path):
     leftover = paths.dir / ".model.pt.x1y2.tmp"   # what a SIGKILL during a write leaves
     leftover.write_bytes(b"partial")
     store.begin(job_id)
-    assert paths.status == "running" and not leftover.exists()
+    assert paths.status == "started" and not leftover.exists()
     store.mark_done(job_id, {"seconds": 2.5})
     assert paths.status == "done" and not paths.error.exists() and not paths.checkpoint.exists()
     assert json.loads(paths.done.read_text())["seconds"] == 2.5

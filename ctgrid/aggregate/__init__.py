@@ -9,6 +9,7 @@ from .load import Results, Source
 from .pairing import Reduction, pair_jobs, reduction
 from .render import FORMATS, Table
 from .report import AggregateOptions, aggregate, build_tables
+from .wide import load_results
 
 __all__ = ["AggregateOptions", "FORMATS", "Reduction", "Results", "Source", "Table", "aggregate",
-           "build_tables", "pair_jobs", "reduction"]
+           "build_tables", "load_results", "pair_jobs", "reduction"]

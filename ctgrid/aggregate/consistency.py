@@ -1,4 +1,4 @@
-"""Consistency of counterfactuals under retraining (Black et al. 2022): the IV table.
+"""Consistency of counterfactuals under retraining (Black et al. 2022; docs/deviations.md, M11).
 
 A *base* job keeps its test-time counterfactuals (``evaluation.save_counterfactuals``).
 Its *retrained* models are the other finished jobs with the same data, model, generator
@@ -140,7 +140,8 @@ def consistency_records(results: Results, data_dir: str | None = None) -> pd.Dat
         if job.data not in datasets:
             datasets[job.data] = load_dataset(job.data, data_dir)
         pts = _points(results, src, jid)
-        valid = pts["valid"].to_numpy(bool)
+        valid = pts["valid"].to_numpy(bool).copy()
+        mask = torch.from_numpy(valid)
         x, x_cf = _stack(pts["factual"]), _stack(pts["counterfactual"])
         target = torch.tensor(pts["target"].to_numpy(np.int64))
         for variation, members in _retrained(results, job, keys[jid], keys).items():
@@ -151,7 +152,7 @@ def consistency_records(results: Results, data_dir: str | None = None) -> pd.Dat
                     models[m] = load_trained(results.model_path(s, m).parent, datasets[job.data])[1]
             iv = np.full(len(pts), np.nan)
             if valid.any():
-                iv[valid] = invalidation_rate(x_cf[valid], target[valid], [models[m] for _, m in members]).numpy()
+                iv[valid] = invalidation_rate(x_cf[mask], target[mask], [models[m] for _, m in members]).numpy()
             frames.append(pd.DataFrame({
                 "source": src, "base_job": jid, "baseline_job": baseline.get(jid), "dataset": job.data.name,
                 "objective": job.training.objective, "setting": setting[jid], "method": method[jid],
@@ -260,6 +261,57 @@ def contrast_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> 
                  header, rows, notes, pd.DataFrame.from_records(recs), n_text=5)
 
 
+def _method_order(methods: pd.Series) -> list[str]:
+    """Each generator next to its "+sns" variant."""
+    return sorted(set(methods), key=lambda m: (m.replace("+sns", "", 1), "+sns" in m, m))
+
+
+def _objective_order(objectives: pd.Series) -> list[str]:
+    return sorted(set(objectives), key=lambda o: (o == "vanilla", o))
+
+
+def _colours(objectives: list[str]) -> dict[str, str]:
+    return dict(zip(objectives, ["tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]),
+                vanilla="tab:blue")
+
+
+def _objective_label(objective: str) -> str:
+    return {"vanilla": "BL (vanilla)", "full": "CT (full)"}.get(objective, f"CT ({objective})")
+
+
+def iv_means_figure(table: pd.DataFrame, out_dir: Path, confidence: float) -> list[Path]:
+    """Mean IV with its bootstrap interval per method and objective: one panel per dataset
+    x variation (the consistency table at a glance)."""
+    from .figures import _panels, save
+    if table.empty:
+        return []
+    panels = sorted(set(zip(table["dataset"], table["setting"], table["variation"])),
+                    key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
+    methods = _method_order(table["method"])
+    objectives = _objective_order(table["objective"])
+    colours = _colours(objectives)
+    fig, axes = _panels(len(panels), 4.2, 3.0, max_cols=2)
+    width = 0.7 / max(1, len(objectives))
+    for ax, (d, s, var) in zip(axes, panels):
+        g = table[(table["dataset"] == d) & (table["setting"] == s) & (table["variation"] == var)]
+        for k, obj in enumerate(objectives):
+            h = g[g["objective"] == obj].set_index("method").reindex(methods)
+            xs = np.arange(len(methods)) + (k - (len(objectives) - 1) / 2) * width
+            err = np.vstack([h["iv_mean"] - h["iv_lo"], h["iv_hi"] - h["iv_mean"]])
+            ax.errorbar(xs, h["iv_mean"], yerr=err, fmt="o", capsize=3, color=colours[obj],
+                        label=_objective_label(obj))
+        ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+        ax.set_ylabel("mean invalidation rate")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{d if s == '—' else f'{d} ({s})'} · {var} ({int(g['n_models'].max())} models)", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, frameon=False)
+    fig.suptitle(f"Mean invalidation rate of valid counterfactuals (bars: {confidence:.0%} bootstrap interval)",
+                 y=1.0)
+    fig.tight_layout()
+    return save(fig, out_dir, "consistency_iv")
+
+
 def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
     """IV against L2 cost of every valid counterfactual: one row per dataset x variation,
     one column per method, one colour per objective."""
@@ -269,10 +321,10 @@ def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
         return []
     rows = sorted(set(zip(valid["dataset"], valid["setting"], valid["variation"])),
                   key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
-    methods = sorted(set(valid["method"]))
-    objectives = sorted(set(valid["objective"]), key=lambda o: (o == "vanilla", o))
+    methods = _method_order(valid["method"])
+    objectives = _objective_order(valid["objective"])
     fig, axes = _grid(len(rows), len(methods), 3.2, 2.6)
-    colours = dict(zip(objectives, ["tab:orange", "tab:blue", "tab:green", "tab:red", "tab:purple"]))
+    colours = _colours(objectives)
     for i, (d, s, var) in enumerate(rows):
         for j, m in enumerate(methods):
             ax = axes[i, j]
@@ -280,7 +332,8 @@ def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
                       & (valid["method"] == m)]
             for obj in objectives:
                 h = g[g["objective"] == obj]
-                label = f"{obj} (mean IV {h['iv'].mean():.2f})" if len(h) else obj
+                name = _objective_label(obj)
+                label = f"{name}: mean IV {h['iv'].mean():.2f}" if len(h) else name
                 ax.scatter(h["l2"], h["iv"], s=8, alpha=0.45, color=colours[obj], label=label, linewidths=0)
             ax.set_ylim(-0.03, 1.03)
             where = d if s == "—" else f"{d} ({s})"
@@ -289,7 +342,7 @@ def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax.set_ylabel("invalidation rate" if j == 0 else "")
             ax.grid(alpha=0.3)
             if len(g):
-                ax.legend(fontsize=7, loc="upper right", frameon=False)
+                ax.legend(fontsize=7, loc="upper right", frameon=False, markerscale=2)
     fig.suptitle("Invalidation rate vs cost of each valid counterfactual (lower = more consistent)", y=1.0)
     fig.tight_layout()
     return save(fig, out_dir, "consistency_iv_cost")

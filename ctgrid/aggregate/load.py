@@ -125,7 +125,7 @@ def _read_kind(root: Path, job_ids: Sequence[str], kind: str, columns: Sequence[
     schema = factory.inspect(promote_options="permissive", fragments=None)
     dataset = factory.finish(schema)
     names = schema.names
-    cols = [c for c in (columns or names) if c in names and c != _PART] + [_PART]
+    cols = [c for c in (columns or names) if c in names and c not in (_PART, "job_id")] + [_PART]
     if filt is not None and not all(ref in names for ref in filt[0]):
         filt = None
     table = dataset.to_table(columns=cols, filter=None if filt is None else filt[1])

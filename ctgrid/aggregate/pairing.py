@@ -82,7 +82,9 @@ def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
 
     ``setting`` labels the job by the grid's varied axes that take several values among the
     dataset's CT jobs (so per-dataset subgrid values, replicate seeds and constraints do not
-    split rows); ``pool_settings`` gives every CT job of a dataset one label instead."""
+    split rows); ``pool_settings`` gives every CT job of a dataset one label instead. When some
+    CT jobs are evaluated, those with ``evaluation.enabled: false`` (e.g. the retrained models
+    of a consistency grid) get no row."""
     jobs = results.jobs
     # Pair through the stored configs: the id each one hashes to with this release's defaults ->
     # where it lives. A release that changes a default re-hashes a stored config that spells the
@@ -91,6 +93,8 @@ def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
     for s, j in zip(jobs["source"], jobs["job_id"]):
         where.setdefault(results.config(j).job_id, []).append((int(s), j))
     ct = jobs[jobs["training.objective"] != "vanilla"]
+    if "evaluation.enabled" in ct and ct["evaluation.enabled"].astype(bool).any():
+        ct = ct[ct["evaluation.enabled"].astype(bool)]  # no row for models never evaluated (retrained ones)
     rows = []
     for (src, _d), frame in ct.groupby(["source", "data.name"], sort=True):
         axes = setting_axes(results, int(src), frame["training.objective"].nunique())

@@ -28,8 +28,7 @@ from .. import __version__, _atomic
 from .._validate import check, param
 from ..errors import ConfigError
 from ..store import ResultStore
-from .consistency import consistency_records, contrast_table, iv_table
-from .consistency import iv_cost_figure as consistency_figure
+from .consistency import consistency_records, contrast_table, iv_cost_figure, iv_means_figure, iv_table
 from .explain import search_table, sensitivity_table
 from .keyresults import key_results, run_level
 from .load import Results
@@ -147,7 +146,7 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
     if not records.empty:
         tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence),
                    contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence)]
-    return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records}
+    return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records, "tables": tables}
 
 
 def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOptions) -> tuple[list[Path], list[str]]:
@@ -164,7 +163,8 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
     paths += figures.maturity(results, out_dir)
     paths += figures.robust_accuracy(results, parts["perf"], out_dir)
     if not parts["consistency"].empty:
-        paths += consistency_figure(parts["consistency"], out_dir)
+        iv = next(t.data for t in parts["tables"] if t.name == "consistency")
+        paths += iv_means_figure(iv, out_dir, opts.confidence) + iv_cost_figure(parts["consistency"], out_dir)
     drawn = {p.stem for p in paths}
     why = {"outcomes_ip": "no paired IP evaluations", "outcomes_cost": "no paired cost evaluations",
            "maturity": "no CT training history with a CE phase",

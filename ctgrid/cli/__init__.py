@@ -13,9 +13,9 @@ from typing import Sequence
 from ..errors import ConfigError, DataError, StoreError
 
 #: subcommand -> module under ctgrid.cli
-SUBCOMMANDS = ("train", "evaluate", "run", "expand", "status", "aggregate")
+SUBCOMMANDS = ("train", "evaluate", "run", "expand", "config", "status", "aggregate")
 _MODULES = {"train": "train", "evaluate": "evaluate", "run": "grid", "expand": "expand",
-            "status": "grid", "aggregate": "aggregate"}
+            "config": "config", "status": "grid", "aggregate": "aggregate"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # KEY=VALUE overrides may follow options: `ctgrid run GRID --dry-run a.b=1`
+        if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except (ConfigError, DataError, StoreError) as exc:

@@ -5,11 +5,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..errors import ConfigError
 from ..parallel.signals import EXIT_INTERRUPTED, StopFlag
 
-__all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_threads", "check_threads"]
+__all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_threads", "check_threads", "default_threads"]
+
+
+def default_threads() -> int:
+    """``$SLURM_CPUS_PER_TASK`` when set, else 1 (one process per core is the grid's unit)."""
+    try:
+        return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
+    except ValueError:
+        return 1
 
 
 def add_threads(p: argparse.ArgumentParser, default: int | None, what: str) -> None:

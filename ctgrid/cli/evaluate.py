@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from ..data import DataConfig, Dataset
     from ..grid.job import JobConfig
-from ._process import add_threads, check_threads
+from ._process import add_threads, check_threads, default_threads
 
 _DESCRIPTION = (
     "Evaluate models written by 'ctgrid train' (MODEL_DIR holds config.yaml and model.pt): "
@@ -63,7 +63,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--fgsm-eps", metavar="E1,E2,...", help="FGSM budgets ('' for none)")
     p.add_argument("--pgd-eps", metavar="E1,E2,...", help="PGD budgets ('' for none)")
     p.add_argument("--mmd-length-scale", type=float, help="Gaussian kernel length scale of IP*")
-    add_threads(p, None, "torch's choice")
+    add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.set_defaults(func=run)
     return p
 
@@ -129,7 +129,8 @@ def _build(item: _Input, dataset: Dataset) -> nn.Module:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .._atomic import write_parquet
+    from ..provenance import provenance
+    from ..store import write_job_parquet
     from ..data import load_dataset
     from ..evaluation.evaluate import evaluate_model
     if check_threads(args.threads) is not None:
@@ -148,10 +149,10 @@ def run(args: argparse.Namespace) -> int:
         results.append(evaluate_model(model, datasets[item.job.data], item.job.evaluation,
                                       cache_dir=args.cache_dir))
     for item, (evaluation, performance, points) in zip(items, results):
-        write_parquet(item.out_dir / "evaluation.parquet", evaluation)
-        if points is not None:
-            write_parquet(item.out_dir / "counterfactuals.parquet", points)
-        write_parquet(item.out_dir / "performance.parquet", performance)
+        record = provenance(seed=item.job.seed, model_dir=str(item.model_dir))
+        for name, table in (("evaluation", evaluation), ("counterfactuals", points), ("performance", performance)):
+            if table is not None:
+                write_job_parquet(item.out_dir / f"{name}.parquet", table, item.job.job_id, record)
         acc = performance.loc[performance.metric == "accuracy", "value"].iloc[0]
         valid = evaluation.loc[evaluation.metric == "validity", "value"].mean()
         print(f"{item.out_dir}: evaluation.parquet ({len(evaluation)} rows), performance.parquet; "

@@ -8,12 +8,14 @@ where a job's points differ in a parameter the job does not use), or with
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 from typing import Any
 
 from ..grid.spec import load_grid, shipped_grids
+from ._grid_args import add_overrides, grid_and_overrides
 
 
 def add_expand_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -22,6 +24,7 @@ def add_expand_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Validate a grid and print its number of points, its distinct jobs after "
                     "de-duplication and the job table. Runs nothing and writes nothing.")
     parser.add_argument("grid", help=f"grid file, or a shipped grid's name ({', '.join(shipped_grids())})")
+    add_overrides(parser)
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="output format (default: table); csv prints the summary line on stderr")
     parser.add_argument("--points", action="store_true",
@@ -29,26 +32,41 @@ def add_expand_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _text_table(columns: list[str], rows: list[dict[str, Any]]) -> str:
+    """Right-aligned columns, as pandas' ``to_string(index=False)`` (without importing pandas)."""
+    def text(v: Any) -> str:
+        return "None" if v is None else str(v)
+    cells = [[text(r[c]) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    lines = [" ".join(c.rjust(w) for c, w in zip(columns, widths))]
+    lines += [" ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def run(args: argparse.Namespace) -> int:
-    grid = load_grid(args.grid)
+    grid = load_grid(*grid_and_overrides(args))
     n_jobs = len(grid.jobs())
     summary = f"{grid.name}: {_plural(len(grid), 'grid point')} -> {_plural(n_jobs, 'job')}"
-    table = grid.point_table() if args.points else grid.job_table()
+    rows = grid.point_rows() if args.points else grid.job_rows()
+    columns = ["point", "job_id"] if args.points else ["job_id", "name", "points"]
+    columns += list(grid.varied)
     try:
         if args.format == "json":
             doc = {"name": grid.name, "description": grid.description, "points": len(grid),
-                   "jobs": n_jobs, "rows": table.to_dict(orient="records")}
+                   "jobs": n_jobs, "rows": rows}
             print(json.dumps(doc, indent=1))
         elif args.format == "csv":
             print(summary, file=sys.stderr)
-            sys.stdout.write(table.to_csv(index=False))
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([["" if r[c] is None else r[c] for c in columns] for r in rows])
         else:
             print(summary)
-            print(table.to_string(index=False))
+            print(_text_table(columns, rows))
         sys.stdout.flush()
     except BrokenPipeError:  # `ctgrid expand ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

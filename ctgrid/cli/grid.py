@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._grid_args import add_overrides, grid_and_overrides
 from ._process import add_threads, check_threads
 
 
@@ -25,7 +26,7 @@ def _positive(text: str) -> int:
 
 
 def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from ..parallel.runner import default_threads
+    from ._process import default_threads
     p = sub.add_parser("run", help="run every job of a grid (in-process, or under mpiexec/srun)",
                        description=("Train and evaluate every job of GRID into RESULTS/<grid name>/; "
                                     "finished jobs are skipped, interrupted ones resume. Under "
@@ -35,6 +36,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     from ..grid import DEFAULT_GRID
     p.add_argument("grid", nargs="?", default=DEFAULT_GRID, metavar="GRID",
                    help=f"grid YAML file, or the name of a shipped grid (default: {DEFAULT_GRID})")
+    add_overrides(p)
     p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                    help="results root; the grid's results go to DIR/<grid name>/ (default: ./results)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
@@ -60,32 +62,50 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..grid import DEFAULT_GRID
     from ..parallel import GridRun, RunSettings, run_grid
     check_threads(args.threads)
+    grid, overrides = grid_and_overrides(args, DEFAULT_GRID)
     settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
                            shard_size=args.shard_size, pack_size=args.pack_size)
-    return run_grid(GridRun(args.grid, settings, retry_failed=args.retry_failed, force=args.force,
-                            dry_run=args.dry_run))
+    return run_grid(GridRun(grid, settings, retry_failed=args.retry_failed, force=args.force,
+                            dry_run=args.dry_run, overrides=overrides))
 
 
 def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("status", help="done/failed/running/pending jobs of a results directory",
-                       description=("Count the jobs of RESULTS (a RESULTS/<grid name> directory, or "
-                                    "a results root holding several) by state and list the failed "
-                                    "ones. running = has a checkpoint but no done/error record "
-                                    "(in progress, or interrupted: the next run resumes it)."))
+    p = sub.add_parser("status", help="progress of a results directory: live run, jobs by state, ETA",
+                       description=("Show RESULTS (a RESULTS/<grid name> directory, or a results root "
+                                    "holding several): whether a run is live (pid and host from its "
+                                    "lock), each running job's epoch, last loss and validation accuracy, "
+                                    "the ETA from measured rates, and the jobs by state: done, failed, "
+                                    "running, interrupted (a checkpoint and no live run: the next run "
+                                    "resumes it), pending. Reads files only; never imports torch."))
     p.add_argument("results", type=Path, metavar="RESULTS", help="results directory")
     p.add_argument("--traceback", action="store_true", help="print the failed jobs' tracebacks")
+    p.add_argument("--watch", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                   help="repeat every SECONDS (default 5) until Ctrl-C")
     p.set_defaults(func=status)
     return p
 
 
-def status(args: argparse.Namespace) -> int:
-    from ..store import STATES, find_stores
+def _status_once(args: argparse.Namespace) -> None:
+    from ..parallel.monitor import live_holder, read_run_file, status_text
+    from ..store import find_stores
     for store in find_stores(args.results):
         st = store.status()
-        counts = ", ".join(f"{st.counts[s]} {s}" for s in STATES)
-        print(f"{store.root}: {st.n_points} grid points, {st.n_jobs} jobs: {counts}")
+        live = live_holder(store) is not None
+        record = read_run_file(store) if live else None
+        running = set((record or {}).get("running") or {})
+        started = st.counts["started"]
+        # a live run of an older ctgrid writes no run.json: its started jobs are running
+        n_running = started if live and record is None else min(started, len(running))
+        counts = {"done": st.counts["done"], "failed": st.counts["failed"], "running": n_running,
+                  "interrupted": started - n_running, "pending": st.counts["pending"]}
+        text = ", ".join(f"{v} {k}" for k, v in counts.items())
+        print(f"{store.root}: {st.n_points} grid points, {st.n_jobs} jobs: {text}")
+        nepochs = {j: store.read_config(j).training.nepochs for j in running}
+        for line in status_text(store, nepochs):
+            print(line)
         if st.n_other:
             print(f"  ({st.n_other} other job directories, not in this grid)")
         for rec in st.failed:
@@ -93,4 +113,21 @@ def status(args: argparse.Namespace) -> int:
                   f"  (log: {rec.get('log_path')})")
             if args.traceback and rec.get("traceback"):
                 sys.stdout.write("    " + rec["traceback"].rstrip().replace("\n", "\n    ") + "\n")
+    sys.stdout.flush()
+
+
+def status(args: argparse.Namespace) -> int:
+    if args.watch is None:
+        _status_once(args)
+        return 0
+    if args.watch <= 0:
+        from ..errors import ConfigError
+        raise ConfigError(f"--watch: got {args.watch}; allowed: a number of seconds > 0")
+    from ..parallel.monitor import watch
+
+    def render() -> None:
+        if sys.stdout.isatty():
+            sys.stdout.write("\x1b[2J\x1b[H")
+        _status_once(args)
+    watch(render, args.watch)
     return 0

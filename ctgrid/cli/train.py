@@ -20,18 +20,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 import yaml
 
 from .. import __version__
-from .._atomic import write_parquet
 from .._validate import build, unknown_key
-from ..data import DataConfig, load_dataset
+from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..evaluation.config import EvaluationConfig
-from ..generators import GeneratorConfig
-from ..models import ModelConfig
-from ..training import TrainingConfig, train, validate
+from ..generators.config import GeneratorConfig
+from ..models.config import ModelConfig
+from ..training.config import TrainingConfig
 from ._process import EXIT_INTERRUPTED, StopFlag, add_threads, check_threads
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
@@ -52,7 +50,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train one model (vanilla baseline or Counterfactual Training)",
         description=__doc__.split("\n\n")[0] + " Flags override --config.")
-    p.add_argument("--config", type=Path, help="YAML file with groups data/model/generator/training")
+    p.add_argument("--config", type=Path, help="YAML file with groups data/model/generator/training/"
+                                               "evaluation: a job's config.yaml, or a grid file of one job")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="override one setting: group.key=VALUE (YAML), e.g. training.nepochs=5; "
+                        "applied after --config, before the flags")
     p.add_argument("--data", help="dataset name (moons, circles, lin_sep, over, adult, ...)")
     p.add_argument("--data-dir", type=Path, help="raw data files of the real datasets (else $CTGRID_DATA)")
     p.add_argument("--model", help="model kind: mlp, linear, cnn")
@@ -73,7 +75,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                                             "from it, the data and the model, as in a grid)")
     p.add_argument("--out", type=Path, help="output directory (default results/train/<data>-<objective>)")
     p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
-    from ..parallel.runner import default_threads
+    from ._process import default_threads
     add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.set_defaults(func=run)
     return p
@@ -96,6 +98,27 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {g: dict(raw.get(g) or {}) for g in GROUPS}
 
 
+def _is_grid(path: Path) -> bool:
+    """A grid file (or a shipped grid's name) rather than one job's groups."""
+    if not path.is_file():
+        return True   # resolve_grid_path reports a missing file or unknown grid name
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return False  # _read_yaml reports it
+    return isinstance(raw, dict) and any(k not in GROUPS for k in raw)
+
+
+def _one_job(path: Path, overrides: list[str]) -> dict[str, Any]:
+    """The groups of the one job of grid ``path`` (with ``overrides`` applied to the grid)."""
+    from ..grid import load_grid
+    jobs = load_grid(path, overrides).jobs()
+    if len(jobs) != 1:
+        raise ConfigError(f"--config: {path} is a grid of {len(jobs)} jobs; train takes one (see them with "
+                          f"ctgrid expand {path}; print one with ctgrid config {path} --job JOB_ID > job.yaml)")
+    return {g: dict(v) for g, v in next(iter(jobs.values())).to_dict().items()}
+
+
 def _mutability(items: list[str]) -> tuple[tuple[str, str], ...] | str:
     if items == ["paper"]:
         return "paper"
@@ -110,7 +133,13 @@ def _mutability(items: list[str]) -> tuple[tuple[str, str], ...] | str:
 
 def resolve(args: argparse.Namespace) -> dict[str, Any]:
     """The four configs from ``--config`` and the flags (flags win)."""
-    groups = _read_yaml(args.config) if args.config else {g: {} for g in GROUPS}
+    if args.config and _is_grid(args.config):
+        groups = _one_job(args.config, args.overrides)
+    else:
+        groups = _read_yaml(args.config) if args.config else {g: {} for g in GROUPS}
+    if args.overrides and not (args.config and _is_grid(args.config)):
+        from ..grid.overrides import apply_overrides
+        groups = {g: dict(v or {}) for g, v in apply_overrides(groups, args.overrides, meta=False).items()}
     for dest, (group, field) in FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
@@ -140,9 +169,14 @@ def _reporter(nepochs: int) -> Callable[[dict], None]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..data import load_dataset
     from ..grid.job import JobConfig
+    from ..training import train, validate
     from ..modeldir import write_config, write_model
-    from ..store import JobPaths, mark_done
+    from ..provenance import provenance
+    from ..store import JobPaths, mark_done, write_job_parquet
     check_threads(args.threads)
     job = JobConfig(**resolve(args)).canonical()
     dataset = load_dataset(job.data, args.data_dir)
@@ -160,15 +194,16 @@ def run(args: argparse.Namespace) -> int:
         result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
                        checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
                        progress=_reporter(training.nepochs), stop=stop)
+    record = provenance(seed=job.seed)
     if not result.completed:
-        write_parquet(paths.history, result.history)
+        write_job_parquet(paths.history, result.history, job.job_id, record)
         print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "
               f"run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    write_model(paths, job, result)
+    write_model(paths, job, result, record)
     mark_done(paths, {"name": job.name, "epochs": result.epochs_done, "seconds": time.perf_counter() - t0,
                       "data_summary": dataset.summary(), "ctgrid_version": __version__,
-                      "command": "ctgrid train"})
+                      "versions": record["versions"], "provenance": record})
     last = result.history.iloc[-1]
     print(f"ctgrid train: {training.nepochs} epochs in {time.perf_counter() - t0:.1f}s, "
           f"train acc {last['acc_train']:.3f}, val acc {last['acc_val']:.3f}; wrote {out}",

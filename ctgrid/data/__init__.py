@@ -3,8 +3,25 @@
 ``load_dataset(DataConfig(name="adult"), data_dir)`` is the entry point; see
 ``docs/datasets.md`` for sizes, class balance and preprocessing.
 """
-from .dataset import DATASETS, DataConfig, Dataset
-from .registry import SPECS, DatasetSpec, dataset_defaults, load_dataset
+from __future__ import annotations
 
-__all__ = ["DATASETS", "DataConfig", "Dataset", "DatasetSpec", "SPECS", "dataset_defaults",
-           "load_dataset"]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import DATASETS, DataConfig
+    from .dataset import Dataset
+    from .registry import DatasetSpec, SPECS, dataset_defaults, load_dataset
+
+_EXPORTS = {
+    "DATASETS": ".config",
+    "DataConfig": ".config",
+    "Dataset": ".dataset",
+    "SPECS": ".registry",
+    "DatasetSpec": ".registry",
+    "dataset_defaults": ".registry",
+    "load_dataset": ".registry",
+}
+__all__ = ["DATASETS", "DataConfig", "Dataset", "DatasetSpec", "SPECS", "dataset_defaults", "load_dataset"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .._validate import check, param
-from ..constraints import CATEGORICAL_MODES, mutability_pairs
+from .._mutability import CATEGORICAL_MODES, mutability_pairs
 from ..generators.config import GENERATORS, STEP_RULES
 
 #: How factuals are drawn: ``balanced`` (the reference: a class uniformly, then a row of

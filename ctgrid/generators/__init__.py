@@ -2,67 +2,38 @@
 of one batched :class:`SearchEngine` (penalty list + optional latent decoder)."""
 from __future__ import annotations
 
-import os
+from typing import TYPE_CHECKING
 
-import torch
+from .._lazy import lazy_exports
 
-from ..constraints import Constraints
-from ..errors import ConfigError
-from .config import GENERATORS, GeneratorConfig
-from .engine import Codec, CounterfactualBatch, RoutedModels, SearchEngine, frozen
-from .penalties import l1_cost, make_energy, per_row
-from .sns import StableNeighborSearch
-from .vae import VAE, load_or_train_vae, train_vae
+if TYPE_CHECKING:
+    from .config import GENERATORS, GeneratorConfig
+    from .engine import Codec, CounterfactualBatch, RoutedModels, SearchEngine, frozen
+    from .sns import StableNeighborSearch
+    from .vae import VAE, load_or_train_vae, train_vae
+    from .factory import codec_for, generator_for, make_generator
+    from .penalties import l1_cost, make_energy, per_row
 
-__all__ = ["GENERATORS", "GeneratorConfig", "SearchEngine", "CounterfactualBatch", "RoutedModels",
-           "StableNeighborSearch", "VAE", "make_generator", "generator_for", "codec_for", "frozen",
-           "load_or_train_vae", "train_vae"]
-
-
-def make_generator(config: GeneratorConfig, constraints: Constraints, *,
-                   codec: Codec | None = None,
-                   lambda_energy: float | torch.Tensor | None = None,
-                   lambda_cost: float | torch.Tensor | None = None) -> SearchEngine:
-    """The engine configured as ``config.name``.
-
-    - ``generic`` (Wachter et al. 2017): cross-entropy + ``lambda_cost * ||x' - x||_1``.
-    - ``ecco`` (ECCCo without conformal part): + ``lambda_energy * phi(t) * E(x')``.
-    - ``revise`` (Joshi et al. 2019): generic objective searched in ``codec``'s latent space.
-
-    ``lambda_energy`` and ``lambda_cost`` override the config's; a ``(n,)`` tensor gives
-    every row of an ``n``-row search its own weight (the engine then serves only such searches).
-    """
-    cost = config.lambda_cost if lambda_cost is None else lambda_cost
-    penalties = ([(1.0, per_row(cost.detach(), l1_cost))] if isinstance(cost, torch.Tensor)
-                 else [(cost, l1_cost)])
-    if config.name == "ecco":
-        lam = config.lambda_energy if lambda_energy is None else lambda_energy
-        energy = make_energy(config.energy_schedule, config.energy_quadratic)
-        if isinstance(lam, torch.Tensor):
-            penalties.append((1.0, per_row(lam.detach(), energy)))
-        else:
-            penalties.append((lam, energy))
-    if config.name == "revise" and codec is None:
-        raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
-    refine = None if config.sns_radius == 0 else StableNeighborSearch(
-        constraints, radius=config.sns_radius, steps=config.sns_steps, step_size=config.sns_step_size,
-        points=config.sns_points)
-    return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,
-                        tau=config.tau, codec=codec if config.name == "revise" else None,
-                        step=config.step, categorical=config.categorical, refine=refine)
-
-
-def codec_for(config: GeneratorConfig, X_train: torch.Tensor, *,
-              cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Codec | None:
-    """The latent space ``config`` searches in: REVISE's VAE fitted on ``X_train`` (or loaded
-    from ``cache_dir``; the one place it is set up), ``None`` for input-space generators."""
-    if not config.latent:
-        return None
-    return load_or_train_vae(X_train, cache_dir, seed=seed, latent_dim=config.latent_dim,
-                             hidden=config.vae_hidden, epochs=config.vae_epochs)
-
-
-def generator_for(config: GeneratorConfig, constraints: Constraints, X_train: torch.Tensor, *,
-                  cache_dir: str | os.PathLike | None = None, seed: int = 0) -> SearchEngine:
-    """Like :func:`make_generator`, fitting (or loading the cached) VAE for REVISE on ``X_train``."""
-    return make_generator(config, constraints, codec=codec_for(config, X_train, cache_dir=cache_dir, seed=seed))
+_EXPORTS = {
+    "GENERATORS": ".config",
+    "GeneratorConfig": ".config",
+    "SearchEngine": ".engine",
+    "CounterfactualBatch": ".engine",
+    "RoutedModels": ".engine",
+    "Codec": ".engine",
+    "frozen": ".engine",
+    "StableNeighborSearch": ".sns",
+    "VAE": ".vae",
+    "load_or_train_vae": ".vae",
+    "train_vae": ".vae",
+    "make_generator": ".factory",
+    "generator_for": ".factory",
+    "codec_for": ".factory",
+    "l1_cost": ".penalties",
+    "make_energy": ".penalties",
+    "per_row": ".penalties",
+}
+__all__ = ["Codec", "CounterfactualBatch", "GENERATORS", "GeneratorConfig", "RoutedModels", "SearchEngine",
+           "StableNeighborSearch", "VAE", "codec_for", "frozen", "generator_for", "l1_cost",
+           "load_or_train_vae", "make_energy", "make_generator", "per_row", "train_vae"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

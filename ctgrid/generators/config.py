@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from .._validate import check, param, reset_unused
-from ..constraints import CATEGORICAL_MODES
+from .._mutability import CATEGORICAL_MODES
 
 GENERATORS = ("generic", "ecco", "revise")
 ENERGY_SCHEDULES = ("reference", "reference_exact", "constant")

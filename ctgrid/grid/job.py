@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from .._validate import build, to_dict, unknown_key
-from ..data.dataset import DataConfig
+from ..data.config import DataConfig
 from ..evaluation.config import EvaluationConfig
 from ..generators.config import GeneratorConfig
 from ..models import ModelConfig

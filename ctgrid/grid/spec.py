@@ -353,17 +353,33 @@ class Grid(Sequence):
     def _flats(self) -> list[dict[str, Any]]:
         return [_flat(p) for p in self._points]
 
-    def point_table(self) -> "Any":
-        """A pandas DataFrame: ``point``, ``job_id`` and the varied parameters, one row per
-        point; list values (``evaluation.lambda_energy``, ``data.mutability``...) as JSON text."""
-        rows = [{"point": i, "job_id": jid, **{k: _cell(f[k]) for k in self.varied}}
-                for i, (jid, f) in enumerate(zip(self.job_ids, self._flats))]
-        return _frame(rows, ["point", "job_id", *self.varied], "point")
+    def point_table(self, *, all_parameters: bool = False) -> "Any":
+        """A pandas DataFrame: ``point``, ``job_id`` and the varied parameters (every
+        parameter, as the point sets it, with ``all_parameters``), one row per point; list
+        values (``evaluation.lambda_energy``, ``data.mutability``...) as JSON text."""
+        keys = list(self._flats[0]) if all_parameters and self._points else list(self.varied)
+        rows = self.point_rows(keys)
+        if all_parameters:
+            for row, point in zip(rows, self._points):
+                row["name"] = point.name
+            keys = ["name", *keys]
+        return _frame(rows, ["point", "job_id", *keys], "point")
 
     def job_table(self) -> "Any":
         """A pandas DataFrame, one row per distinct job: ``job_id``, ``name``, ``points``
         (how many grid points map to it) and the varied parameters: the job's value, or
         ``"*"`` where its points have other values (a parameter the job does not use)."""
+        return _frame(self.job_rows(), ["job_id", "name", "points", *self.varied], "points")
+
+    def point_rows(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """The rows of :meth:`point_table` as dicts (no pandas); ``keys``: the parameters
+        (default: the varied ones)."""
+        keys = self.varied if keys is None else keys
+        return [{"point": i, "job_id": jid, **{k: _cell(f[k]) for k in keys}}
+                for i, (jid, f) in enumerate(zip(self.job_ids, self._flats))]
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """The rows of :meth:`job_table` as dicts (no pandas)."""
         members: dict[str, list[int]] = {}
         for i, jid in enumerate(self.job_ids):
             members.setdefault(jid, []).append(i)
@@ -374,7 +390,7 @@ class Grid(Sequence):
             for k in self.varied:
                 row[k] = _cell(canon[k]) if _same([canon[k]] + [self._flats[i][k] for i in idx]) else ANY
             rows.append(row)
-        return _frame(rows, ["job_id", "name", "points", *self.varied], "points")
+        return rows
 
 
 # ----------------------------------------------------------------------------- loading
@@ -413,11 +429,20 @@ def resolve_grid_path(ref: str | os.PathLike) -> Path:
                       f"name{hint} (shipped: {', '.join(shipped)})")
 
 
-def load_grid(ref: str | os.PathLike) -> Grid:
-    """Read and validate a grid file (a path, or the name of a shipped grid)."""
+def load_grid(ref: str | os.PathLike, overrides: Sequence[str] = ()) -> Grid:
+    """Read and validate a grid file (a path, or the name of a shipped grid), with
+    command-line ``overrides`` (``group.key=VALUE``; :mod:`ctgrid.grid.overrides`) applied."""
     path = resolve_grid_path(ref)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"grid {str(ref)!r}: cannot read ({exc})") from None
+    if overrides:
+        from .overrides import apply_overrides, overridden_text
+        try:
+            raw = _load_yaml(text)
+        except ConfigError as exc:
+            raise ConfigError(f"{ref}: {exc}") from None
+        text = overridden_text(str(ref), apply_overrides(raw, overrides), overrides)
+        return parse_grid(text, path.stem, source=f"{ref} (with overrides)", path=path)
     return parse_grid(text, path.stem, source=str(ref), path=path)

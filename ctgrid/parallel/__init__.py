@@ -8,15 +8,20 @@ ranks (:mod:`ctgrid.parallel.mpi`).
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from .mpi import under_mpi_launcher
-from .runner import RunSettings, torch_threads
-from .scheduler import GridRun, run_serial
+from .._lazy import lazy_exports
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+
+if TYPE_CHECKING:
+    from .mpi import under_mpi_launcher
+    from .runner import RunSettings
+    from .scheduler import GridRun
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "GridRun", "RunSettings",
            "run_grid", "under_mpi_launcher"]
+__getattr__, __dir__ = lazy_exports(__name__, {"under_mpi_launcher": ".mpi", "RunSettings": ".runner",
+                                                "GridRun": ".scheduler"})
 
 
 def run_grid(run: GridRun, out: TextIO | None = None) -> int:
@@ -24,6 +29,9 @@ def run_grid(run: GridRun, out: TextIO | None = None) -> int:
 
     Progress goes to ``out`` (default: ``sys.stdout`` at call time), on rank 0 only.
     """
+    from .mpi import under_mpi_launcher
+    from .runner import torch_threads
+    from .scheduler import run_serial
     out = sys.stdout if out is None else out
     with StopFlag() as stop:
         if under_mpi_launcher():

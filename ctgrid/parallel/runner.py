@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
 import pandas as pd
 import torch
 
-from .. import __version__, _atomic
+from .. import __version__
 from ..errors import JobFailedError
-from ..store import JobPaths, ResultStore, now
+from ..provenance import provenance
+from ..store import JobPaths, ResultStore, now, write_job_parquet
 from .joblog import job_log
 
 if TYPE_CHECKING:
@@ -101,14 +101,6 @@ def torch_threads(threads: int) -> None:
     torch.set_num_threads(max(1, int(threads)))
 
 
-def default_threads() -> int:
-    """``$SLURM_CPUS_PER_TASK`` when set, else 1."""
-    try:
-        return max(1, int(os.environ.get("SLURM_CPUS_PER_TASK", "1")))
-    except ValueError:
-        return 1
-
-
 def _epoch_line(row: dict[str, Any]) -> str:
     def fmt(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -158,15 +150,15 @@ def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobCo
     return [tuple(e) for e in evaluate_models(models, dataset, ev, cache_dir=cache_dir)]
 
 
-def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables) -> None:
+def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables,
+                   record: dict[str, Any]) -> None:
     from ..modeldir import write_model
-    write_model(paths, job, result)
+    write_model(paths, job, result, record)
     evaluation, performance, points = tables
-    if evaluation is not None:
-        _atomic.write_parquet(paths.evaluation, evaluation)
-    if points is not None:
-        _atomic.write_parquet(paths.counterfactuals, points)
-    _atomic.write_parquet(paths.performance, performance)
+    for path, table in ((paths.evaluation, evaluation), (paths.counterfactuals, points),
+                        (paths.performance, performance)):
+        if table is not None:
+            write_job_parquet(path, table, paths.job_id, record)
 
 
 @dataclass
@@ -222,7 +214,8 @@ class _Attempt:
             t_eval_s = time.perf_counter() - t_eval
         else:
             tables, t_eval_s = evaluated
-        _write_results(self.store.job(job_id), job, result, tables)
+        record = provenance(seed=job.seed)
+        _write_results(self.store.job(job_id), job, result, tables, record)
         seconds = t_train + t_eval_s
         self.store.mark_done(job_id, {
             "name": job.name, "started": self.started, "seconds": seconds,
@@ -230,7 +223,8 @@ class _Attempt:
             "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.role.rank,
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
             "pack_size": len(self.jobs), "threads": self.settings.threads,
-            "data_summary": dataset.summary(), "ctgrid_version": __version__})
+            "data_summary": dataset.summary(), "ctgrid_version": __version__,
+            "versions": record["versions"], "provenance": record})
         self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
         return self.outcome(job_id, "done", seconds, result.epochs_done)
 

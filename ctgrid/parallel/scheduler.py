@@ -9,13 +9,17 @@ worker ranks instead. Both report through :class:`Progress`.
 """
 from __future__ import annotations
 
+import os
+import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
 from ..errors import ConfigError, CTGridError, DataError
-from ..store import ResultStore, RunLock
+from ..store import ResultStore, RunLock, now
+from .monitor import eta_seconds, heartbeat_text, write_run_file
 from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
 
@@ -32,6 +36,7 @@ class GridRun:
     retry_failed: bool = False
     force: bool = False
     dry_run: bool = False
+    overrides: tuple[str, ...] = ()   # ``group.key=VALUE`` from the command line
 
 
 @dataclass
@@ -116,7 +121,7 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
 def prepare(run: GridRun) -> Prepared:
     """Load and check the grid, lock and initialise its results directory, plan the run."""
     from ..grid import load_grid
-    grid = load_grid(run.grid)
+    grid = load_grid(run.grid, run.overrides)
     store = ResultStore.for_grid(run.settings.results, grid.name)
     jobs = grid.jobs()
     preflight(jobs, run.settings.data_dir)
@@ -158,6 +163,10 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+#: a progress line with each running job's epoch after this long without one
+HEARTBEAT_SECONDS = 30.0
+
+
 class Progress:
     """Done/failed/running counts, elapsed time and ETA, printed on every event.
 
@@ -174,19 +183,48 @@ class Progress:
         self.done = len(prep.plan.done)
         self.failed = len(prep.plan.failed)
         self.running: dict[str, int] = {}
+        self.since: dict[str, str] = {}
         self.pending = len(prep.plan.todo)
         self.cost_done = 0.0
+        self.busy_seconds = 0.0
         self.interrupted = False
         self.outcomes: list[JobOutcome] = []
+        self.started_at = now()
+        self.last_emit = time.monotonic()
+        self._lock = threading.Lock()
+        self._write_state()
+
+    def _cost_left(self) -> float:
+        costs = self.prep.plan.costs
+        return sum(costs.get(j, 0.0) for j in self.running) * 0.5 + sum(
+            costs[j] for j in self.prep.plan.todo[len(self.prep.plan.todo) - self.pending:])
 
     def _eta(self) -> str:
-        elapsed = time.monotonic() - self.t0
-        if self.cost_done <= 0 or elapsed <= 0:
-            return "?"
-        costs = self.prep.plan.costs
-        left = sum(costs.get(j, 0.0) for j in self.running) * 0.5 + sum(
-            costs[j] for j in self.prep.plan.todo[len(self.prep.plan.todo) - self.pending:])
-        return _duration(left / (self.cost_done / elapsed))
+        """Remaining cost x measured seconds per unit of cost / workers (not the elapsed
+        wall time, which undercounts while the first jobs run)."""
+        eta = eta_seconds(self.busy_seconds, self.cost_done, self._cost_left(), self.n_workers)
+        return "?" if eta is None else _duration(eta)
+
+    def _write_state(self, finished: bool = False) -> None:
+        """``run.json`` for ``ctgrid status`` (:mod:`.monitor`); never fails the run."""
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": self.started_at,
+                  "workers": self.n_workers, "done": self.done, "failed": self.failed,
+                  "pending": self.pending, "total": self.total,
+                  "running": {j: {"rank": r, "since": self.since.get(j)} for j, r in self.running.items()},
+                  "busy_seconds": self.busy_seconds, "cost_done": self.cost_done, "cost_left": self._cost_left()}
+        if finished:
+            record["finished"] = now()
+        try:
+            write_run_file(self.prep.store, record)
+        except OSError:
+            pass
+
+    def heartbeat(self) -> None:
+        """A progress line with each running job's epoch, when nothing was printed for
+        :data:`HEARTBEAT_SECONDS` (called from a timer thread on rank 0)."""
+        if self.running and time.monotonic() - self.last_emit >= HEARTBEAT_SECONDS:
+            nepochs = {j: self.prep.jobs[j].training.nepochs for j in self.running}
+            self._emit(heartbeat_text(self.prep.store, dict(self.running), nepochs))
 
     def line(self) -> str:
         return (f"[{_duration(time.monotonic() - self.t0)}] done {self.done}/{self.total} "
@@ -194,15 +232,19 @@ class Progress:
                 f"ETA {self._eta()}")
 
     def _emit(self, event: str, permanent: bool = False) -> None:
-        if self.tty:
-            text = f"\r\x1b[K{self.line()} | {event}"
-            self.out.write(text + ("\n" if permanent else ""))
-        else:
-            self.out.write(f"{self.line()} | {event}\n")
-        self.out.flush()
+        with self._lock:
+            if self.tty:
+                text = f"\r\x1b[K{self.line()} | {event}"
+                self.out.write(text + ("\n" if permanent else ""))
+            else:
+                self.out.write(f"{self.line()} | {event}\n")
+            self.out.flush()
+            self.last_emit = time.monotonic()
+        self._write_state()
 
     def started(self, job_id: str, rank: int) -> None:
         self.running[job_id] = rank
+        self.since[job_id] = now()
         self.pending -= 1
         tag = " (resume)" if job_id in self.prep.plan.resume else ""
         self._emit(f"start {job_id} {self.prep.jobs[job_id].name} on rank {rank}{tag}")
@@ -214,6 +256,7 @@ class Progress:
         if outcome.status == "done":
             self.done += 1
             self.cost_done += self.prep.plan.costs.get(outcome.job_id, 0.0)
+            self.busy_seconds += outcome.seconds
             self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s)")
         elif outcome.status == "failed":
             self.failed += 1
@@ -228,6 +271,7 @@ class Progress:
         """Print the summary; return the exit code."""
         if self.tty:
             self.out.write("\n")
+        self._write_state(finished=True)
         code = exit_code(self.done, self.total, self.interrupted)
         what = {EXIT_OK: "all jobs done", EXIT_FAILED: "some jobs failed (ctgrid status shows them)",
                 EXIT_INTERRUPTED: "interrupted: run the same command again to continue"}[code]
@@ -262,12 +306,24 @@ def drive(run: GridRun, out: TextIO, n_workers: int, loop: Callable[[Prepared, P
         print_plan(prep, out)
         answer(EXIT_OK)
         return EXIT_OK
+    beat = threading.Event()
     try:
         progress = Progress(prep, n_workers, out)
+        threading.Thread(target=_beat, args=(progress, beat), daemon=True, name="ctgrid-heartbeat").start()
         loop(prep, progress)
+        beat.set()
         return progress.close()
     finally:
+        beat.set()
         prep.release()
+
+
+def _beat(progress: Progress, stop: threading.Event) -> None:
+    while not stop.wait(HEARTBEAT_SECONDS / 3):
+        try:
+            progress.heartbeat()
+        except Exception:  # noqa: BLE001 (a progress line must never stop a run)
+            pass
 
 
 def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:

@@ -1,6 +1,23 @@
 """Counterfactual Training: objectives, the epoch loop, checkpoints (docs/deviations.md, M2, M3)."""
-from .config import OBJECTIVE_TERMS, OBJECTIVES, TrainingConfig
-from .loop import HISTORY_COLUMNS, TrainResult, train, validate
+from __future__ import annotations
 
-__all__ = ["OBJECTIVES", "OBJECTIVE_TERMS", "TrainingConfig", "HISTORY_COLUMNS", "TrainResult",
-           "train", "validate"]
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .config import OBJECTIVES, OBJECTIVE_TERMS, TrainingConfig
+    from .loop import HISTORY_COLUMNS, TrainResult, train, validate
+
+_EXPORTS = {
+    "OBJECTIVES": ".config",
+    "OBJECTIVE_TERMS": ".config",
+    "TrainingConfig": ".config",
+    "HISTORY_COLUMNS": ".loop",
+    "TrainResult": ".loop",
+    "train": ".loop",
+    "validate": ".loop",
+}
+__all__ = ["HISTORY_COLUMNS", "OBJECTIVES", "OBJECTIVE_TERMS", "TrainResult", "TrainingConfig", "train",
+           "validate"]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

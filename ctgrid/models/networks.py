@@ -1,33 +1,12 @@
-"""Classifiers trained by ctgrid: MLP (paper default 1x32 ReLU), linear, LeNet-style CNN.
-
-All return logits of shape ``(n, K)`` (K = 2 for binary data). Hidden layers are
-distinct modules (the reference tied weights for nlayers >= 3; docs/deviations.md, D16).
-Weights use Glorot-uniform initialisation with zero biases, as Flux's ``Dense``.
-"""
+"""The networks: MLP, linear, LeNet-style CNN, with Glorot-uniform initialisation."""
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ._validate import check, param
-from .errors import ConfigError
+from .config import ModelConfig, check_fits_data
 
 ACTIVATIONS = {"relu": nn.ReLU, "swish": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Architecture of the classifier."""
-
-    kind: str = param("mlp", choices=("mlp", "linear", "cnn"))
-    nhidden: int = param(32, ge=1)
-    nlayers: int = param(1, ge=1)
-    activation: str = param("relu", choices=tuple(ACTIVATIONS))
-
-    def __post_init__(self) -> None:
-        check(self, "model")
 
 
 class CNN(nn.Module):
@@ -47,13 +26,6 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.reshape(-1, 1, *self.image_shape)))
-
-
-def check_fits_data(config: ModelConfig, image_data: bool, data_name: str = "") -> None:
-    """The one data-dependent rule of a model config: a CNN needs image data (exit 2 otherwise)."""
-    if config.kind == "cnn" and not image_data:
-        where = f", not {data_name!r}" if data_name else ""
-        raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist){where}")
 
 
 def build_model(config: ModelConfig, n_features: int, n_classes: int, *,

@@ -1,0 +1,122 @@
+"""``load_results``: a grid's results as one wide pandas DataFrame, parameters beside metrics.
+
+The per-job Parquet files are long and tidy (one row per counterfactual x metric);
+analyses usually want one row per unit with every resolved parameter as a column, so
+that ``df.groupby("training.lambda_reg")["ip"].mean()`` just works. Levels
+(docs/metrics.md defines every metric and its level):
+
+- ``"job"`` — one row per finished job: each per-counterfactual metric averaged over the
+  job's counterfactuals (``ip_star`` first per group, then over groups, so groups of
+  different size weigh the same), ``n_counterfactuals``, every performance metric
+  (``accuracy``, ``macro_f1``, ``robust_accuracy_fgsm_0.03``, ...; ``ig_sensitivity`` as
+  its mean over rounds), the last epoch's history (``final_loss``, ``final_acc_val``) and
+  the job's ``seconds``;
+- ``"counterfactual"`` — one row per test-time counterfactual ``(job, run, individual,
+  lambda_energy)`` with its metrics as columns (``ip_star``: its group's value);
+- ``"epoch"`` — the training histories, one row per job x epoch.
+
+Every level starts with ``grid`` (the results directory's name), ``job_id``, ``name`` and
+all resolved parameters (``data.name``, ``training.lambda_reg``, ...: the job's canonical
+configuration, so parameters a job does not use hold their defaults).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ConfigError
+from ..store import ResultStore
+from .load import Results
+
+LEVELS = ("job", "counterfactual", "epoch")
+_CE_KEYS = ["job_id", "run", "individual", "lambda_energy"]
+
+
+def _params(results: Results) -> pd.DataFrame:
+    jobs = results.jobs.drop(columns=["data_summary"], errors="ignore").copy()
+    names = {s.index: s.name for s in results.sources}
+    jobs.insert(0, "grid", jobs.pop("source").map(names))
+    jobs.insert(2, "name", [results.config(j).name for j in jobs["job_id"]])
+    for col in jobs.columns:   # list-valued parameters as JSON text (hashable: groupby works)
+        if jobs[col].map(lambda v: isinstance(v, (list, tuple, dict))).any():
+            jobs[col] = jobs[col].map(lambda v: json.dumps(v) if isinstance(v, (list, tuple, dict)) else v)
+    return jobs
+
+
+def _per_counterfactual(results: Results, metrics: Iterable[str] | None) -> pd.DataFrame:
+    ev = results.evaluation(list(metrics) if metrics is not None else None)
+    if ev.empty:
+        return pd.DataFrame(columns=_CE_KEYS)
+    keys = ["job_id", "run", "individual", "lambda_energy", "split", "factual_index", "factual_label",
+            "target", "predicted", "generator"]
+    index = [k for k in keys if k in ev]
+    wide = ev.set_index([*index, "metric"])["value"].unstack("metric").reset_index()
+    wide.columns.name = None
+    return wide.sort_values(["job_id", "run", "lambda_energy", "individual"], kind="stable", ignore_index=True)
+
+
+def _per_job(results: Results, ce: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame({"job_id": results.jobs["job_id"]})
+    if len(ce):
+        metric_cols = [c for c in ce.columns if c not in (*_CE_KEYS, "split", "factual_index", "factual_label",
+                                                           "target", "predicted", "generator")]
+        plain = [c for c in metric_cols if c not in ("ip_star", "ip_star_pvalue")]
+        means = ce.groupby("job_id")[plain].mean()
+        means["n_counterfactuals"] = ce.groupby("job_id").size()
+        for col in ("ip_star", "ip_star_pvalue"):
+            if col in ce:   # one value per (run, lambda, target) group: average the groups
+                groups = ce.groupby(["job_id", "run", "lambda_energy", "target"])[col].first()
+                means[col] = groups.groupby("job_id").mean()
+        out = out.merge(means.reset_index(), on="job_id", how="left")
+    perf = results.performance()
+    if len(perf):
+        label = np.where(perf["attack"] == "none", perf["metric"],
+                         perf["metric"] + "_" + perf["attack"] + "_" + perf["eps"].map("{:g}".format))
+        wide = perf.assign(column=label).groupby(["job_id", "column"])["value"].mean().unstack("column")
+        out = out.merge(wide.reset_index(), on="job_id", how="left")
+    hist = results.history()
+    if len(hist):
+        last = hist.sort_values("epoch").groupby("job_id").last()
+        cols = [c for c in ("loss", "acc_train", "acc_val") if c in last]
+        out = out.merge(last[cols].add_prefix("final_").reset_index(), on="job_id", how="left")
+    out["seconds"] = [_seconds(results, s, j) for s, j in zip(results.jobs["source"], results.jobs["job_id"])]
+    return out
+
+
+def _seconds(results: Results, source: int, job_id: str) -> float:
+    try:
+        done = json.loads(ResultStore(results.sources[source].root).job(job_id).done.read_text(encoding="utf-8"))
+        return float(done.get("seconds", np.nan))
+    except (OSError, ValueError, TypeError):
+        return float("nan")
+
+
+def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike], *, level: str = "job",
+                 metrics: Iterable[str] | None = None) -> pd.DataFrame:
+    """The finished jobs of ``paths`` (results directories, or a results root holding
+    several) as one wide DataFrame at ``level`` (``"job"``, ``"counterfactual"``,
+    ``"epoch"``; module docstring). ``metrics`` restricts the counterfactual metrics read.
+
+    >>> df = ctgrid.load_results("results/quickstart")
+    >>> df.groupby("training.objective")[["ip", "cost", "accuracy"]].mean()
+    """
+    if level not in LEVELS:
+        raise ConfigError(f"level: got {level!r}; allowed: {', '.join(LEVELS)}")
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    results = Results.load(paths)
+    params = _params(results)
+    if level == "epoch":
+        data = results.history()
+    else:
+        ce = _per_counterfactual(results, metrics)
+        data = ce if level == "counterfactual" else _per_job(results, ce)
+    if data.empty:
+        return params.iloc[:0]
+    data = data.drop(columns=["source"], errors="ignore")
+    frame = params.merge(data, on="job_id", how="inner" if level != "job" else "left")
+    return frame.reset_index(drop=True)

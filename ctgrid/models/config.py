@@ -1,0 +1,31 @@
+"""Architecture of the classifier: :class:`ModelConfig` and the one rule that needs the
+data (torch-free, so grid files validate without importing torch)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._validate import check, param
+from ..errors import ConfigError
+
+#: activation names (:data:`ctgrid.models.networks.ACTIVATIONS` maps them to modules)
+ACTIVATION_NAMES = ("relu", "swish", "tanh", "sigmoid")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the classifier."""
+
+    kind: str = param("mlp", choices=("mlp", "linear", "cnn"))
+    nhidden: int = param(32, ge=1)
+    nlayers: int = param(1, ge=1)
+    activation: str = param("relu", choices=ACTIVATION_NAMES)
+
+    def __post_init__(self) -> None:
+        check(self, "model")
+
+
+def check_fits_data(config: ModelConfig, image_data: bool, data_name: str = "") -> None:
+    """The one data-dependent rule of a model config: a CNN needs image data (exit 2 otherwise)."""
+    if config.kind == "cnn" and not image_data:
+        where = f", not {data_name!r}" if data_name else ""
+        raise ConfigError(f"model.kind: got 'cnn'; allowed only for image data (mnist){where}")

@@ -1,0 +1,182 @@
+"""Consistency under retraining end to end: saved counterfactual points, the invalidation
+rate of `ctgrid aggregate` against a hand count (retrained models replaced by constant
+classifiers whose answer is known), and the shipped `consistency` grid under real MPI."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ctgrid.aggregate.consistency import consistency_records, contrast_table, iv_table, r_squared
+from ctgrid.aggregate.load import Results
+from ctgrid.cli import main
+from ctgrid.data import DataConfig, load_dataset
+from ctgrid.evaluation import EvaluationConfig, evaluate_model
+from ctgrid.evaluation.evaluate import POINT_COLUMNS
+from ctgrid.grid import load_grid
+from ctgrid.models import ModelConfig, build_model
+
+from test_mpi import HAVE_MPI, MPIEXEC
+from test_scheduler import ENV
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL = ("{enabled: true, save_counterfactuals: true, generator: [generic, ecco], sns_radius: [0.0, 0.2], "
+        "sns_step_size: 0.01, sns_steps: 10, lambda_energy: [1.0], tau: 0.5, maxiter: 20, n_runs: 1, "
+        "n_individuals: 12, n_ip_samples: 20, n_energy_samples: 10, mmd_samples: 10, test_time: true}")
+GRID = textwrap.dedent(f"""\
+    name: tinycons
+    data: {{name: moons, n_train: 120, n_val: 20, n_test: 40}}
+    generator: {{name: ecco, maxiter: 10, tau: 0.5}}
+    training: {{objective: [full, vanilla], nepochs: 3, nce: 40, batch_size: 30}}
+    evaluation: {{enabled: false}}
+    subgrids:
+      - evaluation: {EVAL}
+      - training: {{seed: {{range: [1, 4]}}}}
+      - training: {{leave_out: {{range: [0, 2]}}}}
+    """)
+
+
+def test_saved_points_are_the_evaluated_counterfactuals():
+    moons = load_dataset(DataConfig(name="moons", n_train=120, n_val=20, n_test=40))
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), moons.n_features, moons.n_classes).eval()
+    cfg = EvaluationConfig(save_counterfactuals=True, lambda_energy=(0.5, 5.0), n_runs=2, n_individuals=6,
+                           maxiter=10, n_ip_samples=20, n_energy_samples=10, mmd_samples=10, test_time=True)
+    ev, _, points = evaluate_model(model, moons, cfg)
+    assert points is not None and points.column_names == list(POINT_COLUMNS)
+    pts = points.to_pandas()
+    assert len(pts) == 2 * 6 * 2
+    validity = ev[ev.metric == "validity"].reset_index(drop=True)
+    keys = ["run", "individual", "factual_index", "target", "lambda_energy"]
+    pd.testing.assert_frame_equal(pts[keys], validity[keys], check_dtype=False)
+    assert (pts["valid"].to_numpy() == validity["value"].to_numpy().astype(bool)).all()
+    x = torch.tensor(np.stack(pts["factual"].to_numpy()))
+    x_cf = torch.tensor(np.stack(pts["counterfactual"].to_numpy()))
+    assert torch.equal(x, moons.X_test[torch.tensor(pts["factual_index"].to_numpy())])
+    with torch.no_grad():  # the stored float32 points reproduce the stored validity exactly
+        assert (model(x_cf).argmax(1).numpy() == pts["target"].to_numpy()).tolist() == pts["valid"].tolist()
+    cost = ev[ev.metric == "cost"]["value"].to_numpy()
+    assert np.allclose((x_cf - x).abs().sum(1).double().numpy(), cost)
+    assert evaluate_model(model, moons, EvaluationConfig(**{**cfg.__dict__, "save_counterfactuals": False}))[2] is None
+
+
+def _constant(model_pt: Path, cls: int) -> None:
+    """Make a stored MLP predict ``cls`` everywhere: zero weights, a bias on one output."""
+    blob = torch.load(model_pt, weights_only=True)
+    state = {k: torch.zeros_like(v) for k, v in blob["state_dict"].items()}
+    last = sorted(k for k in state if k.endswith(".bias"))[-1]
+    state[last][cls] = 1.0
+    blob["state_dict"] = state
+    torch.save(blob, model_pt)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cons")
+    grid = root / "tinycons.yaml"
+    grid.write_text(GRID)
+    assert main(["run", str(grid), "--results", str(root)]) == 0
+    return root / "tinycons"
+
+
+def test_invalidation_rate_equals_a_hand_count(tiny):
+    results = Results.load([tiny])
+    jobs = results.jobs
+    # retrained models of the CT base: RS seeds 1, 2, 3 predict 0, 1, 1 everywhere
+    rs = jobs[(jobs["training.objective"] == "full") & (jobs["training.seed"] > 0)].sort_values("training.seed")
+    assert rs["training.seed"].tolist() == [1, 2, 3]
+    for (_, row), cls in zip(rs.iterrows(), (0, 1, 1)):
+        _constant(results.model_path(row.source, row.job_id), cls)
+    records = consistency_records(Results.load([tiny]))
+    ct = records[(records["objective"] == "full") & (records["variation"] == "RS")]
+    assert set(ct["n_models"]) == {3} and set(ct["method"]) == {"generic", "ecco", "generic+sns", "ecco+sns"}
+    valid = ct[ct["valid"]]
+    expected = np.where(valid["target"] == 1, 1 / 3, 2 / 3)          # models disagreeing with the target
+    assert np.allclose(valid["iv"].to_numpy(), expected)
+    assert ct[~ct["valid"]]["iv"].isna().all()
+    # LOO: two models, the base seed; IV by an explicit forward pass of each model
+    loo = records[(records["objective"] == "vanilla") & (records["variation"] == "LOO")
+                  & (records["method"] == "generic")]
+    base_job = loo["base_job"].iloc[0]
+    pts = pq.read_table(results.model_path(0, base_job).parent / "counterfactuals.parquet").to_pandas()
+    x_cf = torch.tensor(np.stack(pts["counterfactual"].to_numpy()))
+    others = jobs[(jobs["training.objective"] == "vanilla") & (jobs["training.leave_out"] >= 0)]
+    assert len(others) == 2
+    wrong = np.zeros(len(pts))
+    for _, row in others.iterrows():
+        state = torch.load(results.model_path(row.source, row.job_id), weights_only=True)["state_dict"]
+        h = torch.relu(x_cf @ state["0.weight"].T + state["0.bias"])
+        wrong += ((h @ state["2.weight"].T + state["2.bias"]).argmax(1).numpy() != pts["target"].to_numpy())
+    ok = pts["valid"].to_numpy()
+    assert np.allclose(loo["iv"].to_numpy()[ok], wrong[ok] / 2)
+    # tables: the mean IV of a row is the mean of its valid counterfactuals' IV
+    table = iv_table(records, n_boot=50, confidence=0.9)
+    row = table.data[(table.data["objective"] == "full") & (table.data["variation"] == "RS")
+                     & (table.data["method"] == "generic")].iloc[0]
+    gen = valid[valid["method"] == "generic"]
+    assert row["iv_mean"] == pytest.approx(gen["iv"].mean())
+    assert row["validity"] == pytest.approx(ct[ct["method"] == "generic"]["valid"].mean())
+    assert row["iv_lo"] <= row["iv_mean"] <= row["iv_hi"] and row["n_models"] == 3
+    contrasts = contrast_table(records, n_boot=50, confidence=0.9).data
+    assert {"full − vanilla", "+sns − generic", "+sns − ecco"} <= set(contrasts["comparison"])
+
+
+def test_base_jobs_of_one_model_share_their_weights(tiny):
+    """The four test-time methods of a base model are four jobs; they train the same model
+    (the training seed ignores the evaluation), so their IVs describe one model."""
+    results = Results.load([tiny])
+    jobs = results.jobs
+    base = jobs[(jobs["evaluation.enabled"]) & (jobs["training.objective"] == "full")]
+    assert len(base) == 4
+    states = [torch.load(results.model_path(r.source, r.job_id), weights_only=True)["state_dict"]
+              for _, r in base.iterrows()]
+    assert all(torch.equal(s[k], states[0][k]) for s in states[1:] for k in s)
+
+
+def test_r_squared_of_a_line_and_of_noise():
+    x = np.arange(10.0)
+    assert r_squared(x, 2 * x + 1) == pytest.approx(1.0)
+    assert np.isnan(r_squared(x, np.zeros(10)))       # constant IV: no regression
+    assert r_squared(np.array([0.0, 1, 2, 3]), np.array([1.0, 0, 0, 1])) == pytest.approx(0.0)
+
+
+def _small_consistency_grid(path: Path) -> Path:
+    """The shipped grid with a small N (2 seeds, 2 left-out rows), 2 epochs, 20 factuals."""
+    text = (REPO / "grids" / "consistency.yaml").read_text()
+    for old, new in (("range: [1, 101]", "range: [1, 3]"), ("range: [0, 100]", "range: [0, 2]"),
+                     ("nepochs: 100", "nepochs: 2"), ("n_individuals: 200", "n_individuals: 20"),
+                     ("nce: 500", "nce: 100")):
+        assert old in text, old
+        text = text.replace(old, new)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.mpi
+@pytest.mark.skipif(not HAVE_MPI, reason="needs mpiexec and mpi4py (the mpich extra)")
+def test_consistency_grid_under_mpi_and_its_table(tmp_path, data_dir):
+    grid = _small_consistency_grid(tmp_path / "consistency.yaml")
+    assert len(load_grid(grid)) == 2 * 2 * (4 + 2 + 2)
+    env = {**ENV, "CTGRID_DATA": str(data_dir)}
+    run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-m", "ctgrid", "run", str(grid),
+                          "--results", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    agg = subprocess.run([sys.executable, "-m", "ctgrid", "aggregate", str(tmp_path / "consistency")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert agg.returncode == 0, agg.stderr[-3000:]
+    assert "invalidation rate (IV)" in agg.stdout
+    rows = [line for line in agg.stdout.splitlines() if re.match(r"\| (german|credit) \|", line)]
+    # 2 datasets x 2 objectives x 4 methods x {RS, LOO} IV rows, then the contrasts
+    assert sum(" RS |" in r or " LOO |" in r for r in rows) >= 32
+    table = pd.read_csv(tmp_path / "consistency" / "aggregate" / "consistency.csv")
+    assert len(table) == 32 and set(table["n_models"]) == {2}
+    assert ((table["iv_mean"] >= 0) & (table["iv_mean"] <= 1)).all()
+    assert (tmp_path / "consistency" / "aggregate" / "figures" / "consistency_iv_cost.png").is_file()
