@@ -69,15 +69,25 @@ def versions() -> dict[str, str]:
     return out
 
 
+_COMMAND: list[str] | None = None
+
+
+def set_command(argv: list[str]) -> None:
+    """The command line to record (``ctgrid.cli.main`` sets it: ``["ctgrid", *argv]``)."""
+    global _COMMAND
+    _COMMAND = list(argv)
+
+
 @lru_cache(maxsize=1)
 def _process() -> dict[str, Any]:
-    return {**code_version(), "versions": versions(), "command": [os.path.basename(sys.argv[0]), *sys.argv[1:]],
-            "host": socket.gethostname(), "platform": platform.platform()}
+    return {**code_version(), "versions": versions(), "host": socket.gethostname(),
+            "platform": platform.platform()}
 
 
 def provenance(**extra: Any) -> dict[str, Any]:
     """This process's provenance record plus ``extra`` (e.g. the job's derived ``seed``)."""
-    return {**_process(), **extra}
+    command = _COMMAND if _COMMAND is not None else [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    return {**_process(), "command": command, **extra}
 
 
 def parquet_metadata(job_id: str, record: dict[str, Any]) -> dict[bytes, bytes]:

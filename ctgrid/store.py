@@ -262,7 +262,12 @@ class ResultStore:
         _atomic.write_parquet(self.jobs_file, table)
         _atomic.write_text(self.grid_file, grid.source_text)
 
-    def _check_same_grid(self, source_text: str, table: pd.DataFrame, force: bool) -> None:
+    def check_grid(self, grid: Grid, *, force: bool = False) -> None:
+        """What :meth:`initialise` would refuse, without writing (``--dry-run``): another
+        grid's results here without ``force``."""
+        self._check_same_grid(grid.source_text, grid.point_table(), force, dry=True)
+
+    def _check_same_grid(self, source_text: str, table: pd.DataFrame, force: bool, dry: bool = False) -> None:
         if not self.grid_file.exists():
             return
         if self.grid_file.read_text(encoding="utf-8") == source_text:
@@ -273,6 +278,8 @@ class ResultStore:
             raise StoreError(f"{self.root} holds results of a different grid (its grid.yaml "
                              f"differs and expands to other jobs); use another --results or "
                              f"--force to switch it to this grid (finished shared jobs are reused)")
+        if dry:
+            return
         stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         os.replace(self.grid_file, self.root / f"grid.{stamp}.yaml")
         if self.jobs_file.exists():

@@ -127,6 +127,16 @@ def test_invalidation_rate_equals_a_hand_count(tiny):
     assert row["iv_lo"] <= row["iv_mean"] <= row["iv_hi"] and row["n_models"] == 3
     contrasts = contrast_table(records, n_boot=50, confidence=0.9).data
     assert {"full − vanilla", "+sns − generic", "+sns − ecco"} <= set(contrasts["comparison"])
+    # the paired contrast: per factual, over the factuals valid with both methods
+    row = contrasts[(contrasts["comparison"] == "full − vanilla") & (contrasts["within"] == "generic")
+                    & (contrasts["variation"] == "RS")].iloc[0]
+    rs_generic = records[(records["method"] == "generic") & (records["variation"] == "RS")]
+    full = rs_generic[rs_generic["objective"] == "full"]
+    van = rs_generic[rs_generic["objective"] == "vanilla"]
+    both = full.merge(van, on=["run", "individual", "target"], suffixes=("_ct", "_bl"))
+    both = both[both["valid_ct"] & both["valid_bl"]]
+    assert row["n_paired"] == len(both) > 0
+    assert row["d_iv_paired"] == pytest.approx((both["iv_ct"] - both["iv_bl"]).mean())
 
 
 def test_base_jobs_of_one_model_share_their_weights(tiny):

@@ -94,4 +94,5 @@ def test_killed_then_stopped_run_resumes_to_identical_weights(tmp_path):
     history = pd.read_parquet(out / "history.parquet")
     assert history["epoch"].tolist() == list(range(1, NEPOCHS + 1))
     timing = ["t_ce", "t_update"]
+    assert set(history.pop("job_id")) == {torch.load(out / "model.pt", weights_only=True)["job_id"]}
     pd.testing.assert_frame_equal(history.drop(columns=timing), ref.history.drop(columns=timing))

@@ -39,7 +39,7 @@ from .render import Table, mean_sd, num
 VARIATIONS = ("RS", "LOO")
 #: per-counterfactual columns of :func:`consistency_records`
 RECORD_COLUMNS = ("source", "base_job", "baseline_job", "dataset", "objective", "setting", "method", "variation",
-                  "n_models", "run", "individual", "target", "valid", "iv", "l1", "l2")
+                  "n_models", "run", "individual", "lambda_energy", "target", "valid", "iv", "l1", "l2")
 
 
 def model_key(job: JobConfig) -> str:
@@ -158,6 +158,7 @@ def consistency_records(results: Results, data_dir: str | None = None) -> pd.Dat
                 "objective": job.training.objective, "setting": setting[jid], "method": method[jid],
                 "variation": variation,
                 "n_models": len(members), "run": pts["run"].to_numpy(), "individual": pts["individual"].to_numpy(),
+                "lambda_energy": pts["lambda_energy"].to_numpy(),
                 "target": pts["target"].to_numpy(), "valid": valid, "iv": iv,
                 "l1": (x_cf - x).abs().sum(1).double().numpy(), "l2": (x_cf - x).norm(dim=1).double().numpy()}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
@@ -237,6 +238,19 @@ def _contrast_rows(records: pd.DataFrame) -> Iterator[tuple[str, tuple, pd.DataF
                 yield f"+sns − {plain}", (d, s, obj, var), g[g["method"] == m], g[g["method"] == plain]
 
 
+def _paired(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
+    """Per-factual IV differences ``a - b`` over the (run, individual, target) units valid on
+    both sides (with ``lambda_energy`` when both sides searched the same lambdas); empty when
+    the units do not match one to one."""
+    keys = ["run", "individual", "target"]
+    if set(a["lambda_energy"]) == set(b["lambda_energy"]):
+        keys.append("lambda_energy")
+    if a.duplicated(keys).any() or b.duplicated(keys).any():
+        return np.array([])
+    m = a[[*keys, "iv"]].merge(b[[*keys, "iv"]], on=keys, suffixes=("_a", "_b"))
+    return (m["iv_a"] - m["iv_b"]).to_numpy(float)
+
+
 def contrast_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> Table:
     """Differences of mean IV (and of mean L2 cost) with bootstrap intervals."""
     rows, recs = [], []
@@ -247,16 +261,28 @@ def contrast_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> 
         d_iv = float(ia.mean() - ib.mean()) if len(ia) and len(ib) else np.nan
         d_l2 = float(a["l2"].mean() - b["l2"].mean()) if len(ia) and len(ib) else np.nan
         star = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+        d = _paired(a, b)
+        p_lo, p_hi = _interval([d], n_boot, confidence, ("paired", comparison, *key))
+        p_mean = float(d.mean()) if len(d) else np.nan
+        p_star = bool(np.isfinite(p_lo) and (p_lo > 0 or p_hi < 0))
         recs.append({"comparison": comparison, "dataset": key[0], "setting": key[1], "within": key[2],
                      "variation": key[3], "n_a": len(ia), "n_b": len(ib), "d_iv": d_iv, "d_iv_lo": lo,
-                     "d_iv_hi": hi, "significant": star, "d_l2": d_l2})
+                     "d_iv_hi": hi, "significant": star, "n_paired": len(d), "d_iv_paired": p_mean,
+                     "d_iv_paired_lo": p_lo, "d_iv_paired_hi": p_hi, "significant_paired": p_star,
+                     "d_l2": d_l2})
         rows.append([key[0], key[1], comparison, key[2], key[3], f"{len(ia)}/{len(ib)}",
-                     num(d_iv, 3) + ("*" if star else ""), f"[{num(lo, 3)}, {num(hi, 3)}]", num(d_l2)])
-    header = ["Data", "Setting", "Comparison", "Within", "Var.", "n (a/b)", "Δ mean IV", f"{pct} CI", "Δ L2 cost"]
-    notes = ["Δ: mean over the first side's valid counterfactuals minus the second's; negative Δ IV = the "
-             "first is more consistent. * : the interval excludes 0.",
-             f"{pct} percentile bootstrap, counterfactuals resampled on each side; one base model per side, "
-             "so the interval does not cover the variation between base models."]
+                     num(d_iv, 3) + ("*" if star else ""), f"[{num(lo, 3)}, {num(hi, 3)}]", str(len(d)),
+                     num(p_mean, 3) + ("*" if p_star else ""), f"[{num(p_lo, 3)}, {num(p_hi, 3)}]", num(d_l2)])
+    header = ["Data", "Setting", "Comparison", "Within", "Var.", "n (a/b)", "Δ mean IV", f"{pct} CI",
+              "n paired", "Δ paired", f"{pct} CI (paired)", "Δ L2 cost"]
+    notes = ["Δ mean IV: mean over the first side's valid counterfactuals minus the second's (each side's "
+             "counterfactuals resampled on their own); negative = the first is more consistent. * : the "
+             "interval excludes 0.",
+             "Δ paired: mean of the per-factual differences over the factuals whose counterfactuals are valid on "
+             "both sides (the same factual and target: the evaluation draws are paired), resampled by factual; "
+             "free of the selection by validity when validity differs between the sides.",
+             f"{pct} percentile bootstrap intervals; one base model per side, so they do not cover the "
+             "variation between base models (another base seed could move them)."]
     return Table("consistency_contrasts", "Consistency: does CT, does SNS lower the invalidation rate?",
                  header, rows, notes, pd.DataFrame.from_records(recs), n_text=5)
 

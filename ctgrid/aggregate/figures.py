@@ -1,6 +1,7 @@
 """Figures of the paper's appendix (matplotlib, Agg backend, PNG and PDF).
 
-- ``outcomes_<metric>``: % change of IP / cost vs the matching baseline across
+- ``outcomes_<metric>``: % reduction of IP / cost vs the matching baseline (positive = CT
+  lower, the sign of Table 1) across
   hyper-parameters, box plots over (run, ``lambda_energy``) units, one row per
   dataset and one column per varied grid axis (docs/deviations.md, R20).
 - ``maturity``: per-epoch share of converged ("mature") counterfactuals by ``tau``
@@ -33,7 +34,7 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         def write(tmp: str, e: str = ext) -> None:
-            fig.savefig(tmp, format=e, dpi=120, bbox_inches="tight")
+            fig.savefig(tmp, format=e, dpi=150, bbox_inches="tight")
         paths.append(_atomic.atomic_write(out_dir / f"{stem}.{ext}", write))
     plt.close(fig)
     return paths
@@ -60,7 +61,8 @@ def _axis_name(axis: str) -> str:
 
 
 def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir: Path) -> list[Path]:
-    """Box plots of ``100 (CT - BL) / |BL|`` per paired (run, lambda) unit for ``metric``.
+    """Box plots of the % reduction ``100 (BL - CT) / |BL|`` per paired (run, lambda) unit for
+    ``metric`` — positive = CT lower, the sign of Table 1.
 
     ``units``: :func:`~.pairing.paired_ce_units`'s per-(run, λ) frame of ``metric``
     (pair columns, ``run``, ``lambda_energy``, ``ct``, ``bl``). With varied grid axes: one
@@ -69,13 +71,13 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
     units = units[units["bl"] != 0]
     if units.empty:
         return []
-    units = units.assign(change=100 * (units["ct"] - units["bl"]) / units["bl"].abs())
+    units = units.assign(change=100 * (units["bl"] - units["ct"]) / units["bl"].abs())
     jobs = results.jobs.set_index(["source", "job_id"])
     axes_used = _facet_axes(results, units)
     datasets = sorted(units["dataset"].unique())
     name = metric.upper() if metric == "ip" else metric
     title = (f"{'Implausibility (IP)' if metric == 'ip' else 'Cost'}: CT vs matching baseline"
-             f"{' across hyper-parameters' if axes_used else ''} (negative = CT lower)")
+             f"{' across hyper-parameters' if axes_used else ''} (% reduction; positive = CT lower, as Table 1)")
     if not axes_used:
         fig, ax = plt.subplots(figsize=(1.2 + 0.85 * len(datasets), 3.6))
         ax.boxplot([units.loc[units["dataset"] == d, "change"].to_numpy() for d in datasets],
@@ -83,7 +85,7 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
         ax.set_xticks(range(1, len(datasets) + 1), datasets, rotation=30 if len(datasets) > 5 else 0,
                       fontsize=8)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
-        ax.set_ylabel(f"% change in {name} vs BL\n(per run and λ)", fontsize=8)
+        ax.set_ylabel(f"% reduction in {name} vs BL\n(per run and λ)", fontsize=8)
         ax.set_title(title, fontsize=10)
         fig.tight_layout()
         return save(fig, out_dir, f"outcomes_{metric}")
@@ -101,7 +103,7 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
             ax.axhline(0, color="grey", lw=0.8, ls="--")
             ax.set_title(f"{d} — {_axis_name(axis)}", fontsize=9)
             if j == 0:
-                ax.set_ylabel(f"% change in {name} vs BL", fontsize=8)
+                ax.set_ylabel(f"% reduction in {name} vs BL", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save(fig, out_dir, f"outcomes_{metric}")
@@ -193,3 +195,42 @@ def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list
             ax.set_ylabel("test accuracy (%)")
     fig.tight_layout()
     return save(fig, out_dir, "robust_accuracy")
+
+
+def key_results_figure(data: pd.DataFrame, confidence: float, out_dir: Path) -> list[Path]:
+    """Table 1 as dots with intervals: the % reduction (positive = CT lower) of IP per test-time
+    λ, IP (all λ), IP* and cost, one row per dataset (and CT setting), one panel per quantity."""
+    if data.empty or "quantity" not in data:
+        return []
+    d = data[data["quantity"].astype(str).str.match(r"^(ip(@.*)?|ip_star|cost)$")].dropna(subset=["value"])
+    if d.empty:
+        return []
+    d = d.assign(row=[r if s in ("—", "", None) else f"{r} ({s})" for r, s in zip(d["dataset"], d["setting"])])
+    rows = sorted(set(d["row"]))
+    lambdas = sorted({q for q in d["quantity"] if q.startswith("ip@")}, key=lambda q: float(q[3:]))
+    panels = [("IP by test-time λ", lambdas)] if lambdas else []
+    panels += [(label, [q]) for q, label in (("ip", "IP (all λ)"), ("ip_star", "IP*"), ("cost", "Cost"))
+               if (d["quantity"] == q).any()]
+    fig, axes = _panels(len(panels), 3.3, 0.9 + 0.32 * len(rows), max_cols=4)
+    y = np.arange(len(rows))
+    for ax, (title, quantities) in zip(axes, panels):
+        width = 0.7 / len(quantities)
+        for k, q in enumerate(quantities):
+            g = d[d["quantity"] == q].set_index("row").reindex(rows)
+            off = (k - (len(quantities) - 1) / 2) * width
+            err = np.vstack([g["value"] - g["lo"], g["hi"] - g["value"]])
+            label = f"λ={q[3:]}" if q.startswith("ip@") else None
+            ax.errorbar(g["value"], y + off, xerr=np.nan_to_num(err, nan=0.0), fmt="o", ms=3.5, capsize=2,
+                        lw=1, label=label)
+        ax.axvline(0, color="grey", lw=0.8, ls="--")
+        ax.set_yticks(y, rows if ax is axes[0] else [""] * len(rows), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("% reduction vs BL (positive = CT lower)", fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        if len(quantities) > 1:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    fig.suptitle(f"Key results (Table 1): % reduction CT vs BL with {confidence:.0%} bootstrap intervals",
+                 fontsize=10)
+    fig.tight_layout()
+    return save(fig, out_dir, "key_results")

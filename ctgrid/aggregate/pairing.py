@@ -111,6 +111,7 @@ def pair_jobs(results: Results, *, pool_settings: bool = False) -> pd.DataFrame:
                          "constrained": bool(is_constrained(row))})
     pairs = pd.DataFrame(rows, columns=["source", "ct_job", "bl_source", "bl_job", "dataset",
                                         "objective", "setting", "constrained"])
+    pairs["constrained"] = pairs["constrained"].astype(bool)   # also when empty (boolean masks)
     if pool_settings and len(pairs):
         n = pairs.groupby(["dataset", "constrained"])["ct_job"].transform("nunique")
         pairs["setting"] = [s.format(n=k) for s, k in zip(pairs["setting"], n)]

@@ -62,7 +62,8 @@ class Table:
         return "\n".join(lines) + "\n"
 
     def csv(self) -> str:
-        return self.data.to_csv(index=False, float_format="%.6g")
+        """The numbers, unformatted; missing values (NaN, the text tables' "—") are empty cells."""
+        return self.data.replace({"—": None}).to_csv(index=False, float_format="%.6g")
 
     def write(self, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
         """Write ``<name>.<fmt>`` for each format (atomically); return the paths."""

@@ -158,6 +158,8 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
     units, _ = paired_ce_units(free, parts["run_level"].per_ce, exclude_predicted=opts.exclude_predicted)
     paths: list[Path] = []
     notes: list[str] = []
+    key = next((t.data for t in parts["tables"] if t.name == "key_results"), pd.DataFrame())
+    paths += figures.key_results_figure(key, opts.confidence, out_dir)
     for metric in ("ip", "cost"):
         paths += figures.outcome_boxplots(results, units[f"{metric}_l"], metric, out_dir)
     paths += figures.maturity(results, out_dir)
@@ -174,9 +176,29 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
         mnist_paths, note = mnist_grid(results, pairs, out_dir, data_dir=opts.data_dir, seed=opts.seed)
         paths += mnist_paths
         notes += [note] if note else []
-    else:
-        notes.append("no MNIST results: MNIST counterfactual figure skipped")
     return paths, notes
+
+
+def incomplete_notes(results: Results, pairs: pd.DataFrame) -> list[str]:
+    """What the tables leave out: failed and unfinished jobs per results directory, and CT
+    jobs whose baseline is not done (a partial grid aggregates; it is said, not hidden)."""
+    notes = []
+    for src in results.sources:
+        st = ResultStore(src.root).status()
+        for rec in st.failed[:10]:
+            notes.append(f"{src.name}: job {rec.get('job_id')} failed ({rec.get('error_type')}: "
+                         f"{rec.get('message')}); not in the tables")
+        if len(st.failed) > 10:
+            notes.append(f"{src.name}: {len(st.failed) - 10} more failed jobs (ctgrid status {src.root})")
+        unfinished = st.counts["started"] + st.counts["pending"]
+        if unfinished:
+            notes.append(f"{src.name}: {unfinished} of {st.n_jobs} jobs not finished (started or pending); "
+                         f"the tables use the {st.counts['done']} done")
+    alone = pairs[pairs["bl_job"].isna()]
+    if len(alone):
+        ids = ", ".join(alone["ct_job"].astype(str).tolist()[:5]) + (" ..." if len(alone) > 5 else "")
+        notes.append(f"{len(alone)} CT job(s) without a finished baseline, left out of Table 1: {ids}")
+    return notes
 
 
 def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
@@ -193,6 +215,7 @@ def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     for t in tables:
         written += t.write(out, opts.formats)
     figs, notes = make_figures(results, parts, out / "figures", opts) if opts.figures else ([], [])
+    notes = incomplete_notes(results, parts["pairs"]) + notes
     written += figs
     summary = summary_text(results, tables, figs, notes, opts, out)
     written.append(_atomic.write_text(out / "summary.md", summary))

@@ -1,7 +1,8 @@
 """``ctgrid`` command line: one module per subcommand, each with ``add_parser`` and ``run``.
 
 Bad input (:class:`~ctgrid.errors.ConfigError`, :class:`~ctgrid.errors.DataError`)
-prints one line ``ctgrid: error: ...`` and exits with code 2.
+prints one line ``ctgrid: error: ...`` and exits with code 2; results that cannot be
+written (read-only or full disk) print one line naming the path and exit with code 4.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..provenance import set_command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    set_command(["ctgrid", *argv])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # KEY=VALUE overrides may follow options: `ctgrid run GRID --dry-run a.b=1`
@@ -49,6 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("ctgrid: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # cannot write results: one line, not a traceback
+        from ..parallel.signals import EXIT_IO
+        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
+        print(f"ctgrid: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return EXIT_IO
 
 
 if __name__ == "__main__":  # pragma: no cover

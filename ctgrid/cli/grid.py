@@ -3,7 +3,8 @@
 Exit codes of ``run``: 0 every job of the grid is done; 1 the run ended but some
 job failed (``error.json``; ``--retry-failed`` re-runs them); 2 bad input (grid,
 data, results directory locked by another run or holding another grid);
-3 interrupted by SIGTERM/SIGUSR1/Ctrl-C (run the same command again to continue).
+3 interrupted by SIGTERM/SIGUSR1/Ctrl-C (run the same command again to continue);
+4 results could not be written (read-only or full disk).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                     "finished jobs are skipped, interrupted ones resume. Under "
                                     "mpiexec/srun rank 0 schedules and the other ranks run jobs. "
                                     "Exit codes: 0 all done, 1 some failed, 2 bad input, "
-                                    "3 interrupted."))
+                                    "3 interrupted, 4 results not writable."))
     from ..grid import DEFAULT_GRID
     p.add_argument("grid", nargs="?", default=DEFAULT_GRID, metavar="GRID",
                    help=f"grid YAML file, or the name of a shipped grid (default: {DEFAULT_GRID})")

@@ -49,7 +49,8 @@ FLAGS = {
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train one model (vanilla baseline or Counterfactual Training)",
-        description=__doc__.split("\n\n")[0] + " Flags override --config.")
+        description=__doc__.split("\n\n")[0] + " Flags override --config. A setting given nowhere "
+        "takes its default; `ctgrid config` shows them all (e.g. ctgrid config quickstart --job ID).")
     p.add_argument("--config", type=Path, help="YAML file with groups data/model/generator/training/"
                                                "evaluation: a job's config.yaml, or a grid file of one job")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -66,8 +67,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--maxiter", type=int, help="search steps T")
     p.add_argument("--nce", type=int, help="counterfactuals per epoch")
     p.add_argument("--burnin", type=float, help="fraction of epochs trained without CT")
-    p.add_argument("--nepochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--nepochs", type=int, help="training epochs")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the dataset's)")
     p.add_argument("--lr", type=float, help="optimiser learning rate")
     p.add_argument("--mutability", action="append", metavar="NAME=KIND",
                    help="feature mutability (both/increase/decrease/none), repeatable; 'paper' for the paper's setting")
@@ -155,9 +156,10 @@ def _reporter(nepochs: int) -> Callable[[dict], None]:
 
     def report(row: dict) -> None:
         e = row["epoch"]
+        mature = row["converged"]
+        ce = "" if mature != mature else f"mature {mature:.2f} ce {row['t_ce']:.2f}s "   # NaN: no CE phase
         text = (f"epoch {e}/{nepochs} loss {row['loss']:.4f} acc {row['acc_train']:.3f}/"
-                f"{row['acc_val']:.3f} mature {row['converged']:.2f} "
-                f"ce {row['t_ce']:.2f}s upd {row['t_update']:.2f}s")
+                f"{row['acc_val']:.3f} {ce}upd {row['t_update']:.2f}s")
         if tty:
             width = 24
             done = int(width * e / nepochs)

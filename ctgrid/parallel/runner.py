@@ -63,9 +63,25 @@ class JobOutcome:
     message: str | None = None
     rank: int = 0
     epochs_done: int = 0
+    warning: str | None = None   # a finished job that looks wrong (diverged training)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: a finished job whose last epoch's loss exceeds this many times its lowest is flagged
+DIVERGED_FACTOR = 100.0
+
+
+def divergence_warning(history: pd.DataFrame) -> str | None:
+    """A warning when training ended far above its best loss (it diverged but stayed finite)."""
+    if "loss" not in history or len(history) < 2:
+        return None
+    loss = history["loss"].astype(float)
+    last, best = float(loss.iloc[-1]), float(loss.min())
+    if math.isfinite(last) and last > max(DIVERGED_FACTOR * max(best, 0.0), 1e3):
+        return f"loss {last:.3g} at the last epoch (lowest {best:.3g}): training diverged?"
+    return None
 
 
 @dataclass(frozen=True)
@@ -224,9 +240,13 @@ class _Attempt:
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
             "pack_size": len(self.jobs), "threads": self.settings.threads,
             "data_summary": dataset.summary(), "ctgrid_version": __version__,
-            "versions": record["versions"], "provenance": record})
+            "versions": record["versions"], "provenance": record,
+            "warning": divergence_warning(result.history)})
         self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
-        return self.outcome(job_id, "done", seconds, result.epochs_done)
+        warning = divergence_warning(result.history)
+        if warning:
+            self.logger.warning(warning, extra={"job": job_id})
+        return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning)
 
     def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:
         self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"job": job_id})

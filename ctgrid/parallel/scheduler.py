@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
-from ..errors import ConfigError, CTGridError, DataError
+from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .monitor import eta_seconds, heartbeat_text, write_run_file
 from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
@@ -126,7 +126,13 @@ def prepare(run: GridRun) -> Prepared:
     jobs = grid.jobs()
     preflight(jobs, run.settings.data_dir)
     pack_size = run.settings.pack_size if run.settings.shard_size == 1 else 1
-    if run.dry_run:
+    if run.dry_run:   # refuse exactly what the real run would refuse, writing nothing
+        from .monitor import live_holder
+        holder = live_holder(store)
+        if holder is not None:
+            raise StoreError(f"results directory {store.root} is in use by another run ({holder}); "
+                             f"wait for it or use --results elsewhere")
+        store.check_grid(grid, force=run.force)
         return Prepared(store, jobs, make_plan(store, jobs, retry_failed=run.retry_failed,
                                                pack_size=pack_size), None, len(grid))
     lock = store.lock().acquire()
@@ -189,6 +195,7 @@ class Progress:
         self.busy_seconds = 0.0
         self.interrupted = False
         self.outcomes: list[JobOutcome] = []
+        self.warnings: list[str] = []
         self.started_at = now()
         self.last_emit = time.monotonic()
         self._lock = threading.Lock()
@@ -257,7 +264,10 @@ class Progress:
             self.done += 1
             self.cost_done += self.prep.plan.costs.get(outcome.job_id, 0.0)
             self.busy_seconds += outcome.seconds
-            self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s)")
+            if outcome.warning:
+                self.warnings.append(outcome.job_id)
+            note = f" WARNING: {outcome.warning}" if outcome.warning else ""
+            self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s){note}", permanent=bool(note))
         elif outcome.status == "failed":
             self.failed += 1
             self._emit(f"FAILED {outcome.job_id} {name}: {outcome.error_type}: {outcome.message}",
@@ -278,6 +288,10 @@ class Progress:
         print(f"ctgrid: {self.done}/{self.total} jobs done, {self.failed} failed, "
               f"{self.pending + len(self.running)} not run in {_duration(time.monotonic() - self.t0)}: "
               f"{what}; results in {self.prep.store.root}", file=self.out, flush=True)
+        if self.warnings:
+            print(f"ctgrid: warning: {len(self.warnings)} finished job(s) look diverged (loss far above "
+                  f"its lowest): {', '.join(self.warnings[:5])}{' ...' if len(self.warnings) > 5 else ''}; "
+                  f"see their log.txt", file=self.out, flush=True)
         return code
 
 

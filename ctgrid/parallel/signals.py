@@ -24,6 +24,9 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 #: interrupted by SIGTERM/SIGUSR1: run the same command again to continue
 EXIT_INTERRUPTED = 3
+#: results could not be written (disk full, read-only or unwritable directory); one line
+#: names the path; finished results stay valid and a re-run continues
+EXIT_IO = 4
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
