@@ -122,9 +122,12 @@ def _stack(column: pd.Series) -> torch.Tensor:
     return torch.tensor(np.stack(column.to_numpy()).astype(np.float32))
 
 
-def consistency_records(results: Results, data_dir: str | None = None) -> pd.DataFrame:
+def consistency_records(results: Results, data_dir: str | None = None, *,
+                        exclude_predicted: bool = True) -> pd.DataFrame:
     """One row per (base counterfactual, variation) (:data:`RECORD_COLUMNS`); empty when no
-    job saved its counterfactuals or none has retrained models."""
+    job saved its counterfactuals or none has retrained models. ``exclude_predicted``: leave
+    out factuals the base model already predicts as the target (their "counterfactual" is
+    the factual itself, cost 0: nothing to explain; as Table 1's default)."""
     base = _base_jobs(results)
     if base.empty:
         return pd.DataFrame(columns=list(RECORD_COLUMNS))
@@ -140,6 +143,8 @@ def consistency_records(results: Results, data_dir: str | None = None) -> pd.Dat
         if job.data not in datasets:
             datasets[job.data] = load_dataset(job.data, data_dir)
         pts = _points(results, src, jid)
+        if exclude_predicted:
+            pts = pts[pts["predicted"] != pts["target"]].reset_index(drop=True)
         valid = pts["valid"].to_numpy(bool).copy()
         mask = torch.from_numpy(valid)
         x, x_cf = _stack(pts["factual"]), _stack(pts["counterfactual"])
@@ -216,8 +221,10 @@ def iv_table(records: pd.DataFrame, *, n_boot: int, confidence: float) -> Table:
              "over the counterfactuals valid under the base model. Lower = more consistent.",
              f"IV CI: {pct} percentile bootstrap of the mean over counterfactuals ({n_boot} resamples); it "
              "treats the one base model and its retrained models as fixed.",
-             "Validity: % of all test-time counterfactuals valid under the base model. L1/L2 cost: mean "
-             "distance to the factual (valid ones). R²: of a least-squares line of IV on that cost."]
+             "Validity: % of the test-time counterfactuals valid under the base model; n leaves out factuals "
+             "the base model already predicts as the target (unless --keep-predicted). L1/L2 cost: mean "
+             "distance to the factual (valid ones), in standardised feature units. R²: of a least-squares "
+             "line of IV on that cost."]
     return Table("consistency", "Consistency under retraining: invalidation rate (IV) of counterfactuals",
                  header, rows, notes, pd.DataFrame.from_records(recs), n_text=5)
 
@@ -331,10 +338,11 @@ def iv_means_figure(table: pd.DataFrame, out_dir: Path, confidence: float) -> li
         ax.set_ylim(bottom=0)
         ax.set_title(f"{d if s == '—' else f'{d} ({s})'} · {var} ({int(g['n_models'].max())} models)", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, frameon=False)
     fig.suptitle(f"Mean invalidation rate of valid counterfactuals (bars: {confidence:.0%} bootstrap interval)",
-                 y=1.0)
-    fig.tight_layout()
+                 y=1.02)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.99))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     return save(fig, out_dir, "consistency_iv")
 
 
@@ -358,17 +366,17 @@ def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
                       & (valid["method"] == m)]
             for obj in objectives:
                 h = g[g["objective"] == obj]
-                name = _objective_label(obj)
-                label = f"{name}: mean IV {h['iv'].mean():.2f}" if len(h) else name
-                ax.scatter(h["l2"], h["iv"], s=8, alpha=0.45, color=colours[obj], label=label, linewidths=0)
+                ax.scatter(h["l2"], h["iv"], s=8, alpha=0.45, color=colours[obj], label=_objective_label(obj),
+                           linewidths=0)
             ax.set_ylim(-0.03, 1.03)
             where = d if s == "—" else f"{d} ({s})"
             ax.set_title(f"{where} · {var} · {m}", fontsize=9)
             ax.set_xlabel("L2 cost" if i == len(rows) - 1 else "")
             ax.set_ylabel("invalidation rate" if j == 0 else "")
             ax.grid(alpha=0.3)
-            if len(g):
-                ax.legend(fontsize=7, loc="upper right", frameon=False, markerscale=2)
-    fig.suptitle("Invalidation rate vs cost of each valid counterfactual (lower = more consistent)", y=1.0)
-    fig.tight_layout()
+    fig.suptitle("Invalidation rate vs L2 cost of each valid counterfactual (lower = more consistent)", y=1.01)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, markerscale=3,
+               bbox_to_anchor=(0.5, 0.995))
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return save(fig, out_dir, "consistency_iv_cost")

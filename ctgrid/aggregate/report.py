@@ -142,7 +142,7 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
               *predictive_tables(results, perf), search_table(results, pairs)]
     sens = sensitivity_table(pairs, perf)
     tables += [sens] if sens is not None else []
-    records = consistency_records(results, opts.data_dir)
+    records = consistency_records(results, opts.data_dir, exclude_predicted=opts.exclude_predicted)
     if not records.empty:
         tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence),
                    contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence)]
