@@ -308,6 +308,13 @@ def _colours(objectives: list[str]) -> dict[str, str]:
                 vanilla="tab:blue")
 
 
+def _layout(frame: pd.DataFrame) -> tuple[list[tuple[str, str, str]], list[str], list[str]]:
+    """Panels (dataset, setting, variation: RS before LOO), methods and objectives of a figure."""
+    panels = sorted(set(zip(frame["dataset"], frame["setting"], frame["variation"])),
+                    key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
+    return panels, _method_order(frame["method"]), _objective_order(frame["objective"])
+
+
 def _objective_label(objective: str) -> str:
     return {"vanilla": "BL (vanilla)", "full": "CT (full)"}.get(objective, f"CT ({objective})")
 
@@ -318,10 +325,7 @@ def iv_means_figure(table: pd.DataFrame, out_dir: Path, confidence: float) -> li
     from .figures import _panels, save
     if table.empty:
         return []
-    panels = sorted(set(zip(table["dataset"], table["setting"], table["variation"])),
-                    key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
-    methods = _method_order(table["method"])
-    objectives = _objective_order(table["objective"])
+    panels, methods, objectives = _layout(table)
     colours = _colours(objectives)
     fig, axes = _panels(len(panels), 4.2, 3.0, max_cols=2)
     width = 0.7 / max(1, len(objectives))
@@ -353,10 +357,7 @@ def iv_cost_figure(records: pd.DataFrame, out_dir: Path) -> list[Path]:
     valid = records[records["valid"]]
     if valid.empty:
         return []
-    rows = sorted(set(zip(valid["dataset"], valid["setting"], valid["variation"])),
-                  key=lambda r: (r[0], r[1], VARIATIONS.index(r[2])))
-    methods = _method_order(valid["method"])
-    objectives = _objective_order(valid["objective"])
+    rows, methods, objectives = _layout(valid)
     fig, axes = _grid(len(rows), len(methods), 3.2, 2.6)
     colours = _colours(objectives)
     for i, (d, s, var) in enumerate(rows):
