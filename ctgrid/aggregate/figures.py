@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -156,11 +157,23 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch")
         ax.set_title(d, fontsize=9)
-        ax.legend(fontsize=7)
         if i % 3 == 0:
             ax.set_ylabel("share of mature (converged) CEs")
-    fig.tight_layout()
+    fig.suptitle("Training counterfactuals that reached τ, per epoch (mean ± sd over jobs)", fontsize=10)
+    _legend_outside(fig, axs)
     return save(fig, out_dir, "maturity")
+
+
+def _legend_outside(fig: plt.Figure, axes: list) -> None:
+    """One legend for the figure, right of the panels (never over the data)."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    fig.tight_layout()
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=8, frameon=False)
 
 
 def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -183,17 +196,22 @@ def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list
                 continue
             s = g.groupby(["eps", "job_id"])["value"].mean().groupby("eps").agg(["mean", "std"])
             s = s.fillna({"std": 0.0})
-            line, = ax.plot(s.index, 100 * s["mean"], marker="o", ms=3,
-                            ls="--" if attack == "pgd" else "-", label=f"{model} ({attack.upper()})",
-                            color="tab:blue" if model == "BL" else "tab:orange")
+            bl = model == "BL"   # BL: large hollow markers, CT: small filled ones (visible when equal)
+            line, = ax.plot(s.index, 100 * s["mean"], marker="o", ms=7 if bl else 3.5,
+                            mfc="none" if bl else None, ls="--" if attack == "pgd" else "-",
+                            label=f"{model} ({attack.upper()})", color="tab:blue" if bl else "tab:orange")
             ax.fill_between(s.index, 100 * (s["mean"] - s["std"]), 100 * (s["mean"] + s["std"]),
                             color=line.get_color(), alpha=0.15, lw=0)
-        ax.set_xlabel("attack budget ε")
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(0.0, lo), min(100.0, hi) + 0.5)
+        ax.set_xlabel("attack budget ε (L∞, data units)")
         ax.set_title(d, fontsize=9)
-        ax.legend(fontsize=7)
         if i % 3 == 0:
             ax.set_ylabel("test accuracy (%)")
-    fig.tight_layout()
+    n_eps = p["eps"].nunique()
+    note = "" if n_eps > 2 else " — one budget evaluated; set evaluation.fgsm_eps for a sweep"
+    fig.suptitle(f"Robust accuracy, BL vs CT (mean ± sd over jobs){note}", fontsize=10)
+    _legend_outside(fig, axs)
     return save(fig, out_dir, "robust_accuracy")
 
 

@@ -246,6 +246,10 @@ def _asdict(r: Reduction) -> dict:
             "diff_hi": r.diff_hi, "star": r.star, "n": r.n, "n_dropped": r.n_dropped}
 
 
+#: below this many paired units a significance star gets a warning note
+SMALL_N = 5
+
+
 def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.DataFrame,
                 opts: Any) -> Table:
     """Table 1 (see module docstring); one row per dataset and CT setting of ``pairs``."""
@@ -269,6 +273,10 @@ def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.Da
     reductions = data[data["quantity"] != "excluded_pct"] if len(data) else data
     dropped = int(reductions["n_dropped"].fillna(0).sum()) if "n_dropped" in data else 0
     notes = _notes(pairs, rl, opts, eps, factual_check(ok, rl.factuals), dropped)
+    if len(reductions) and "star" in reductions and (reductions["star"].astype(bool)
+                                                     & (reductions["n"] < SMALL_N)).any():
+        notes.append(f"Warning: some starred entries rest on fewer than {SMALL_N} paired units (Units "
+                     f"column); a bootstrap interval over so few units is not reliable.")
     return Table("key_results", "Key results: % reduction of implausibility and cost, CT vs BL (Table 1)",
                  header, rows, notes, data, n_text=2)
 
