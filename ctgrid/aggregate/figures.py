@@ -80,14 +80,15 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
     title = (f"{'Implausibility (IP)' if metric == 'ip' else 'Cost'}: CT vs matching baseline"
              f"{' across hyper-parameters' if axes_used else ''} (% reduction; positive = CT lower, as Table 1)")
     if not axes_used:
-        fig, ax = plt.subplots(figsize=(1.2 + 0.85 * len(datasets), 3.6))
+        fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.85 * len(datasets)), 3.6))
         ax.boxplot([units.loc[units["dataset"] == d, "change"].to_numpy() for d in datasets],
                    showfliers=False)
         ax.set_xticks(range(1, len(datasets) + 1), datasets, rotation=30 if len(datasets) > 5 else 0,
                       fontsize=8)
         ax.axhline(0, color="grey", lw=0.8, ls="--")
         ax.set_ylabel(f"% reduction in {name} vs BL\n(per run and λ)", fontsize=8)
-        ax.set_title(title, fontsize=10)
+        head, _, tail = title.rpartition(" (")
+        ax.set_title(f"{head}\n({tail}", fontsize=10)
         fig.tight_layout()
         return save(fig, out_dir, f"outcomes_{metric}")
     fig, axs = _grid(len(datasets), len(axes_used))
@@ -229,7 +230,7 @@ def key_results_figure(data: pd.DataFrame, confidence: float, out_dir: Path) -> 
     panels = [("IP by test-time λ", lambdas)] if lambdas else []
     panels += [(label, [q]) for q, label in (("ip", "IP (all λ)"), ("ip_star", "IP*"), ("cost", "Cost"))
                if (d["quantity"] == q).any()]
-    fig, axes = _panels(len(panels), 3.3, 0.9 + 0.32 * len(rows), max_cols=4)
+    fig, axes = _panels(len(panels), 3.3, max(2.4, 0.9 + 0.32 * len(rows)), max_cols=4)
     y = np.arange(len(rows))
     for ax, (title, quantities) in zip(axes, panels):
         width = 0.7 / len(quantities)
