@@ -190,3 +190,17 @@ def test_unwritable_output_is_one_line_exit_4(finished, tmp_path, capsys):
     assert main(["aggregate", str(finished), "--out", str(blocker / "agg")]) == 4
     err = capsys.readouterr().err.strip()
     assert err.startswith("ctgrid: error: Not a directory writing ") and "\n" not in err
+
+
+def test_figure_sweep_starts_at_the_clean_accuracy(finished):
+    from ctgrid.aggregate.load import Results
+    from ctgrid.aggregate.sweep import SWEEP_EPS, fgsm_sweep
+    results = Results.load([finished])
+    sweep = fgsm_sweep(results)
+    assert len(sweep) == 2 * len(SWEEP_EPS) and SWEEP_EPS[0] == 0.0 and SWEEP_EPS[-1] == 0.1
+    perf = results.performance()
+    for job_id, g in sweep.groupby("job_id"):
+        clean = perf[(perf.job_id == job_id) & (perf.metric == "accuracy")]["value"].iloc[0]
+        stored = perf[(perf.job_id == job_id) & (perf.attack == "fgsm") & (perf.eps == 0.03)]["value"].iloc[0]
+        assert g.set_index("eps").loc[0.0, "value"] == pytest.approx(clean)
+        assert g.set_index("eps").loc[0.03, "value"] == pytest.approx(stored)   # the runner's own figure

@@ -91,11 +91,17 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
         ax.set_title(f"{head}\n({tail}", fontsize=10)
         fig.tight_layout()
         return save(fig, out_dir, f"outcomes_{metric}")
-    fig, axs = _grid(len(datasets), len(axes_used))
+    if len(axes_used) == 1:   # one axis: the datasets wrap into rows of three panels
+        flat = _panels(len(datasets), 3.4, 2.8)[1]
+        fig = flat[0].figure
+        cells = {(i, 0): ax for i, ax in enumerate(flat)}
+    else:                     # rows: datasets, columns: the varied axes
+        fig, grid = _grid(len(datasets), len(axes_used))
+        cells = {(i, j): grid[i, j] for i in range(len(datasets)) for j in range(len(axes_used))}
     for i, d in enumerate(datasets):
         u = units[units["dataset"] == d]
         for j, axis in enumerate(axes_used):
-            ax = axs[i, j]
+            ax = cells[i, j]
             level = jobs.loc[list(zip(u["source"], u["ct_job"])), axis].astype(str).to_numpy()
             labels = sorted(set(level), key=_sort_key)
             groups = [u["change"].to_numpy()[level == lv] for lv in labels]
@@ -104,7 +110,7 @@ def outcome_boxplots(results: Results, units: pd.DataFrame, metric: str, out_dir
                            fontsize=8)
             ax.axhline(0, color="grey", lw=0.8, ls="--")
             ax.set_title(f"{d} — {_axis_name(axis)}", fontsize=9)
-            if j == 0:
+            if j == 0 and (len(axes_used) > 1 or i % 3 == 0):
                 ax.set_ylabel(f"% reduction in {name} vs BL", fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
