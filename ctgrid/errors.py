@@ -10,8 +10,19 @@ class CTGridError(Exception):
     """Base class of every error ctgrid raises deliberately."""
 
 
+#: longer messages keep their start and end (a value repeated in full can be megabytes)
+MAX_MESSAGE = 600
+
+
 class ConfigError(CTGridError, ValueError):
     """A configuration value (grid key, flag, YAML entry) is invalid."""
+
+    def __init__(self, message: object = "") -> None:
+        text = str(message)
+        if len(text) > MAX_MESSAGE:
+            cut = len(text) - MAX_MESSAGE
+            text = f"{text[:MAX_MESSAGE // 2]} ...[{cut} characters]... {text[-MAX_MESSAGE // 2:]}"
+        super().__init__(text)
 
 
 class DataError(CTGridError):

@@ -400,3 +400,22 @@ def test_range_axis_is_an_integer_axis():
 def test_range_axis_errors_name_the_key(value, needle):
     msg = err(f"training: {{seed: {value}}}")
     assert msg.startswith("g: training.seed: got ") and needle in msg
+
+
+BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] * 9)}]\n"
+               for p, a in zip(["", "a", "b", "c", "d", "e", "f", "g"], "abcdefgh")) + "data: {domain: *h}\n"
+
+
+@pytest.mark.parametrize("text, needle", [
+    (BOMB, "aliases expand to more than 1,000,000 values"),               # 9^8 = 43 million leaves
+    ("data: " + "[" * 1000 + "]" * 1000, "nested too deeply"),
+    ("data: " + "{a: " * 100 + "1" + "}" * 100, "nested more than 64 levels deep"),
+    ("a: &a [1, *a]\n", "invalid YAML"),
+])
+def test_hostile_yaml_is_refused_in_one_line(text, needle):
+    assert needle in err(text)
+
+
+def test_long_values_are_truncated_in_messages():
+    msg = err("data: {name: " + "x" * 100_000 + "}")
+    assert len(msg) < 800 and "characters]..." in msg and msg.startswith("g: data.name: got 'xxx")

@@ -204,3 +204,30 @@ def test_figure_sweep_starts_at_the_clean_accuracy(finished):
         stored = perf[(perf.job_id == job_id) & (perf.attack == "fgsm") & (perf.eps == 0.03)]["value"].iloc[0]
         assert g.set_index("eps").loc[0.0, "value"] == pytest.approx(clean)
         assert g.set_index("eps").loc[0.03, "value"] == pytest.approx(stored)   # the runner's own figure
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("training.leave_out=5000", "training.leave_out: got 5000; allowed: -1 (none) or 0..2999"),
+    ("data.domain=[[0, 1], [0, 1], [0, 1]]", "data.domain: got 3 [lower, upper] pairs; allowed: 1"),
+])
+def test_size_checks_refuse_before_anything_is_written(tmp_path, capsys, override, needle):
+    for dry in (["--dry-run"], []):
+        assert main(["run", "quickstart", override, "--results", str(tmp_path / "r"), *dry]) == 2
+        assert needle in capsys.readouterr().err
+        assert not (tmp_path / "r").exists()
+
+
+def test_usage_errors_are_one_line(capsys):
+    for argv in (["run", "--bogus"], ["frob"], ["run", "quickstart", "--pack-size", "0"], ["status"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("ctgrid: error: ") and "\n" not in err and "usage:" not in err
+
+
+def test_a_refused_results_directory_gets_no_lock(finished, capsys):
+    lock = finished / ".lock"
+    lock.unlink(missing_ok=True)
+    assert main(["run", str(finished / "grid.yaml"), "--results", str(finished.parent), "training.nepochs=4"]) == 2
+    assert "holds results of a different grid" in capsys.readouterr().err and not lock.exists()

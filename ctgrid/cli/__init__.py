@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from ..errors import ConfigError, DataError, StoreError
 
@@ -19,8 +19,16 @@ _MODULES = {"train": "train", "evaluate": "evaluate", "run": "grid", "expand": "
             "config": "config", "status": "grid", "aggregate": "aggregate"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``ctgrid: error: ...``, exit 2) instead of a usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ctgrid: error: {self.prog.removeprefix('ctgrid ') if self.prog != 'ctgrid' else ''}"
+                     f"{': ' if self.prog != 'ctgrid' else ''}{message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctgrid", description=(
+    parser = _Parser(prog="ctgrid", description=(
         "Counterfactual Training (Altmeyer et al. 2025) and hyper-parameter grids of it, "
         "in one process or under mpirun/srun."))
     from .. import __version__

@@ -73,9 +73,57 @@ _Loader.add_implicit_resolver(
     list("-+0123456789"))
 
 
+#: a grid nested deeper than this, or whose aliases expand to more nodes, is refused
+#: before it is built (a "billion laughs" file is a few hundred bytes)
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 1_000_000
+
+
+def _check_node_graph(root: yaml.Node) -> None:
+    """Depth and alias-expanded node count of a composed document, without expanding it
+    (memoised per node: an alias is the same node object as its anchor)."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
+                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            open_.discard(key)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
+            if depth[key] > MAX_YAML_DEPTH:
+                raise ConfigError(f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep")
+            if size[key] > MAX_YAML_NODES:
+                raise ConfigError(f"invalid YAML: its aliases expand to more than {MAX_YAML_NODES:,} "
+                                  f"values (an alias bomb?)")
+            continue
+        if key in size:
+            continue
+        if key in open_:
+            raise ConfigError("invalid YAML: an alias refers to a node that contains it (recursive)")
+        open_.add(key)
+        stack.append((node, True))
+        stack.extend((k, False) for k in kids if id(k) not in size)
+
+
 def _load_yaml(text: str) -> Any:
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            _check_node_graph(node)
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise ConfigError(f"invalid YAML: nested too deeply to parse (allowed: {MAX_YAML_DEPTH} "
+                          f"levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
