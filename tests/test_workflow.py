@@ -231,3 +231,16 @@ def test_a_refused_results_directory_gets_no_lock(finished, capsys):
     lock.unlink(missing_ok=True)
     assert main(["run", str(finished / "grid.yaml"), "--results", str(finished.parent), "training.nepochs=4"]) == 2
     assert "holds results of a different grid" in capsys.readouterr().err and not lock.exists()
+
+
+def test_a_symlinked_job_log_is_not_followed(tmp_path):
+    from ctgrid.parallel.joblog import job_log
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep\n")
+    log = tmp_path / "results" / "jobs" / "0123456789abcdef" / "log.txt"
+    log.parent.mkdir(parents=True)
+    log.symlink_to(outside)
+    with job_log({"0123456789abcdef": log}) as logger:
+        logger.info("hello", extra={"job": "0123456789abcdef"})
+    assert outside.read_text() == "keep\n"
+    assert not log.is_symlink() and "hello" in log.read_text()

@@ -31,6 +31,8 @@ def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
     handlers = []
     for job_id, path in paths.items():
         path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():   # not ctgrid's: never append through a link out of the results directory
+            path.unlink()
         handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(_ForJob(job_id))
