@@ -215,6 +215,8 @@ def test_size_checks_refuse_before_anything_is_written(tmp_path, capsys, overrid
         assert main(["run", "quickstart", override, "--results", str(tmp_path / "r"), *dry]) == 2
         assert needle in capsys.readouterr().err
         assert not (tmp_path / "r").exists()
+    assert main(["expand", "quickstart", override]) == 2       # expand checks too (no data, no torch)
+    assert needle in capsys.readouterr().err
 
 
 def test_usage_errors_are_one_line(capsys):

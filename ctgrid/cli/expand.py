@@ -49,6 +49,8 @@ def _plural(n: int, word: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     grid = load_grid(*grid_and_overrides(args))
+    from ..grid.checks import check_sizes
+    check_sizes(grid.jobs())
     n_jobs = len(grid.jobs())
     summary = f"{grid.name}: {_plural(len(grid), 'grid point')} -> {_plural(n_jobs, 'job')}"
     rows = grid.point_rows() if args.points else grid.job_rows()

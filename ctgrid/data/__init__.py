@@ -12,15 +12,16 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from .config import DATASETS, DataConfig
     from .dataset import Dataset
-    from .registry import DatasetSpec, SPECS, dataset_defaults, load_dataset
+    from .registry import load_dataset
+    from .specs import SPECS, DatasetSpec, dataset_defaults
 
 _EXPORTS = {
     "DATASETS": ".config",
     "DataConfig": ".config",
     "Dataset": ".dataset",
-    "SPECS": ".registry",
-    "DatasetSpec": ".registry",
-    "dataset_defaults": ".registry",
+    "SPECS": ".specs",
+    "DatasetSpec": ".specs",
+    "dataset_defaults": ".specs",
     "load_dataset": ".registry",
 }
 __all__ = ["DATASETS", "DataConfig", "Dataset", "DatasetSpec", "SPECS", "dataset_defaults", "load_dataset"]

@@ -20,18 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .specs import MNIST_FILES
 from .dataset import DataConfig
 from .splits import STAGE_POOL, STAGE_TEST, Splits, carve, check_size, rng_for, stratified_pick
 
 IMAGE_SHAPE = (28, 28)
 N_CLASSES = 10
 DEFAULT_N_TRAIN, DEFAULT_N_VAL = 10000, 1000
-FILES = {
-    "train_images": "mnist/train-images-idx3-ubyte.gz",
-    "train_labels": "mnist/train-labels-idx1-ubyte.gz",
-    "test_images": "mnist/t10k-images-idx3-ubyte.gz",
-    "test_labels": "mnist/t10k-labels-idx1-ubyte.gz",
-}
+FILES = MNIST_FILES
 N_PIXELS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
 FEATURE_NAMES = tuple(f"pixel_{i // IMAGE_SHAPE[1]}_{i % IMAGE_SHAPE[1]}" for i in range(N_PIXELS))
 _MAGIC = {3: 0x00000803, 1: 0x00000801}

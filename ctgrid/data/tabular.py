@@ -39,6 +39,7 @@ import pandas as pd
 
 from ..errors import DataError
 from .dataset import DataConfig
+from .specs import TABULAR_FILES
 from .splits import STAGE_TEST, Splits, carve, check_size, rest, rng_for, round_half_up, stratified_pick, undersample
 
 TEST_SHARE = 0.2
@@ -182,14 +183,14 @@ class TabularSource:
 
 
 SOURCES: dict[str, TabularSource] = {
-    "adult": TabularSource("adult.csv.gz", ADULT_COLUMNS, _adult, ADULT_CATEGORICAL,
+    "adult": TabularSource(TABULAR_FILES["adult"], ADULT_COLUMNS, _adult, ADULT_CATEGORICAL,
                            strings=ADULT_STRINGS, test_last=True),
-    "cali": TabularSource("cal_housing.csv.gz", CALI_COLUMNS, _cali, balance=True),
-    "credit": TabularSource("credit_default.csv.gz", CREDIT_COLUMNS, _credit,
+    "cali": TabularSource(TABULAR_FILES["cali"], CALI_COLUMNS, _cali, balance=True),
+    "credit": TabularSource(TABULAR_FILES["credit"], CREDIT_COLUMNS, _credit,
                             ("sex", "education", "marriage"), balance=True),
-    "gmsc": TabularSource("gmsc.csv.gz", GMSC_COLUMNS, _gmsc,
+    "gmsc": TabularSource(TABULAR_FILES["gmsc"], GMSC_COLUMNS, _gmsc,
                           allow_na=GMSC_COLUMNS, balance=True),
-    "german": TabularSource("german_credit_numeric.csv.gz", GERMAN_COLUMNS, _german, n_val=100),
+    "german": TabularSource(TABULAR_FILES["german"], GERMAN_COLUMNS, _german, n_val=100),
 }
 
 

@@ -95,29 +95,11 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
     return plan
 
 
-def check_sizes(jobs: Mapping[str, JobConfig]) -> None:
-    """The checks that need only the dataset's documented sizes (no data files): CNN on images,
-    ``leave_out`` within the training rows, one domain pair or one per feature.
-    ``--dry-run`` and ``run`` make them before the lock (exit 2, nothing written)."""
-    from ..data import dataset_defaults
-    from ..models import check_fits_data
-    for job in jobs.values():
-        spec = dataset_defaults(job.data.name)
-        check_fits_data(job.model, spec.kind == "image", job.data.name)
-        n_train = job.data.n_train or spec.n_train
-        if job.training.leave_out >= n_train:
-            raise ConfigError(f"training.leave_out: got {job.training.leave_out}; allowed: -1 (none) or "
-                              f"0..{n_train - 1} (the training rows of {job.data.name!r})")
-        n_pairs = len(job.data.domain or ())
-        if n_pairs not in (0, 1, spec.n_features):
-            raise ConfigError(f"data.domain: got {n_pairs} [lower, upper] pairs; allowed: 1 (every feature) "
-                              f"or {spec.n_features} (one per feature of {job.data.name!r})")
-
-
 def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
+    from ..grid.checks import check_sizes
     check_sizes(jobs)
     for name in sorted({j.data.name for j in jobs.values()}):
         files = dataset_defaults(name).files
