@@ -28,12 +28,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import load_dataset
 from ..evaluation import EvaluationConfig, invalidation_rate
 from ..grid.job import JobConfig
-from ..modeldir import load_trained
 from ..seeding import numpy_generator
 from .load import Results, to_pandas
+from .pairing import pair_jobs
 from .render import Table, mean_sd, num
 
 VARIATIONS = ("RS", "LOO")
@@ -86,24 +85,12 @@ def _labels(results: Results, base: pd.DataFrame) -> tuple[dict[str, str], dict[
     return method, setting
 
 
-def _baseline_of(results: Results, base: pd.DataFrame) -> dict[str, str]:
-    """CT base job -> the vanilla base job with the same data, model, seed and evaluation
-    (the baseline its IV is compared with)."""
-    def key(jid: str) -> str:
-        c = results.config(jid).canonical()
-        return repr((c.data, c.model, c.training.seed, c.evaluation))
-    vanilla = {key(j): j for j, o in zip(base["job_id"], base["training.objective"]) if o == "vanilla"}
-    return {j: vanilla[key(j)] for j, o in zip(base["job_id"], base["training.objective"])
-            if o != "vanilla" and key(j) in vanilla}
-
-
-def _retrained(results: Results, base_job: JobConfig, key: str,
-               keys: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+def _retrained(results: Results, base_job: JobConfig,
+               members: list[tuple[int, str]]) -> dict[str, list[tuple[int, str]]]:
+    """The RS and LOO models among ``members`` (the jobs sharing the base job's model key)."""
     out: dict[str, list[tuple[int, str]]] = {v: [] for v in VARIATIONS}
     seed = base_job.training.seed
-    for src, jid in zip(results.jobs["source"], results.jobs["job_id"]):
-        if keys[jid] != key:
-            continue
+    for src, jid in members:
         tr = results.config(jid).training
         if tr.leave_out == -1 and tr.seed != seed:
             out["RS"].append((int(src), jid))
@@ -132,16 +119,17 @@ def consistency_records(results: Results, data_dir: str | None = None, *,
     if base.empty:
         return pd.DataFrame(columns=list(RECORD_COLUMNS))
     keys = {jid: model_key(results.config(jid)) for jid in results.jobs["job_id"]}
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for src, jid in zip(results.jobs["source"], results.jobs["job_id"]):
+        groups.setdefault(keys[jid], []).append((int(src), jid))
     method, setting = _labels(results, base)
-    baseline = _baseline_of(results, base)
-    datasets: dict[Any, Any] = {}
+    pairs = pair_jobs(results).dropna(subset=["bl_job"])   # CT base job -> its vanilla base job
+    baseline = dict(zip(pairs["ct_job"], pairs["bl_job"]))
     models: dict[str, torch.nn.Module] = {}
     frames = []
     for _, row in base.iterrows():
         src, jid = int(row["source"]), row["job_id"]
         job = results.config(jid)
-        if job.data not in datasets:
-            datasets[job.data] = load_dataset(job.data, data_dir)
         pts = _points(results, src, jid)
         if exclude_predicted:
             pts = pts[pts["predicted"] != pts["target"]].reset_index(drop=True)
@@ -149,12 +137,12 @@ def consistency_records(results: Results, data_dir: str | None = None, *,
         mask = torch.from_numpy(valid)
         x, x_cf = _stack(pts["factual"]), _stack(pts["counterfactual"])
         target = torch.tensor(pts["target"].to_numpy(np.int64))
-        for variation, members in _retrained(results, job, keys[jid], keys).items():
+        for variation, members in _retrained(results, job, groups[keys[jid]]).items():
             if not members:
                 continue
             for s, m in members:
                 if m not in models:
-                    models[m] = load_trained(results.model_path(s, m).parent, datasets[job.data])[1]
+                    models[m] = results.model(s, m, data_dir)
             iv = np.full(len(pts), np.nan)
             if valid.any():
                 iv[valid] = invalidation_rate(x_cf[mask], target[mask], [models[m] for _, m in members]).numpy()

@@ -157,6 +157,7 @@ class Results:
     jobs: pd.DataFrame
     raw_configs: dict[str, dict] = field(repr=False)
     _configs: dict[str, JobConfig] = field(default_factory=dict, repr=False)
+    _datasets: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, paths: Iterable[str | os.PathLike]) -> "Results":
@@ -224,6 +225,19 @@ class Results:
 
     def model_path(self, source: int, job_id: str) -> Path:
         return ResultStore(self.sources[source].root).job(job_id).model
+
+    def dataset(self, job_id: str, data_dir: str | os.PathLike | None = None) -> Any:
+        """The job's :class:`~ctgrid.data.Dataset` (loaded once per data configuration)."""
+        from ..data import load_dataset
+        data = self.config(job_id).data
+        if data not in self._datasets:
+            self._datasets[data] = load_dataset(data, data_dir)
+        return self._datasets[data]
+
+    def model(self, source: int, job_id: str, data_dir: str | os.PathLike | None = None) -> Any:
+        """The job's trained model, in eval mode (its dataset from :meth:`dataset`)."""
+        from ..modeldir import load_trained
+        return load_trained(self.model_path(source, job_id).parent, self.dataset(job_id, data_dir))[1]
 
 
 def setting_axes(results: Results, source: int, ct_objectives: int) -> tuple[str, ...]:

@@ -16,20 +16,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..data import load_dataset
 from ..errors import ConfigError, DataError
 from ..evaluation.evaluate import evaluation_constraints
 from ..evaluation.grid import search_config
 from ..generators import codec_for, make_generator
 from ..store import ResultStore
-from ..modeldir import load_trained
 from ..seeding import numpy_generator
 from .figures import _grid, save
 from .load import Results
-
-
-def _load_model(results: Results, source: int, job_id: str, data) -> torch.nn.Module:
-    return load_trained(results.model_path(source, job_id).parent, data)[1]
 
 
 def _pick_pair(results: Results, pairs: pd.DataFrame) -> pd.Series | None:
@@ -76,12 +70,12 @@ def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,
         return [], "no finished MNIST baseline/CT pair with model.pt: MNIST figure skipped"
     cfg = results.config(row["ct_job"])
     try:
-        data = load_dataset(cfg.data, data_dir)
+        data = results.dataset(row["ct_job"], data_dir)
     except (DataError, ConfigError) as exc:
         return [], f"MNIST figure skipped: {str(exc).splitlines()[0]}"
     try:
-        bl = _load_model(results, int(row["bl_source"]), row["bl_job"], data)
-        ct = _load_model(results, int(row["source"]), row["ct_job"], data)
+        bl = results.model(int(row["bl_source"]), row["bl_job"], data_dir)
+        ct = results.model(int(row["source"]), row["ct_job"], data_dir)
     except (OSError, RuntimeError, KeyError, ValueError, DataError, ConfigError) as exc:
         return [], f"MNIST figure skipped: cannot load model.pt ({str(exc).splitlines()[0]})"
     ev = cfg.evaluation

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..data import load_dataset
 from ..evaluation.evaluate import evaluation_constraints
 from ..evaluation.robustness import robust_accuracy
-from ..modeldir import load_trained
 from .load import Results
 
 #: the paper figure's budgets
@@ -24,19 +22,14 @@ SWEEP_EPS = tuple(round(0.01 * k, 2) for k in range(11))
 def fgsm_sweep(results: Results, data_dir: str | None = None,
                eps: tuple[float, ...] = SWEEP_EPS) -> pd.DataFrame:
     """FGSM robust accuracy of every finished job's model at each of ``eps``."""
-    datasets: dict = {}
     rows = []
     for src, job_id in zip(results.jobs["source"], results.jobs["job_id"]):
-        path = results.model_path(int(src), job_id)
-        if not path.exists():
+        if not results.model_path(int(src), job_id).exists():
             continue
-        job = results.config(job_id)
-        if job.data not in datasets:
-            datasets[job.data] = load_dataset(job.data, data_dir)
-        data = datasets[job.data]
-        model = load_trained(path.parent, data)[1]
+        data = results.dataset(job_id, data_dir)
+        model = results.model(int(src), job_id, data_dir)
         acc = robust_accuracy(model, data.X_test, data.y_test, eps, attack="fgsm",
-                              constraints=evaluation_constraints(data, job.evaluation))
+                              constraints=evaluation_constraints(data, results.config(job_id).evaluation))
         rows += [{"source": int(src), "job_id": job_id, "metric": "robust_accuracy", "attack": "fgsm",
                   "eps": e, "value": float(a)} for e, a in zip(eps, acc)]
     return pd.DataFrame(rows, columns=["source", "job_id", "metric", "attack", "eps", "value"])
