@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ._mutability import CATEGORICAL_MODES, MUTABILITY_KINDS, mutability_pairs
+from ._mutability import CATEGORICAL_MODES, MUTABILITY_KINDS, mutability_pairs, resolve_mutability
 from .errors import ConfigError
 
 __all__ = ["CATEGORICAL_MODES", "MUTABILITY_KINDS", "Constraints", "infer_domain", "mutability_pairs"]
@@ -94,33 +94,9 @@ class Constraints:
         ``none`` (a category has no direction).
         """
         kinds = list(self.mutability)
-        names = list(feature_names)
-        mutability_pairs(tuple((k, v) for k, v in spec.items()), where)
-        for key, kind in spec.items():
-            group = self._group_named(key, names)
-            if group is None:
-                kinds[_feature_index(key, names, where)] = kind
-                continue
-            if kind not in ("both", "none"):
-                raise ConfigError(f"{where}[{key!r}]: got {kind!r} for a categorical "
-                                  "variable (one-hot group); allowed: both, none")
-            for i in group:
-                kinds[i] = kind
+        for i, kind in resolve_mutability(spec, feature_names, self.groups, where).items():
+            kinds[i] = kind
         return replace(self, mutability=tuple(kinds))
-
-    def _group_named(self, key: str | int, names: list[str]) -> tuple[int, ...] | None:
-        """The one-hot group that ``key`` names (its variable or one of its columns), if any."""
-        idx = None
-        if isinstance(key, int) or str(key).lstrip("-").isdigit():
-            idx = int(key)
-        elif key in names:
-            idx = names.index(key)
-        for g in self.groups:
-            if idx is not None and idx in g:
-                return g
-            if idx is None and all(names[i].startswith(f"{key}=") for i in g):
-                return g
-        return None
 
     def project_onehot(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` with every one-hot group replaced by the one-hot vector of its largest entry
@@ -159,15 +135,3 @@ class Constraints:
         return self.keep_direction(x_plus, x_cf)
 
 
-def _feature_index(key: str | int, names: list[str], where: str) -> int:
-    if isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit()):
-        idx = int(key)
-        if not 0 <= idx < len(names):
-            raise ConfigError(f"{where}: feature index {idx} out of range 0..{len(names) - 1}")
-        return idx
-    if key in names:
-        return names.index(key)
-    import difflib
-    close = difflib.get_close_matches(str(key), names, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ConfigError(f"{where}: no feature named {key!r}{hint}")

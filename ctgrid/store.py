@@ -256,6 +256,7 @@ class ResultStore:
         """
         table = grid.point_table(all_parameters=True)
         self._check_same_grid(grid.source_text, table, force)
+        self._check_no_links()
         self.root.mkdir(parents=True, exist_ok=True)
         for job_id, job in grid.jobs().items():
             self.write_config(job_id, job)
@@ -266,6 +267,15 @@ class ResultStore:
         """What :meth:`initialise` would refuse, without writing (``--dry-run``): another
         grid's results here without ``force``."""
         self._check_same_grid(grid.source_text, grid.point_table(), force, dry=True)
+        self._check_no_links()
+
+    def _check_no_links(self) -> None:
+        """``jobs/`` (and ``cache/``) must be real directories: ctgrid never makes a symbolic
+        link, and results are never written through one to somewhere outside the results."""
+        for sub in (self.root / "jobs", self.cache_dir):
+            if sub.is_symlink():
+                raise StoreError(f"{sub} is a symbolic link (to {os.readlink(sub)}); ctgrid writes "
+                                 f"results only into real directories: remove the link")
 
     def _check_same_grid(self, source_text: str, table: pd.DataFrame, force: bool, dry: bool = False) -> None:
         if not self.grid_file.exists():
@@ -296,6 +306,9 @@ class ResultStore:
 
     def write_config(self, job_id: str, job: JobConfig) -> None:
         """The job's canonical configuration as YAML (skipped when already there)."""
+        job_dir = self.job(job_id).dir
+        if job_dir.is_symlink():   # ctgrid makes no links: never write through one out of the results
+            job_dir.unlink()
         from .modeldir import write_config
         paths = self.job(job_id)
         if not paths.config.exists():

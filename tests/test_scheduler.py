@@ -29,7 +29,7 @@ ENV["PYTHONPATH"] = str(ROOT) + os.pathsep + ENV.get("PYTHONPATH", "")
 SMALL_EVAL = ("evaluation: {lambda_energy: [0.5], n_runs: 1, n_individuals: 4, maxiter: 5, "
               "n_ip_samples: 20, n_energy_samples: 10, mmd_samples: 10}")
 
-#: two good jobs, one that raises (more factuals than training rows), one that diverges
+#: two good jobs and two that diverge at run time (one stopped early by training.nonfinite_patience)
 FAILING = textwrap.dedent(f"""\
     name: sched
     data: {{name: moons, n_train: 80, n_val: 20, n_test: 40}}
@@ -38,7 +38,7 @@ FAILING = textwrap.dedent(f"""\
     {SMALL_EVAL}
     subgrids:
       - training: {{objective: [full, vanilla]}}
-      - training: {{objective: full, nce: 500}}
+      - training: {{objective: full, lr: 1.0e+30, nepochs: 6}}
       - training: {{objective: vanilla, lr: 1.0e+30}}
     """)
 
@@ -107,7 +107,8 @@ def test_failures_become_records_and_the_other_jobs_finish(tmp_path, capsys):
     st = store.status()
     assert st.counts == {"done": 2, "failed": 2, "started": 0, "pending": 0}
     types = sorted(r["error_type"] for r in st.failed)
-    assert types == ["ConfigError", "NonFiniteError"]
+    assert types == ["NonFiniteError", "NonFiniteError"]
+    assert any("of 6: 3 consecutive epochs without a finite update" in r["message"] for r in st.failed)
     for rec in st.failed:
         assert "Traceback" in rec["traceback"] and Path(rec["log_path"]).exists()
         assert not store.job(rec["job_id"]).done.exists()

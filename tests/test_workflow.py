@@ -124,12 +124,15 @@ def test_every_parquet_has_job_id_and_provenance(finished):
 
 
 def test_aggregate_on_a_partial_grid_lists_what_is_missing(tmp_path, capsys):
-    grid = tmp_path / "part.yaml"   # the CT job fails (more factuals than rows), its baseline is done
-    grid.write_text(GRID.replace("name: wf", "name: part").replace("nce: 40", "nce: 500"))
+    grid = tmp_path / "part.yaml"   # the CT job diverges (fails at run time), its baseline is done
+    grid.write_text(GRID.replace("name: wf", "name: part").replace(
+        "objective: [full, vanilla], ", "").replace(
+        "\nevaluation:", "\nsubgrids: [{training: {objective: vanilla}}, "
+        "{training: {objective: full, lr: 1.0e+30}}]\nevaluation:"))
     assert main(["run", str(grid), "--results", str(tmp_path)]) == 1
     assert main(["aggregate", str(tmp_path / "part")]) == 0
     summary = (tmp_path / "part" / "aggregate" / "summary.md").read_text()
-    assert "failed (ConfigError: training.nce" in summary and "not in the tables" in summary
+    assert "failed (NonFiniteError: every mini-batch loss of epoch 3" in summary and "not in the tables" in summary
     assert "MNIST" not in summary
 
 
@@ -189,7 +192,7 @@ def test_unwritable_output_is_one_line_exit_4(finished, tmp_path, capsys):
     blocker.write_text("")
     assert main(["aggregate", str(finished), "--out", str(blocker / "agg")]) == 4
     err = capsys.readouterr().err.strip()
-    assert err.startswith("ctgrid: error: Not a directory writing ") and "\n" not in err
+    assert err.startswith("ctgrid: error: not a directory writing ") and "\n" not in err
 
 
 def test_figure_sweep_starts_at_the_clean_accuracy(finished):

@@ -62,9 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ctgrid: interrupted", file=sys.stderr)
         return 130
     except OSError as exc:  # cannot write results: one line, not a traceback
+        from .._atomic import io_message
         from ..parallel.signals import EXIT_IO
-        where = f" writing {exc.filename}" if getattr(exc, "filename", None) else ""
-        print(f"ctgrid: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"ctgrid: error: {io_message(exc)}", file=sys.stderr)
         return EXIT_IO
 
 

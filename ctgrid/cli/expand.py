@@ -27,6 +27,9 @@ def add_expand_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_overrides(parser)
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table",
                         help="output format (default: table); csv prints the summary line on stderr")
+    parser.add_argument("--data-dir", default=None,
+                        help="data directory (default: $CTGRID_DATA); read only to check feature names "
+                             "that data.mutability / evaluation.mutability give")
     parser.add_argument("--points", action="store_true",
                         help="one row per grid point instead of one per distinct job")
     return parser
@@ -49,8 +52,9 @@ def _plural(n: int, word: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     grid = load_grid(*grid_and_overrides(args))
-    from ..grid.checks import check_sizes
+    from ..grid.checks import check_features, check_sizes
     check_sizes(grid.jobs())
+    check_features(grid.jobs(), args.data_dir)   # reads data only where a grid names features
     n_jobs = len(grid.jobs())
     summary = f"{grid.name}: {_plural(len(grid), 'grid point')} -> {_plural(n_jobs, 'job')}"
     rows = grid.point_rows() if args.points else grid.job_rows()

@@ -30,6 +30,7 @@ from ..evaluation.config import EvaluationConfig
 from ..generators.config import GeneratorConfig
 from ..models.config import ModelConfig
 from ..training.config import TrainingConfig
+from ..parallel.signals import EXIT_FAILED
 from ._process import EXIT_INTERRUPTED, StopFlag, add_threads, check_threads
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
@@ -202,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "
               f"run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if result.diverged is not None:   # no model, no done marker: the history shows the epochs
+        write_job_parquet(paths.history, result.history, job.job_id, record)
+        print(f"ctgrid train: failed: {result.diverged}; history in {paths.history}", file=sys.stderr)
+        return EXIT_FAILED
     write_model(paths, job, result, record)
     mark_done(paths, {"name": job.name, "epochs": result.epochs_done, "seconds": time.perf_counter() - t0,
                       "data_summary": dataset.summary(), "ctgrid_version": __version__,

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .specs import MNIST_FILES
-from .dataset import DataConfig
+from .config import DataConfig
 from .splits import STAGE_POOL, STAGE_TEST, Splits, carve, check_size, rng_for, stratified_pick
 
 IMAGE_SHAPE = (28, 28)

@@ -14,10 +14,10 @@ import torch
 
 from ..constraints import Constraints
 from ..errors import ConfigError
-from . import mnist, synthetic, tabular
 from .dataset import DataConfig, Dataset
 from .specs import (MNIST_PAPER_IMMUTABLE, SPECS, DatasetSpec, dataset_defaults,  # noqa: F401 (re-exported)
                     resolve_data_dir)
+from .loaders import load_splits, paper_mutability
 from .splits import Splits
 
 
@@ -38,10 +38,7 @@ def _domain(config: DataConfig, spec: DatasetSpec, X_train: np.ndarray) -> Const
 def _constraints(config: DataConfig, spec: DatasetSpec, splits: Splits) -> Constraints:
     constraints = replace(_domain(config, spec, splits.X_train), groups=splits.categorical_groups)
     if config.mutability == "paper":
-        if not spec.paper_immutable:
-            raise ConfigError(f"data.mutability: got 'paper'; dataset {spec.name!r} has no paper "
-                              f"setting, give a mapping feature -> kind")
-        mapping: dict[str | int, str] = {k: "none" for k in spec.paper_immutable}
+        mapping: dict[str | int, str] = paper_mutability(spec.name)
     elif isinstance(config.mutability, tuple):
         mapping = dict(config.mutability)
     else:  # DataConfig admits only 'paper' as a string
@@ -49,15 +46,6 @@ def _constraints(config: DataConfig, spec: DatasetSpec, splits: Splits) -> Const
     if mapping:
         constraints = constraints.with_mutability(mapping, splits.feature_names)
     return constraints
-
-
-def _splits(config: DataConfig, spec: DatasetSpec, data_dir: str | os.PathLike | None) -> Splits:
-    if spec.kind == "synthetic":
-        return synthetic.load_synthetic(config)
-    root = resolve_data_dir(data_dir, spec.name)
-    if spec.kind == "image":
-        return mnist.load_mnist(config, root)
-    return tabular.load_tabular(config, root)
 
 
 def _features(a: np.ndarray) -> torch.Tensor:
@@ -78,7 +66,7 @@ def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) 
     if not isinstance(config, DataConfig):
         raise TypeError(f"load_dataset expects a DataConfig, got {type(config).__name__}")
     spec = dataset_defaults(config.name)
-    splits = _splits(config, spec, data_dir)
+    splits = load_splits(config, data_dir)
     constraints = _constraints(config, spec, splits)
 
     meta = {"kind": spec.kind, "data_seed": config.data_seed, "split_seed": config.split_seed,

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from .dataset import DataConfig
+from .config import DataConfig
 from .splits import STAGE_TEST, Splits, carve, rest, rng_for, stratified_pick
 
 SYNTHETIC = ("lin_sep", "over", "circles", "moons")

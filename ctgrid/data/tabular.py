@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from .dataset import DataConfig
+from .config import DataConfig
 from .specs import TABULAR_FILES
 from .splits import STAGE_TEST, Splits, carve, check_size, rest, rng_for, round_half_up, stratified_pick, undersample
 

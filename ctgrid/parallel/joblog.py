@@ -19,6 +19,14 @@ class _ForJob(logging.Filter):
         return getattr(record, "job", self.job_id) == self.job_id
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A job log that loses lines on a full or unwritable disk instead of printing logging's
+    traceback for every record (the failure itself reaches the run as a WriteError)."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        pass
+
+
 @contextlib.contextmanager
 def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
     """Append the ``ctgrid`` logger and Python warnings to the jobs' ``log.txt`` meanwhile:
@@ -30,10 +38,13 @@ def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
     root = logging.getLogger("ctgrid")
     handlers = []
     for job_id, path in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink():   # not ctgrid's: never append through a link out of the results directory
-            path.unlink()
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_symlink():   # not ctgrid's: never append through a link out of the results directory
+                path.unlink()
+            handler: logging.FileHandler = _QuietFileHandler(path, mode="a", encoding="utf-8")
+        except OSError:   # unwritable: the job runs without a log; its result files say the rest
+            continue
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         handler.addFilter(_ForJob(job_id))
         handlers.append(handler)

@@ -129,7 +129,7 @@ class Scheduler:
                 busy.pop(src, None)
                 for outcome in outcomes:
                     progress.finished(JobOutcome(**outcome))
-                if kind == "interrupted":
+                if kind == "interrupted" or progress.io_stop:
                     self._interrupt(progress, busy)
                 if progress.interrupted or not queue:
                     code = EXIT_INTERRUPTED if progress.interrupted else EXIT_OK

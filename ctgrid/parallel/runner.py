@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
+from .._atomic import FATAL_ERRNOS, WriteError, io_message
 from ..errors import JobFailedError
 from ..provenance import provenance
 from ..store import JobPaths, ResultStore, now, write_job_parquet
@@ -57,13 +58,14 @@ class JobOutcome:
     """What a worker reports back about one job."""
 
     job_id: str
-    status: str                  # done | failed | interrupted
+    status: str                  # done | failed | interrupted | io_error (not recorded: re-run)
     seconds: float = 0.0
     error_type: str | None = None
     message: str | None = None
     rank: int = 0
     epochs_done: int = 0
     warning: str | None = None   # a finished job that looks wrong (diverged training)
+    fatal: bool = False          # io_error: nothing more can be written (disk full): stop the run
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,8 +126,11 @@ def _epoch_line(row: dict[str, Any]) -> str:
     return f"epoch {row.get('epoch')}: " + " ".join(f"{k}={fmt(row[k])}" for k in keys if k in row)
 
 
-def check_finite(model: torch.nn.Module, history: pd.DataFrame) -> None:
-    """Raise :class:`NonFiniteError` for NaN/inf weights or a last epoch without any update."""
+def check_finite(model: torch.nn.Module, history: pd.DataFrame, diverged: str | None = None) -> None:
+    """Raise :class:`NonFiniteError` for a run training gave up on (``diverged``), NaN/inf
+    weights or a last epoch without any update."""
+    if diverged is not None:
+        raise NonFiniteError(diverged)
     for name, p in model.state_dict().items():
         if torch.is_floating_point(p) and not bool(torch.isfinite(p).all()):
             raise NonFiniteError(f"non-finite weights in {name!r} after training")
@@ -249,14 +254,29 @@ class _Attempt:
         return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning)
 
     def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:
+        """Record the job failed (``error.json``). A full disk (or read-only file system) is
+        not the job's failure: it stays unrecorded, its checkpoint kept, and the run stops
+        (``io_error``, fatal); an error record that cannot be written is an ``io_error`` too."""
         self.logger.error("failed: %s: %s", type(exc).__name__, exc, exc_info=True, extra={"job": job_id})
+        if isinstance(exc, WriteError) and exc.fatal:
+            return self.io_error(job_id, exc, seconds)
         if self.role.leader:
-            self.store.mark_failed(job_id, exc, {"rank": self.role.rank, "seconds": seconds,
-                                                 "started": self.started},
-                                   drop_checkpoint=isinstance(exc, NonFiniteError))
+            try:
+                self.store.mark_failed(job_id, exc, {"rank": self.role.rank, "seconds": seconds,
+                                                     "started": self.started},
+                                       drop_checkpoint=isinstance(exc, NonFiniteError))
+            except OSError as failure:
+                return self.io_error(job_id, failure, seconds)
         out = self.outcome(job_id, "failed", seconds)
         out.error_type, out.message = type(exc).__name__, (str(exc).strip().splitlines() or [""])[0]
         return out
+
+    def io_error(self, job_id: str, exc: OSError, seconds: float) -> JobOutcome:
+        out = self.outcome(job_id, "io_error", seconds)
+        out.error_type, out.message = type(exc).__name__, io_message(exc)
+        out.fatal = isinstance(exc, WriteError) and exc.fatal or exc.errno in FATAL_ERRNOS
+        return out
+
 
 
 def _joint_evaluations(run: _Attempt, dataset: Dataset,
@@ -344,7 +364,7 @@ def run_pack(store: ResultStore, jobs: Mapping[str, JobConfig], settings: RunSet
         ready: list[str] = []
         for job_id, result in zip(jobs, results):
             try:
-                check_finite(result.model, result.history)
+                check_finite(result.model, result.history, result.diverged)
                 if not role.leader:
                     outcomes[job_id] = run.outcome(job_id, "done", t_train, result.epochs_done)
                 else:

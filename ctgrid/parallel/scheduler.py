@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .monitor import eta_seconds, heartbeat_text, write_run_file
 from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
-from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
+from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
@@ -99,7 +100,7 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data import dataset_defaults
     from ..data.registry import resolve_data_dir
-    from ..grid.checks import check_sizes
+    from ..grid.checks import check_features, check_sizes
     check_sizes(jobs)
     for name in sorted({j.data.name for j in jobs.values()}):
         files = dataset_defaults(name).files
@@ -110,6 +111,7 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
         if missing:
             raise DataError(f"dataset {name!r}: missing {', '.join(missing)} in {root} "
                             f"(--data-dir / CTGRID_DATA)")
+    check_features(jobs, data_dir)
 
 
 def prepare(run: GridRun) -> Prepared:
@@ -189,6 +191,8 @@ class Progress:
         self.cost_done = 0.0
         self.busy_seconds = 0.0
         self.interrupted = False
+        self.io_errors: list[str] = []   # jobs whose files or record could not be written
+        self.io_stop = False             # nothing more can be written: hand out no more jobs
         self.outcomes: list[JobOutcome] = []
         self.warnings: list[str] = []
         self.started_at = now()
@@ -267,6 +271,12 @@ class Progress:
             self.failed += 1
             self._emit(f"FAILED {outcome.job_id} {name}: {outcome.error_type}: {outcome.message}",
                        permanent=True)
+        elif outcome.status == "io_error":   # not recorded: the next run takes it up again
+            self.pending += 1
+            self.io_errors.append(outcome.message or "")
+            self.io_stop = self.io_stop or outcome.fatal
+            stop = "; stopping: nothing more can be written there" if outcome.fatal else ""
+            self._emit(f"I/O ERROR {outcome.job_id} {name}: {outcome.message}{stop}", permanent=True)
         else:
             self.interrupted = True
             self.pending += 1
@@ -277,9 +287,11 @@ class Progress:
         if self.tty:
             self.out.write("\n")
         self._write_state(finished=True)
-        code = exit_code(self.done, self.total, self.interrupted)
+        code = EXIT_IO if self.io_errors else exit_code(self.done, self.total, self.interrupted)
         what = {EXIT_OK: "all jobs done", EXIT_FAILED: "some jobs failed (ctgrid status shows them)",
-                EXIT_INTERRUPTED: "interrupted: run the same command again to continue"}[code]
+                EXIT_INTERRUPTED: "interrupted: run the same command again to continue",
+                EXIT_IO: "results could not be written: free space (or fix permissions) and run the "
+                         "same command again to continue"}[code]
         print(f"ctgrid: {self.done}/{self.total} jobs done, {self.failed} failed, "
               f"{self.pending + len(self.running)} not run in {_duration(time.monotonic() - self.t0)}: "
               f"{what}; results in {self.prep.store.root}", file=self.out, flush=True)
@@ -287,6 +299,8 @@ class Progress:
             print(f"ctgrid: warning: {len(self.warnings)} finished job(s) look diverged (loss far above "
                   f"its lowest): {', '.join(self.warnings[:5])}{' ...' if len(self.warnings) > 5 else ''}; "
                   f"see their log.txt", file=self.out, flush=True)
+        if self.io_errors:
+            print(f"ctgrid: error: {self.io_errors[0]}", file=sys.stderr, flush=True)
         return code
 
 
@@ -352,7 +366,7 @@ def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
             outcomes = run_pack(prep.store, {j: prep.jobs[j] for j in pack}, run.settings, Role(stop=stop))
             for outcome in outcomes:
                 progress.finished(outcome)
-            if any(o.status == "interrupted" for o in outcomes):
+            if progress.io_stop or any(o.status == "interrupted" for o in outcomes):
                 return
 
     return drive(run, out, 1, loop)

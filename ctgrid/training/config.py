@@ -53,6 +53,8 @@ class TrainingConfig:
     nonconverged: str = param("replace", choices=("replace", "drop"), only=("ce",))
     adv_label: str = param("true", choices=("true", "predicted"), only=("adv",))
     seed: int = param(0, ge=0)
+    nonfinite_patience: int = param(3, ge=1, doc="stop a run as failed after this many consecutive "
+                                                 "epochs without a finite update (a diverged run)")
     leave_out: int = param(-1, ge=-1, doc="leave-one-out retraining: drop the leave_out-th row of a "
                                           "seeded permutation of the training rows (-1 = none; "
                                           "docs/deviations.md, M10)")

@@ -22,6 +22,8 @@ raised it to one per batch; docs/deviations.md, D22); batches without counterfac
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -51,12 +53,27 @@ HISTORY_COLUMNS = ("epoch", "loss", "clf", "div", "reg", "adv", "converged", "se
 
 @dataclass
 class TrainResult:
-    """The trained model, one history row per epoch, and whether all epochs ran."""
+    """The trained model, one history row per epoch, and whether all epochs ran.
+
+    ``diverged`` says why training gave up on this run (``training.nonfinite_patience``
+    consecutive epochs without a finite update); the runner records such a job as failed.
+    """
 
     model: nn.Module
     history: pd.DataFrame
     completed: bool
     epochs_done: int
+    diverged: str | None = None
+
+
+def nonfinite_streak(history: Sequence[dict[str, Any]]) -> int:
+    """Consecutive epochs at the end of ``history`` whose loss is not finite (no update)."""
+    n = 0
+    for row in reversed(history):
+        if math.isfinite(float(row["loss"])):
+            break
+        n += 1
+    return n
 
 
 def validate(dataset: Dataset, config: TrainingConfig, model_config: ModelConfig | None = None) -> None:
@@ -173,6 +190,7 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     search = PackSearch(dataset, [m.generator for m in members], cache_dir, wrap_search)
     epochs = PackEpochs(dataset, stack, optimizer, [m.training for m in members], search)
     nepochs = members[0].training.nepochs
+    diverged: list[str | None] = [None] * len(members)
     for epoch in range(done.pop() + 1, nepochs + 1):
         rows = epochs.run(epoch)
         for k, (m, row) in enumerate(zip(members, rows)):
@@ -182,6 +200,14 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
                                 epoch=epoch, history=histories[k], fp=fps[k], rng=epochs.seeds(k, epoch))
             if progress is not None:
                 progress(k, dict(row))
+            streak = nonfinite_streak(histories[k])
+            if diverged[k] is None and streak >= m.training.nonfinite_patience:
+                diverged[k] = (f"training stopped at epoch {epoch} of {nepochs}: {streak} consecutive "
+                               f"epochs without a finite update (training.nonfinite_patience "
+                               f"{m.training.nonfinite_patience})")
+        if all(diverged):   # a diverged member of a larger pack is carried (its steps skip) to the end
+            break
         if epoch < nepochs and stop is not None and stop():
             return [TrainResult(mod, history_frame(h), False, epoch) for mod, h in zip(models, histories)]
-    return [TrainResult(mod, history_frame(h), True, len(h)) for mod, h in zip(models, histories)]
+    return [TrainResult(mod, history_frame(h), True, len(h), why)
+            for mod, h, why in zip(models, histories, diverged)]
