@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
 
 T = TypeVar("T")
+V = TypeVar("V")
 
 
 def param(default: Any, *, choices: tuple | None = None, ge: float | None = None,
@@ -64,10 +66,16 @@ def _type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp).replace("typing.", "")))
 
 
+@functools.lru_cache(maxsize=None)
+def _origin_args(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``typing.get_origin`` / ``get_args`` of an annotation, once per annotation (a grid of
+    20,000 points coerces millions of values)."""
+    return typing.get_origin(tp), typing.get_args(tp)
+
+
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Coerce ``value`` to the annotated type ``tp`` or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = _origin_args(tp)
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
@@ -190,6 +198,20 @@ def build(cls: type[T], mapping: Mapping[str, Any] | None, group: str) -> T:
         if key not in valid:
             raise unknown_key(str(key), valid, group)
     return cls(**mapping)
+
+
+def memo(obj: Any, name: str, compute: Callable[[], V]) -> V:
+    """``compute()`` once per (frozen, immutable) config instance, kept on the instance: grid
+    expansion asks every point for its canonical form, job id and plain dict many times."""
+    cache = obj.__dict__
+    if name not in cache:
+        cache[name] = compute()
+    return cache[name]
+
+
+def plain_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`to_dict` of a frozen config, computed once per instance (do not modify it)."""
+    return memo(cfg, "_plain_dict", lambda: to_dict(cfg))
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

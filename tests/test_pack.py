@@ -79,6 +79,23 @@ def test_a_diverging_member_skips_alone_and_the_others_are_unaffected(moons):
     _same(packed[1], _solo(moons, members[1]))
 
 
+def test_a_run_without_finite_updates_stops_after_the_patience_and_a_pack_member_fails_alone(moons):
+    members = [replace(m, training=replace(m.training, nepochs=8)) for m in _members(3)]
+    members[1] = replace(members[1], training=replace(members[1].training, lr=1e30))
+    solo = _solo(moons, members[1])
+    streak = int(solo.history["loss"].isna()[::-1].cumprod().sum())
+    assert solo.diverged and "consecutive epochs without a finite update" in solo.diverged
+    assert streak == 3 and solo.epochs_done == len(solo.history) < 8      # stopped at the patience
+    packed = train_pack(moons, members)
+    assert packed[1].diverged and packed[0].diverged is None and packed[2].diverged is None
+    for k in (0, 2):                                                       # the others: unaffected
+        _same(packed[k], _solo(moons, members[k]))
+    both = train_pack(moons, [members[1], replace(members[1], training=replace(members[1].training, seed=9))])
+    assert all(r.diverged for r in both) and both[0].epochs_done < 8       # nothing left: the pack stops
+    patient = replace(members[1], training=replace(members[1].training, nonfinite_patience=8))
+    assert _solo(moons, patient).diverged is None and _solo(moons, patient).epochs_done == 8
+
+
 def test_an_interrupted_pack_resumes_like_an_uninterrupted_run_alone_or_packed(moons, tmp_path):
     members = [replace(m, checkpoint_path=tmp_path / f"m{k}.pt") for k, m in enumerate(_members(3))]
     calls = []

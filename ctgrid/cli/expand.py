@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     grid = load_grid(*grid_and_overrides(args))
     from ..grid.checks import check_features, check_sizes
     check_sizes(grid.jobs())
-    check_features(grid.jobs(), args.data_dir)   # reads data only where a grid names features
+    check_features(grid.jobs(), getattr(args, "data_dir", None))   # reads data only where features are named
     n_jobs = len(grid.jobs())
     summary = f"{grid.name}: {_plural(len(grid), 'grid point')} -> {_plural(n_jobs, 'job')}"
     rows = grid.point_rows() if args.points else grid.job_rows()

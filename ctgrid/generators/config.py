@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .._validate import check, param, reset_unused
+from .._validate import check, memo, param, reset_unused
 from .._mutability import CATEGORICAL_MODES
 
 GENERATORS = ("generic", "ecco", "revise")
@@ -65,10 +65,12 @@ class GeneratorConfig:
     def canonical(self) -> "GeneratorConfig":
         """This config with the parameters its generator ignores (``only`` others) reset,
         and the SNS settings reset when the stage is off."""
-        out = reset_unused(self, {self.name})
-        if out.sns_radius == 0:
-            out = replace(out, sns_steps=100, sns_step_size=1e-3, sns_points=16)
-        return out
+        def reset() -> "GeneratorConfig":
+            out = reset_unused(self, {self.name})
+            if out.sns_radius == 0:
+                out = replace(out, sns_steps=100, sns_step_size=1e-3, sns_points=16)
+            return out
+        return memo(self, "_canonical", reset)
 
     @property
     def latent(self) -> bool:

@@ -29,8 +29,28 @@ def training_rows(data: DataConfig, spec: DatasetSpec) -> int:
     return spec.n_train
 
 
+#: synthetic sets are generated in memory: more rows than this is a typo, not a study
+MAX_SYNTHETIC_ROWS = 1_000_000
+#: MNIST's class-balanced pool: 10 x the rarest digit's 5421 official training images
+MNIST_POOL = 54_210
+
+
 def _check_split_sizes(data: DataConfig, spec: DatasetSpec) -> None:
-    if spec.kind != "tabular":       # synthetic sets generate what is asked; MNIST: load_mnist
+    n_train = spec.n_train if data.n_train is None else data.n_train
+    n_val = spec.n_val if data.n_val is None else data.n_val
+    if spec.kind == "synthetic":
+        n_test = spec.n_test if data.n_test is None else data.n_test
+        if n_train + n_val + n_test > MAX_SYNTHETIC_ROWS:
+            raise ConfigError(f"data.n_train: got {n_train} (+ n_val {n_val} + n_test {n_test}); allowed: "
+                              f"at most {MAX_SYNTHETIC_ROWS} rows in all for a synthetic dataset")
+        return
+    if spec.kind == "image":
+        if n_train + n_val > MNIST_POOL:
+            raise ConfigError(f"data.n_train: n_train + n_val = {n_train + n_val}; allowed: at most "
+                              f"{MNIST_POOL} for dataset {spec.name!r} (class-balanced draw without replacement)")
+        if data.n_test is not None and data.n_test > spec.n_test:
+            raise ConfigError(f"data.n_test: got {data.n_test}; allowed: at most {spec.n_test} "
+                              f"for dataset {spec.name!r}")
         return
     pool = spec.n_train + spec.n_val
     n_val = spec.n_val if data.n_val is None else data.n_val
@@ -52,7 +72,7 @@ def check_sizes(jobs: Mapping[str, JobConfig]) -> None:
     for job in jobs.values():
         key = (job.data, job.model, (job.training.nce, job.training.leave_out,
                                      job.training.needs_counterfactuals))
-        if key in seen:      # a 99,990-point grid has few distinct combinations
+        if key in seen:      # a 20,000-point grid has few distinct combinations
             continue
         seen.add(key)
         spec = dataset_defaults(job.data.name)

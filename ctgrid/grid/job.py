@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .._validate import build, to_dict, unknown_key
+from .._validate import build, memo, plain_dict, to_dict, unknown_key
 from ..data.config import DataConfig
 from ..evaluation.config import EvaluationConfig
 from ..generators.config import GeneratorConfig
@@ -54,10 +54,15 @@ class JobConfig:
         (:meth:`TrainingConfig.canonical`, :meth:`GeneratorConfig.canonical`); an objective
         without counterfactuals ignores the whole generator, a disabled evaluation all of it.
         """
+        return memo(self, "_canonical", self._canonical)
+
+    def _canonical(self) -> "JobConfig":
         tr = self.training.canonical()
         gen = self.generator.canonical() if tr.needs_counterfactuals else GeneratorConfig()
         ev = self.evaluation if self.evaluation.enabled else EvaluationConfig(enabled=False)
-        return replace(self, generator=gen, training=tr, evaluation=ev)
+        out = replace(self, generator=gen, training=tr, evaluation=ev)
+        out.__dict__["_canonical"] = out   # canonical of canonical: itself
+        return out
 
     @property
     def job_id(self) -> str:
@@ -67,8 +72,12 @@ class JobConfig:
         ctgrid release that adds a parameter (with a default that keeps the old
         behaviour) keeps every existing job id and finds existing results.
         """
-        text = json.dumps(_non_default(self.canonical()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        canon = self.canonical()
+
+        def digest() -> str:
+            text = json.dumps(_non_default(canon), sort_keys=True, separators=(",", ":"))
+            return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return memo(canon, "_job_id", digest)
 
     @property
     def seed(self) -> int:
@@ -76,8 +85,8 @@ class JobConfig:
         (data, model, replicate ``training.seed``), so a BL/CT pair starts from the same
         weights and batch order; never from rank, order or process count."""
         c = self.canonical()
-        return derive_seed("train", json.dumps(to_dict(c.data), sort_keys=True),
-                           json.dumps(to_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
+        return derive_seed("train", json.dumps(plain_dict(c.data), sort_keys=True),
+                           json.dumps(plain_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
 
     @property
     def name(self) -> str:
@@ -110,10 +119,19 @@ def _non_default(job: JobConfig) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         cfg = getattr(job, group)
-        values = to_dict(cfg)
-        defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-        out[group] = {k: v for k, v in values.items() if v != _plain(defaults[k])}
+        defaults = _defaults(type(cfg))
+        out[group] = {k: v for k, v in plain_dict(cfg).items() if v != defaults[k]}
     return out
+
+
+_DEFAULTS: dict[type, dict[str, Any]] = {}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    """Every field's default of config class ``cls``, rendered as :func:`to_dict` renders values."""
+    if cls not in _DEFAULTS:
+        _DEFAULTS[cls] = {f.name: _plain(f.default) for f in dataclasses.fields(cls)}
+    return _DEFAULTS[cls]
 
 
 def _plain(value: Any) -> Any:

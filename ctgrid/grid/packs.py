@@ -21,7 +21,7 @@ import json
 import math
 from typing import Mapping
 
-from .._validate import to_dict
+from .._validate import plain_dict
 from ..training import objectives as obj
 from .job import JobConfig
 
@@ -39,9 +39,9 @@ VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", 
 def pack_key(job: JobConfig) -> str:
     """What must be equal for ``job`` to share a pack (a canonical JSON text)."""
     c = job.canonical()
-    key: dict[str, object] = {"data": to_dict(c.data), "model": to_dict(c.model)}
+    key: dict[str, object] = {"data": plain_dict(c.data), "model": plain_dict(c.model)}
     for group in ("training", "generator"):
-        values = to_dict(getattr(c, group))
+        values = plain_dict(getattr(c, group))
         key[group] = {k: v for k, v in values.items() if k not in VARYING[group]}
     key["terms"] = list(obj.weights(c.training))
     return json.dumps(key, sort_keys=True)

@@ -36,7 +36,8 @@ def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
         yield logger
         return
     root = logging.getLogger("ctgrid")
-    handlers = []
+    handlers: list[logging.Handler] = [logging.NullHandler()]   # a job without a log: not stderr
+    root.addHandler(handlers[0])
     for job_id, path in paths.items():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,8 +60,8 @@ def job_log(paths: Mapping[str, Path]) -> Iterator[logging.Logger]:
         yield logger
     finally:
         warnings.showwarning = old_show
-        for handler in handlers:
-            root.removeHandler(handler)
-            handler.close()
+        for done in handlers:
+            root.removeHandler(done)
+            done.close()
         root.setLevel(old_level)
         root.propagate = old_prop

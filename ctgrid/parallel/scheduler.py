@@ -79,7 +79,14 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
     from ..grid.packs import make_packs
     plan = Plan(todo=[])
     run: set[str] = set()
+    try:   # only jobs with a directory can be anything but pending (one listing, not 3 stats a job)
+        existing = set(os.listdir(store.root / "jobs"))
+    except OSError:
+        existing = set()
     for job_id in jobs:
+        if job_id not in existing:
+            run.add(job_id)
+            continue
         state = store.job(job_id).status
         if state == "done":
             plan.done.append(job_id)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .._validate import check, param, reset_unused
+from .._validate import check, memo, param, reset_unused
 
 OBJECTIVES = ("vanilla", "full", "energy", "adversarial")
 #: Which loss terms each objective uses (``clf`` always).
@@ -73,7 +73,8 @@ class TrainingConfig:
         """This config with what the objective ignores reset: the weights (and the adversarial
         radius and label) of terms it does not use, and — without a CE term — the CE phase's
         parameters (fields declared ``only`` for a term name or ``"ce"``)."""
-        return reset_unused(self, set(self.terms) | ({"ce"} if self.needs_counterfactuals else set()))
+        return memo(self, "_canonical", lambda: reset_unused(
+            self, set(self.terms) | ({"ce"} if self.needs_counterfactuals else set())))
 
     @property
     def needs_counterfactuals(self) -> bool:
