@@ -142,6 +142,13 @@ def submit(grid: Path, results: Path, *extra: str) -> int:
     return main(["slurm", "submit", str(grid), "--results", str(results), *extra])
 
 
+def test_slurm_time_formats_in_seconds():
+    from ctgrid.slurm.options import time_seconds
+    assert [time_seconds(t) for t in ("90", "1:30", "02:00:00", "1-2", "1-2:30", "1-0:0:5")] == \
+        [5400, 90, 7200, 93600, 95400, 86405]
+    assert time_seconds("UNLIMITED") > 10**9
+
+
 @pytest.mark.parametrize("args,message", [
     (("--time", "2h"), "--time: got '2h'; allowed: MM, MM:SS, HH:MM:SS"),
     (("--time", "1:30"), "--time: got '1:30'; allowed: more than 120 s"),

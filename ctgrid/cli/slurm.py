@@ -107,5 +107,5 @@ def submit(args: argparse.Namespace) -> int:
         else args.max_requeues, overcommit=args.overcommit, sbatch_args=tuple(args.sbatch_args))
     agg_args = (str(grid_dir), *(["--data-dir", str(Path(args.data_dir).resolve())]
                                  if args.data_dir else [])) if args.aggregate else None
-    command = shlex.join(["ctgrid", "slurm", "submit", *args.argv_seen])
+    command = shlex.join(["ctgrid", "slurm", "submit", *(a for a in args.argv_seen if a != "--dry-run")])
     return do_submit(render(opts, grid_dir, agg_args, command), sys.stdout, dry_run=args.dry_run)

@@ -27,11 +27,14 @@ _JOB_NAME = re.compile(r"[A-Za-z0-9_.+-]{1,128}")
 
 
 def time_seconds(text: str) -> int:
-    """Seconds of a Slurm ``--time`` value (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``)."""
+    """Seconds of a Slurm ``--time`` value (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``;
+    ``UNLIMITED``/``INFINITE``: a very large number)."""
+    if text.upper() in ("UNLIMITED", "INFINITE"):
+        return 2**31
     m = _TIME.fullmatch(text)
     if m is None:
         raise ConfigError(f"--time: got {text!r}; allowed: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM "
-                          f"or D-HH:MM:SS (Slurm's formats), e.g. 02:00:00")
+                          f"or D-HH:MM:SS (Slurm's formats), e.g. 02:00:00, or UNLIMITED")
     d, dh, dm, ds, m1, m2, m3 = (int(g) if g else 0 for g in m.groups())
     if m.group(1) is not None:
         return ((d * 24 + dh) * 60 + dm) * 60 + ds
