@@ -289,6 +289,9 @@ def test_array_tasks_run_in_process_give_the_full_runs_results(tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.count("0 to run") == 0 and "1/1 jobs done" in out.splitlines()[-1]
     assert_same_results(ResultStore(tmp_path / "full" / "slgrid"), ResultStore(tmp_path / "arr" / "slgrid"))
+    assert main(["status", str(tmp_path / "arr" / "slgrid")]) == 0
+    status = capsys.readouterr().out
+    assert "4 jobs: 4 done, 0 failed, 0 running" in status and "no live run (last run ended" in status
     assert main(["run", str(grid), "--array-task", "3", "--array-size", "3"]) == 2
     assert main(["run", str(grid), "--array-task", "1"]) == 2
 

@@ -49,8 +49,9 @@ def read_run_file(store: ResultStore) -> dict[str, Any] | None:
     from .array import RUN_PREFIX, live_tasks
     tasks = live_tasks(store) if store.root.is_dir() else {}
     parts = [r for r in (_read_json(run_file(store, f"{RUN_PREFIX}{t}.json")) for t in tasks) if r]
-    if not parts:
-        return _read_json(run_file(store))
+    if not parts:   # no live array task: the last whole run's record, else the last task's
+        ended = [r for r in (_read_json(p) for p in sorted(store.root.glob(f"{RUN_PREFIX}*.json"))) if r]
+        return _read_json(run_file(store)) or max(ended, key=lambda r: str(r.get("updated", "")), default=None)
     merged: dict[str, Any] = {"running": {}, "updated": max(str(r.get("updated", "")) for r in parts)}
     for rec in parts:
         merged["running"].update(rec.get("running") or {})
