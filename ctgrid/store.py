@@ -6,6 +6,10 @@ Layout (``<results>`` defaults to ``./results``)::
         grid.yaml            copy of the grid file this directory was written from
         jobs.parquet         point table: every grid point -> its job id (+ parameters)
         .lock                fcntl lock held by the scheduler (rank 0) for the whole run
+                             (shared by array tasks, each also holding .lock.array-I:
+                             ctgrid.parallel.array)
+        run.json             the live run's state (array tasks: run.array-I.json)
+        slurm/               batch scripts, logs and exit-code files of ``ctgrid slurm submit``
         cache/               shared caches (REVISE VAEs, keyed by content)
         jobs/<job_id>/
             config.yaml      the resolved canonical job (``JobConfig.from_dict`` reads it back)

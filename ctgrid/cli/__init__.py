@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn, Sequence
 
 from ..errors import ConfigError, DataError, StoreError
 
 #: subcommand -> module under ctgrid.cli
-SUBCOMMANDS = ("train", "evaluate", "run", "expand", "config", "status", "aggregate")
+SUBCOMMANDS = ("train", "evaluate", "run", "expand", "config", "status", "aggregate", "slurm")
 _MODULES = {"train": "train", "evaluate": "evaluate", "run": "grid", "expand": "expand",
-            "config": "config", "status": "grid", "aggregate": "aggregate"}
+            "config": "config", "status": "grid", "aggregate": "aggregate", "slurm": "slurm"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,11 +45,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit code (under a batch script of ``ctgrid slurm``, the
+    run's code goes to ``$CTGRID_EXIT_FILE`` instead: :mod:`ctgrid.slurm.exitfile`)."""
+    from ..slurm import exitfile
+    if not os.environ.get(exitfile.VARIABLE):
+        return _main(argv)
+    try:
+        code = _main(argv)
+    except SystemExit as exc:   # argparse's usage errors (2) count as the run's outcome too
+        if not isinstance(exc.code, int):
+            raise
+        code = exc.code
+    return exitfile.hand_over(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     from ..provenance import set_command
     argv = list(sys.argv[1:] if argv is None else argv)
     set_command(["ctgrid", *argv])
     parser = build_parser()
+    passthrough: list[str] = []
+    if argv[:1] == ["slurm"] and "--" in argv:   # `ctgrid slurm submit ... -- SBATCH ARGS`
+        cut = argv.index("--")
+        argv, passthrough = argv[:cut], argv[cut + 1:]
     args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "sbatch_args"):
+        args.sbatch_args = tuple(passthrough)
+        args.argv_seen = [*argv[2:], *(["--", *passthrough] if passthrough else [])]
     if extra:  # KEY=VALUE overrides may follow options: `ctgrid run GRID --dry-run a.b=1`
         if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -11,9 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._grid_args import add_overrides, grid_and_overrides
 from ._process import add_threads, check_threads
+
+if TYPE_CHECKING:
+    from ..parallel.array import ArrayTask
 
 
 def _positive(text: str) -> int:
@@ -23,6 +27,16 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 1")
+    return value
+
+
+def _index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= 0")
     return value
 
 
@@ -38,11 +52,26 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("grid", nargs="?", default=DEFAULT_GRID, metavar="GRID",
                    help=f"grid YAML file, or the name of a shipped grid (default: {DEFAULT_GRID})")
     add_overrides(p)
+    add_run_options(p)
+    add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
+    p.add_argument("--array-task", type=_index, default=None, metavar="I",
+                   help="run only array task I's share of the grid (0-based; with --array-size; "
+                        "one process, no MPI): its packs, dealt longest expected first, depend "
+                        "on the grid alone, so a rerun takes the same jobs")
+    p.add_argument("--array-size", type=_positive, default=None, metavar="N",
+                   help="the number of array tasks the grid is split into (with --array-task)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be skipped and run, in order, and write nothing")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options of ``ctgrid run`` that ``ctgrid slurm submit`` passes on to it."""
     p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
                    help="results root; the grid's results go to DIR/<grid name>/ (default: ./results)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory of the real datasets' files (default: $CTGRID_DATA)")
-    add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
     p.add_argument("--shard-size", type=_positive, default=1, metavar="K",
                    help="MPI only: K ranks train each job together, splitting every epoch's "
                         "counterfactual search (needs 1 + K*m ranks; default 1)")
@@ -56,10 +85,6 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="allow writing into a results directory that holds a different grid "
                         "(shared, content-addressed jobs are reused)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print what would be skipped and run, in order, and write nothing")
-    p.set_defaults(func=run)
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,7 +95,25 @@ def run(args: argparse.Namespace) -> int:
     settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
                            shard_size=args.shard_size, pack_size=args.pack_size)
     return run_grid(GridRun(grid, settings, retry_failed=args.retry_failed, force=args.force,
-                            dry_run=args.dry_run, overrides=overrides))
+                            dry_run=args.dry_run, overrides=overrides, array=_array_task(args)))
+
+
+def _array_task(args: argparse.Namespace) -> ArrayTask | None:
+    """``--array-task I --array-size N`` (both or neither; one process, not under MPI)."""
+    from ..errors import ConfigError
+    from ..parallel.array import ArrayTask
+    if args.array_task is None and args.array_size is None:
+        return None
+    if args.array_task is None or args.array_size is None:
+        given = "--array-task" if args.array_task is not None else "--array-size"
+        raise ConfigError(f"{given}: given alone; allowed: --array-task I together with --array-size N")
+    from ..parallel import under_mpi_launcher
+    if under_mpi_launcher():
+        raise ConfigError("--array-task: an array task runs in one process; allowed: without "
+                          "mpiexec/srun -n > 1 (srun --ntasks=1 --mpi=none)")
+    if args.shard_size > 1:
+        raise ConfigError(f"--shard-size: got {args.shard_size} with --array-task; allowed: 1")
+    return ArrayTask(args.array_task, args.array_size)
 
 
 def add_status_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

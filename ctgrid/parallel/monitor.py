@@ -27,26 +27,48 @@ _EPOCH = re.compile(r"epoch (\d+): loss=(\S+) acc_train=\S+ acc_val=(\S+)")
 _TAIL_BYTES = 4096
 
 
-def run_file(store: ResultStore) -> Path:
-    return store.root / "run.json"
+def run_file(store: ResultStore, name: str = "run.json") -> Path:
+    return store.root / name
 
 
-def write_run_file(store: ResultStore, record: dict[str, Any]) -> None:
-    _atomic.write_text(run_file(store), json.dumps({**record, "updated": now()}, indent=1))
+def write_run_file(store: ResultStore, record: dict[str, Any], name: str = "run.json") -> None:
+    _atomic.write_text(run_file(store, name), json.dumps({**record, "updated": now()}, indent=1))
 
 
-def read_run_file(store: ResultStore) -> dict[str, Any] | None:
+def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        rec = json.loads(run_file(store).read_text(encoding="utf-8"))
+        rec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) else None
 
 
+def read_run_file(store: ResultStore) -> dict[str, Any] | None:
+    """``run.json``; while array tasks run, their ``run.array-I.json`` merged into one record
+    (workers, running jobs, measured rate and cost left summed over the live tasks)."""
+    from .array import RUN_PREFIX, live_tasks
+    tasks = live_tasks(store) if store.root.is_dir() else {}
+    parts = [r for r in (_read_json(run_file(store, f"{RUN_PREFIX}{t}.json")) for t in tasks) if r]
+    if not parts:   # no live array task: the last whole run's record, else the last task's
+        ended = [r for r in (_read_json(p) for p in sorted(store.root.glob(f"{RUN_PREFIX}*.json"))) if r]
+        return _read_json(run_file(store)) or max(ended, key=lambda r: str(r.get("updated", "")), default=None)
+    merged: dict[str, Any] = {"running": {}, "updated": max(str(r.get("updated", "")) for r in parts)}
+    for rec in parts:
+        merged["running"].update(rec.get("running") or {})
+        for key in ("workers", "busy_seconds", "cost_done", "cost_left"):
+            merged[key] = merged.get(key, 0) + (rec.get(key) or 0)
+    return merged
+
+
 def live_holder(store: ResultStore) -> str | None:
     """The lock's holder line (``pid ... on host since ...``) while a run holds it, else None.
 
-    Probes with a shared, non-blocking flock on the existing lock file (never creates one)."""
+    Probes with a shared, non-blocking flock on the existing lock file (never creates one);
+    array tasks hold it shared, so their own locks are probed too (:mod:`.array`)."""
+    from .array import live_tasks
+    tasks = live_tasks(store) if store.root.is_dir() else {}
+    if tasks:
+        return "; ".join(tasks.values())
     try:
         fd = os.open(store.lock_file, os.O_RDONLY)
     except OSError:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
 from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
+from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
 from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
@@ -38,6 +39,7 @@ class GridRun:
     force: bool = False
     dry_run: bool = False
     overrides: tuple[str, ...] = ()   # ``group.key=VALUE`` from the command line
+    array: ArrayTask | None = None    # run only this array task's share (:mod:`.array`)
 
 
 @dataclass
@@ -59,8 +61,9 @@ class Prepared:
     store: ResultStore
     jobs: dict[str, JobConfig]
     plan: Plan
-    lock: RunLock | None
+    lock: RunLock | ArrayLock | None
     n_points: int = 0
+    run_file: str = "run.json"   # live state for ``ctgrid status`` (array tasks: one each)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -136,17 +139,27 @@ def prepare(run: GridRun) -> Prepared:
             raise StoreError(f"results directory {store.root} is in use by another run ({holder}); "
                              f"wait for it or use --results elsewhere")
         store.check_grid(grid, force=run.force)
-        return Prepared(store, jobs, make_plan(store, jobs, retry_failed=run.retry_failed,
-                                               pack_size=pack_size), None, len(grid))
+        return _prepared(run, store, jobs, pack_size, None, len(grid))
     store.check_grid(grid, force=run.force)   # refuse another grid's directory before creating .lock
-    lock = store.lock().acquire()
+    from .array import acquire
+    lock = acquire(store, run.array)
     try:
         store.initialise(grid, force=run.force)
-        plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size)
+        return _prepared(run, store, jobs, pack_size, lock, len(grid))
     except BaseException:
         lock.release()
         raise
-    return Prepared(store, jobs, plan, lock, len(grid))
+
+
+def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], pack_size: int,
+              lock: RunLock | ArrayLock | None, n_points: int) -> Prepared:
+    """The plan of ``run``: the whole grid's, or cut down to its array task's share."""
+    plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size)
+    if run.array is None:
+        return Prepared(store, jobs, plan, lock, n_points)
+    from .array import restrict, share
+    mine, cut = restrict(jobs, plan, share(jobs, pack_size, run.array))
+    return Prepared(store, mine, cut, lock, n_points, run.array.run_file)
 
 
 def print_plan(prep: Prepared, out: TextIO) -> None:
@@ -228,7 +241,7 @@ class Progress:
         if finished:
             record["finished"] = now()
         try:
-            write_run_file(self.prep.store, record)
+            write_run_file(self.prep.store, record, self.prep.run_file)
         except OSError:
             pass
 
