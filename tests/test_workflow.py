@@ -173,6 +173,18 @@ def test_status_and_help_never_import_torch(finished):
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_a_dry_run_plans_without_torch(finished, tmp_path):
+    """``run --dry-run`` (what ``ctgrid slurm submit`` checks a grid with) never imports torch."""
+    code = ("import sys, io, contextlib; from ctgrid.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['run', sys.argv[1], '--results', sys.argv[2], '--dry-run']) == 0\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(finished / "grid.yaml"), str(finished.parent)],
+                         env=ENV, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 # ----------------------------------------------------------------------------- warnings and errors
 
 def test_a_diverged_training_is_flagged():

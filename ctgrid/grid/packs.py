@@ -22,7 +22,7 @@ import math
 from typing import Mapping
 
 from .._validate import plain_dict
-from ..training import objectives as obj
+from ..training.config import weights
 from .job import JobConfig
 
 #: the default cap on members per pack (``ctgrid run --pack-size``)
@@ -43,7 +43,7 @@ def pack_key(job: JobConfig) -> str:
     for group in ("training", "generator"):
         values = plain_dict(getattr(c, group))
         key[group] = {k: v for k, v in values.items() if k not in VARYING[group]}
-    key["terms"] = list(obj.weights(c.training))
+    key["terms"] = list(weights(c.training))
     return json.dumps(key, sort_keys=True)
 
 

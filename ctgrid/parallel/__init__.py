@@ -14,13 +14,13 @@ from .._lazy import lazy_exports
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
-    from .mpi import under_mpi_launcher
-    from .runner import RunSettings
+    from .launcher import under_mpi_launcher
+    from .settings import RunSettings
     from .scheduler import GridRun
 
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "GridRun", "RunSettings",
            "run_grid", "under_mpi_launcher"]
-__getattr__, __dir__ = lazy_exports(__name__, {"under_mpi_launcher": ".mpi", "RunSettings": ".runner",
+__getattr__, __dir__ = lazy_exports(__name__, {"under_mpi_launcher": ".launcher", "RunSettings": ".settings",
                                                 "GridRun": ".scheduler"})
 
 
@@ -29,13 +29,14 @@ def run_grid(run: GridRun, out: TextIO | None = None) -> int:
 
     Progress goes to ``out`` (default: ``sys.stdout`` at call time), on rank 0 only.
     """
-    from .mpi import under_mpi_launcher
-    from .runner import torch_threads
+    from .launcher import under_mpi_launcher
     from .scheduler import run_serial
     out = sys.stdout if out is None else out
     with StopFlag() as stop:
         if under_mpi_launcher():
             from .mpi import run_mpi
             return run_mpi(run, stop, out)
-        torch_threads(run.settings.threads)
+        if not run.dry_run:   # a dry run plans without torch
+            from .runner import torch_threads
+            torch_threads(run.settings.threads)
         return run_serial(run, stop, out)

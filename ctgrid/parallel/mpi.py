@@ -25,10 +25,11 @@ import time
 import traceback
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Mapping, TextIO
+from typing import Any, Callable, TextIO
 
 from ..errors import ConfigError, CTGridError
 from ..store import ResultStore
+from .launcher import under_mpi_launcher  # noqa: F401 (re-exported)
 from .runner import JobOutcome, Role, run_job, run_pack, torch_threads, warm_up
 from .scheduler import GridRun, Prepared, Progress, drive, run_serial
 from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
@@ -41,27 +42,6 @@ WORKER_POLL = 0.005
 #: a group member's sleep between polls for its leader's next job (the leader may be evaluating)
 MEMBER_POLL = 0.02
 TAG_REQUEST, TAG_REPLY, TAG_GROUP = 11, 12, 13
-
-_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "PMI_FD")
-_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS",
-              "SLURM_NTASKS")
-
-
-def under_mpi_launcher(env: Mapping[str, str] = os.environ) -> bool:
-    """Whether an MPI launcher (mpiexec/mpirun/srun) started this process.
-
-    Only then is ``mpi4py`` imported: a plain ``ctgrid run`` never initialises MPI.
-    """
-    if any(v in env for v in _RANK_VARS):
-        return True
-    for var in _SIZE_VARS:
-        try:
-            if int(env.get(var, "0")) > 1:
-                return True
-        except ValueError:
-            continue
-    return False
-
 
 def poll_recv(comm: Any, source: int, tag: int, interval: float) -> Any:
     """``comm.recv`` without spinning: ``Iprobe`` + sleep until the message is there."""

@@ -11,9 +11,9 @@ import logging
 import math
 import socket
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import pandas as pd
 import torch
@@ -24,51 +24,19 @@ from ..errors import JobFailedError
 from ..provenance import provenance
 from ..store import JobPaths, ResultStore, now, write_job_parquet
 from .joblog import job_log
+from .settings import JobOutcome, Role, RunSettings
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
     from ..data import Dataset
     from ..grid.job import JobConfig
-    from ..training.loop import SearchWrapper, TrainResult
+    from ..training.loop import TrainResult
 
 log = logging.getLogger("ctgrid")
 
 #: ``(evaluation, performance)`` of one model (``evaluation`` is None when disabled)
 Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional["pa.Table"]]
-
-
-def _never() -> bool:
-    return False
-
-
-@dataclass(frozen=True)
-class RunSettings:
-    """What every rank needs to run jobs (the same on all ranks: it comes from the command line)."""
-
-    results: Path
-    data_dir: str | None = None
-    threads: int = 1
-    shard_size: int = 1
-    pack_size: int = 16    # ctgrid.grid.packs.DEFAULT_PACK_SIZE (1 with shard_size > 1)
-
-
-@dataclass
-class JobOutcome:
-    """What a worker reports back about one job."""
-
-    job_id: str
-    status: str                  # done | failed | interrupted | io_error (not recorded: re-run)
-    seconds: float = 0.0
-    error_type: str | None = None
-    message: str | None = None
-    rank: int = 0
-    epochs_done: int = 0
-    warning: str | None = None   # a finished job that looks wrong (diverged training)
-    fatal: bool = False          # io_error: nothing more can be written (disk full): stop the run
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 #: a finished job whose last epoch's loss exceeds this many times its lowest is flagged
@@ -84,24 +52,6 @@ def divergence_warning(history: pd.DataFrame) -> str | None:
     if math.isfinite(last) and last > max(DIVERGED_FACTOR * max(best, 0.0), 1e3):
         return f"loss {last:.3g} at the last epoch (lowest {best:.3g}): training diverged?"
     return None
-
-
-@dataclass(frozen=True)
-class Role:
-    """How this rank takes part in a job (one per job; the default: a rank running it alone).
-
-    A sharded group's leader and members all train the job (``stop`` is then a
-    collective over the group and ``wrap_search`` splits the CE search over it); only
-    the ``leader`` writes into the results, a member trains from ``checkpoint``, its
-    private copy of the leader's.
-    """
-
-    rank: int = 0
-    leader: bool = True
-    checkpoint: Path | None = None
-    stop: Callable[[], bool] = _never               # between epochs
-    local_stop: Callable[[], bool] | None = None    # before the evaluation (default: stop)
-    wrap_search: SearchWrapper | None = None
 
 
 class NonFiniteError(JobFailedError):

@@ -22,7 +22,7 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
-from .runner import JobOutcome, Role, RunSettings, run_pack, warm_up
+from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
@@ -108,8 +108,7 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
 
 def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
-    from ..data import dataset_defaults
-    from ..data.registry import resolve_data_dir
+    from ..data.specs import dataset_defaults, resolve_data_dir
     from ..grid.checks import check_features, check_sizes
     check_sizes(jobs)
     for name in sorted({j.data.name for j in jobs.values()}):
@@ -376,6 +375,7 @@ def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
                           f"(mpiexec/srun with 1 + k*m ranks), allowed here: 1")
 
     def loop(prep: Prepared, progress: Progress) -> None:
+        from .runner import run_pack, warm_up   # torch: only when jobs run (not for --dry-run)
         warm_up()
         for pack in prep.plan.packs:
             if stop():

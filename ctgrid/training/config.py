@@ -84,3 +84,16 @@ class TrainingConfig:
     def burnin_epochs(self) -> int:
         """Epochs ``1..burnin_epochs`` train without a CE phase (Python ``round`` = banker's, as Julia)."""
         return round(self.burnin * self.nepochs)
+
+
+def weights(config: TrainingConfig) -> dict[str, float]:
+    """The weight of each term the objective uses; terms weighted 0 are left out.
+
+    ``clf`` is always present (also at weight 0), so every objective has a loss.
+    Leaving zero-weight terms out means a ``full`` run with ``lambda_div =
+    lambda_reg = lambda_adv = 0`` computes exactly the ``vanilla`` loss.
+    """
+    all_w = {term: float(getattr(config, name)) for term, name in TERM_WEIGHTS.items()}
+    out = {"clf": all_w["clf"]}
+    out.update({t: all_w[t] for t in config.terms if all_w[t] != 0})
+    return out

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .config import TERM_WEIGHTS, TrainingConfig
+from .config import weights as weights  # re-exported: the weights of the objective's terms
 
 TERMS = ("clf", "div", "reg", "adv")
 
@@ -51,19 +51,6 @@ def ridge(f_cf: torch.Tensor, f_plus: torch.Tensor) -> torch.Tensor:
 def adversarial_loss(logits_nascent: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of the nascent counterfactuals against the factuals' *true* labels."""
     return F.cross_entropy(logits_nascent, labels)
-
-
-def weights(config: TrainingConfig) -> dict[str, float]:
-    """The weight of each term the objective uses; terms weighted 0 are left out.
-
-    ``clf`` is always present (also at weight 0), so every objective has a loss.
-    Leaving zero-weight terms out means a ``full`` run with ``lambda_div =
-    lambda_reg = lambda_adv = 0`` computes exactly the ``vanilla`` loss.
-    """
-    all_w = {term: float(getattr(config, name)) for term, name in TERM_WEIGHTS.items()}
-    out = {"clf": all_w["clf"]}
-    out.update({t: all_w[t] for t in config.terms if all_w[t] != 0})
-    return out
 
 
 # ------------------------------------------------------------------ fused evaluation
