@@ -104,3 +104,14 @@ def write_parquet(path: str | os.PathLike, frame: Any) -> Path:
     import pyarrow.parquet as pq
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
     return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def open_lock_file(path: str | os.PathLike) -> Any:
+    """Open (creating) a lock file read/write without following a symbolic link: ctgrid makes
+    none, so a link planted in its place is removed, never written through (truncating its
+    target). Returns a text file object positioned at the start."""
+    path = Path(path)
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666 & ~_UMASK | 0o600)
+    return open(fd, "r+", encoding="utf-8")

@@ -181,7 +181,7 @@ class RunLock:
     def acquire(self) -> "RunLock":
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fh = open(self.path, "a+", encoding="utf-8")
+            fh = _atomic.open_lock_file(self.path)
         except OSError as exc:
             raise StoreError(f"--results: cannot write the results directory {self.path.parent}: "
                              f"{exc.strerror or exc}") from exc

@@ -283,7 +283,7 @@ def test_an_unwritable_job_directory_fails_that_job_alone_and_resumes(tmp_path):
     assert store.status().counts["done"] == 3 and store.job(other).done.stat().st_mtime_ns == done_before
 
 
-def test_a_symlinked_job_directory_is_never_written_through(tmp_path):
+def test_symlinks_in_the_results_directory_are_never_written_through(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("name: link\n" + SMALL.replace("nepochs: 2", "nepochs: 1"))
     outside = tmp_path / "outside"
@@ -292,6 +292,10 @@ def test_a_symlinked_job_directory_is_never_written_through(tmp_path):
     jobs = tmp_path / "results" / "link" / "jobs"
     jobs.mkdir(parents=True)
     (jobs / job_id).symlink_to(outside, target_is_directory=True)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    (jobs.parent / ".lock").symlink_to(precious)
     assert main(["run", str(grid), "--results", str(tmp_path / "results")]) == 0
     assert list(outside.iterdir()) == [] and not (jobs / job_id).is_symlink()
+    assert precious.read_text() == "keep me\n" and not (jobs.parent / ".lock").is_symlink()
     assert ResultStore(tmp_path / "results" / "link").job(job_id).status == "done"

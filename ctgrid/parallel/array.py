@@ -24,6 +24,7 @@ import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .. import _atomic
 from ..errors import ConfigError, StoreError
 from ..store import ResultStore, RunLock, now
 
@@ -112,7 +113,7 @@ class ArrayLock:
     def _flock(self, path: os.PathLike, mode: int, busy: str) -> Any:
         try:
             self.store.root.mkdir(parents=True, exist_ok=True)
-            fh = open(path, "a+", encoding="utf-8")
+            fh = _atomic.open_lock_file(path)
         except OSError as exc:
             raise StoreError(f"--results: cannot write the results directory {self.store.root}: "
                              f"{exc.strerror or exc}") from exc
