@@ -245,12 +245,17 @@ def openmpi() -> Path:
     return OPENMPI
 
 
+def openmpi_cmd(prefix: Path, n: int, grid: Path, results: Path, *extra: str,
+                libmpi: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of the grid under Open MPI's ``mpirun -n N --oversubscribe``
+    (CI has 2 cores), its ranks loading Open MPI's library (or ``libmpi``)."""
+    env = {**ENV, **OPENMPI_ENV, "MPI4PY_LIBMPI": str(libmpi or prefix / "lib" / "libmpi.so.40")}
+    return [str(prefix / "bin" / "mpirun"), "--oversubscribe", *mpi_cmd(n, grid, results, *extra)[1:]], env
+
+
 def openmpi_run(prefix: Path, n: int, grid: Path, results: Path, *extra: str,
                 libmpi: Path | None = None) -> subprocess.CompletedProcess:
-    """The grid under Open MPI's ``mpirun -n N --oversubscribe`` (CI has 2 cores), its ranks
-    loading Open MPI's library (or ``libmpi``)."""
-    env = {**ENV, **OPENMPI_ENV, "MPI4PY_LIBMPI": str(libmpi or prefix / "lib" / "libmpi.so.40")}
-    cmd = [str(prefix / "bin" / "mpirun"), "--oversubscribe", *mpi_cmd(n, grid, results, *extra)[1:]]
+    cmd, env = openmpi_cmd(prefix, n, grid, results, *extra, libmpi=libmpi)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
 
 
@@ -287,6 +292,48 @@ def test_a_launcher_of_another_mpi_than_mpi4py_loads_is_one_error_line_and_exit_
         errors = [line for line in proc.stderr.splitlines() if line.startswith("ctgrid: error:")]
         assert len(errors) == 1 and f"started by {launcher}" in errors[0] and library in errors[0], proc.stderr
     assert not (tmp_path / "mpigrid").exists()
+
+
+#: one long job and two short ones: with two workers one is soon done and waits for the other
+UNEVEN = textwrap.dedent(f"""\
+    name: uneven
+    data: {{name: moons, n_train: 200, n_val: 40, n_test: 60}}
+    generator: {{name: ecco, maxiter: 10}}
+    training: {{nce: 80}}
+    {SMALL_EVAL}
+    subgrids:
+      - training: {{objective: full, nepochs: 30, lambda_reg: 0.25}}
+      - training: {{objective: full, nepochs: 2, lambda_reg: 0.5}}
+      - training: {{objective: vanilla, nepochs: 2}}
+    """)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["mpich", "openmpi"])
+def test_usr1_to_the_launcher_while_a_worker_already_waits_at_the_end_exits_3(request, tmp_path, launcher):
+    """Both launchers forward SIGUSR1 to every rank (as ``srun --signal`` sends it to every
+    task). A worker with nothing left to do waits in ``MPI_Finalize`` for the busy one; there
+    it must still hold ctgrid's handler, or SIGUSR1 kills it and the launcher kills the rest."""
+    grid = tmp_path / "uneven.yaml"
+    grid.write_text(UNEVEN)
+    if launcher == "openmpi":
+        cmd, env = openmpi_cmd(request.getfixturevalue("openmpi"), 3, grid, tmp_path)
+    else:
+        cmd, env = mpi_cmd(3, grid, tmp_path), ENV
+    store = ResultStore(tmp_path / "uneven")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def one_worker_left() -> bool:     # every job but the long one finished, none pending
+            counts = store.status().counts if store.jobs_file.exists() else {}
+            return counts.get("done", 0) == 2 and counts.get("started") == 1
+        wait_for(one_worker_left, proc, TIMEOUT)
+        proc.send_signal(signal.SIGUSR1)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        kill_all(proc.pid)
+    assert proc.returncode == 3, stderr
+    assert "signal" not in stderr.replace("SIGUSR1 received", ""), stderr   # no rank killed by it
+    assert store.status().counts == {"done": 2, "failed": 0, "started": 1, "pending": 0}
 
 
 LOCAL_SLURM = Path(__file__).resolve().parents[2] / "shared" / "slurm" / "local_slurm.sh"

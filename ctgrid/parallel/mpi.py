@@ -330,6 +330,19 @@ def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
         if launcher_rank() == 0:   # every process may think it is rank 0 of one: report once
             raise
         return EXIT_USAGE
+    try:
+        return _run_ranks(MPI, run, stop, out)
+    finally:
+        # Leave MPI while this rank's signal handlers are still installed: a rank that is done
+        # waits in MPI_Finalize for the others, and a SIGUSR1/SIGTERM sent to every rank
+        # (srun --signal, mpirun forwarding it) would kill it there by the default action; the
+        # launcher would then kill the busy ranks mid-epoch and the run would not exit with 3.
+        if not MPI.Is_finalized():
+            MPI.Finalize()
+
+
+def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """This rank's part once MPI is initialised: schedule (rank 0) or run jobs."""
     comm = MPI.COMM_WORLD
     size, rank, shard = comm.Get_size(), comm.Get_rank(), run.settings.shard_size
     try:
