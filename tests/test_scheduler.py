@@ -80,6 +80,21 @@ def test_a_launcher_and_an_mpi_library_that_do_not_belong_together_are_refused_b
         check_library(OPEN_MPI, {"PMI_RANK": "0", "PMI_SIZE": "2"})
 
 
+def test_stop_flag_restores_only_the_handlers_it_still_owns():
+    """A finished MPI rank ignores SIGUSR1/SIGTERM until it exits; leaving the flag keeps that."""
+    from ctgrid.parallel.signals import StopFlag
+    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    try:
+        with StopFlag() as stop:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            assert signal.getsignal(signal.SIGTERM) == stop._handler
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
 def test_a_world_of_one_under_a_launcher_of_several_processes_is_refused_after_mpi_init():
     assert launched({"OMPI_COMM_WORLD_SIZE": "3", "SLURM_STEP_NUM_TASKS": "9"}) == (
         "Open MPI's mpirun (OMPI_COMM_WORLD_SIZE=3)", 3)

@@ -27,6 +27,7 @@ run the whole grid N times; :func:`check_library` (before ``MPI_Init``) and
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import traceback
@@ -333,12 +334,13 @@ def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
     try:
         return _run_ranks(MPI, run, stop, out)
     finally:
-        # Leave MPI while this rank's signal handlers are still installed: a rank that is done
-        # waits in MPI_Finalize for the others, and a SIGUSR1/SIGTERM sent to every rank
-        # (srun --signal, mpirun forwarding it) would kill it there by the default action; the
-        # launcher would then kill the busy ranks mid-epoch and the run would not exit with 3.
-        if not MPI.Is_finalized():
-            MPI.Finalize()
+        # This rank's work is done: it waits in MPI_Finalize (mpi4py's, at exit: the last
+        # thing, so that rank 0's exit code cannot beat the workers' exit under `srun
+        # --kill-on-bad-exit`) for the others. A SIGUSR1/SIGTERM sent to every rank (srun
+        # --signal, mpirun forwarding it) would kill it there by the default action, and the
+        # launcher would then kill the busy ranks mid-epoch: from now on they are ignored.
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
