@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -339,8 +340,9 @@ def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
         # --kill-on-bad-exit`) for the others. A SIGUSR1/SIGTERM sent to every rank (srun
         # --signal, mpirun forwarding it) would kill it there by the default action, and the
         # launcher would then kill the busy ranks mid-epoch: from now on they are ignored.
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+        if threading.current_thread() is threading.main_thread():   # elsewhere none can be set
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
