@@ -299,7 +299,7 @@ def test_array_tasks_run_in_process_give_the_full_runs_results(tmp_path, capsys)
 # ----------------------------------------------------------------------------- a real Slurm cluster
 
 LOCAL_SLURM = ROOT.parent / "shared" / "slurm"
-TIMEOUT = 240
+TIMEOUT = 600
 needs_slurm = pytest.mark.skipif(
     shutil.which("slurmctld") is None or shutil.which("sbatch") is None or os.geteuid() != 0
     or not (LOCAL_SLURM / "local_slurm.sh").exists(),
@@ -346,7 +346,15 @@ def slgrid(tmp_path_factory) -> tuple[Path, ResultStore]:
     return grid, ResultStore(base / "ref" / "slgrid")
 
 
-def cli_submit(env: dict[str, str], grid: Path, results: Path, *extra: str) -> list[str]:
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> ResultStore:
+    """The shipped quickstart grid run in this process (README's first command)."""
+    base = tmp_path_factory.mktemp("quickstart")
+    assert main(["run", "quickstart", "--results", str(base)]) == 0
+    return ResultStore(base / "quickstart")
+
+
+def cli_submit(env: dict[str, str], grid: Path | str, results: Path, *extra: str) -> list[str]:
     """``ctgrid slurm submit`` as a user types it; the job ids it printed (run, then aggregate)."""
     proc = subprocess.run([sys.executable, "-m", "ctgrid", "slurm", "submit", str(grid), "--results",
                            str(results), "--overcommit", "--mem-per-cpu", "100M", "--time", "10:00", *extra],
@@ -402,12 +410,26 @@ def test_submitted_mpi_job_requeues_itself_after_the_warning_signal_and_reproduc
 
 @pytest.mark.slow
 @needs_slurm
-def test_array_job_reproduces_the_run_and_its_dependent_aggregation_writes_the_summary(cluster, slgrid,
+def test_submitted_quickstart_equals_the_in_process_run(cluster, quickstart, tmp_path):
+    """`ctgrid slurm submit quickstart --ntasks 3`: rank 0 + 2 workers under srun, exit 0, the
+    files of `ctgrid run quickstart` bit for bit."""
+    (job,) = cli_submit(cluster, "quickstart", tmp_path, "--ntasks", "3")
+    (rec,) = wait_ended(cluster, job)
+    store = ResultStore(tmp_path / "quickstart")
+    assert (rec["JobState"], rec["ExitCode"], rec["Restarts"]) == ("COMPLETED", "0:0", "0"), logs(store)
+    assert_same_results(quickstart, store)
+
+
+@pytest.mark.slow
+@needs_slurm
+def test_array_job_reproduces_the_run_and_its_dependent_aggregation_writes_the_summary(cluster, quickstart,
                                                                                         tmp_path):
-    grid, reference = slgrid
-    job, agg = cli_submit(cluster, grid, tmp_path, "--array", "3", "--aggregate")
+    """`--array 3 --aggregate` on the quickstart grid: three single-process tasks (one idle: two
+    jobs), the in-process files bit for bit, and the dependent aggregation's summary."""
+    job, agg = cli_submit(cluster, "quickstart", tmp_path, "--array", "3", "--aggregate")
+    reference = quickstart
     tasks = wait_ended(cluster, job)
-    store = ResultStore(tmp_path / "slgrid")
+    store = ResultStore(tmp_path / "quickstart")
     assert sorted(r["ArrayTaskId"] for r in tasks) == ["0", "1", "2"]
     assert {(r["JobState"], r["ExitCode"], r["Restarts"]) for r in tasks} == {("COMPLETED", "0:0", "0")}, \
         logs(store)                                         # a normal end never requeues

@@ -74,9 +74,8 @@ def _main(argv: Sequence[str] | None) -> int:
         args.argv_seen = [*argv[2:], *(["--", *passthrough] if passthrough else [])]
     if extra:  # KEY=VALUE overrides may follow options: `ctgrid run GRID --dry-run a.b=1`
         if not hasattr(args, "overrides") or any(e.startswith("-") for e in extra):
-            print(f"ctgrid: error: {args.command}: unrecognized arguments: {' '.join(extra)} "
-                  f"(see ctgrid {args.command} --help)", file=sys.stderr)
-            return 2
+            parser.exit(2, f"ctgrid: error: {args.command}: unrecognized arguments: {' '.join(extra)} "
+                           f"(see ctgrid {args.command} --help)\n")
         args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
