@@ -42,8 +42,8 @@ def _write_error(exc: BaseException, path: Path) -> WriteError | None:
     an I/O failure (a bug or a bad value: re-raised as is)."""
     if isinstance(exc, WriteError):
         return exc
-    if isinstance(exc, OSError) and exc.errno:
-        return WriteError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+    if isinstance(exc, OSError) and exc.errno:   # the system's words (pyarrow's strerror is a paragraph)
+        return WriteError(exc.errno, os.strerror(exc.errno), str(path))
     text = " ".join(str(e) for e in (exc, exc.__context__, exc.__cause__) if e is not None).lower()
     if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and any(
             w in text for w in ("iostream", "write", "file", "inline_container"))):

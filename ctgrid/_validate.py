@@ -66,6 +66,15 @@ def _type_name(tp: Any) -> str:
         tp, getattr(tp, "__name__", str(tp).replace("typing.", "")))
 
 
+#: the largest integer a config may hold (int64: Parquet, numpy and torch)
+MAX_INT = 2**63 - 1
+
+
+def _short_int(value: int) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else f"{text[:12]}...{text[-6:]} ({len(text)} digits)"
+
+
 @functools.lru_cache(maxsize=None)
 def _origin_args(tp: Any) -> tuple[Any, tuple[Any, ...]]:
     """``typing.get_origin`` / ``get_args`` of an annotation, once per annotation (a grid of
@@ -110,8 +119,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: got {value!r}; expected an integer")
+                value = int(value)
+            else:
+                raise ConfigError(f"{where}: got {value!r}; expected an integer")
+        if not -MAX_INT <= value <= MAX_INT:   # Parquet, torch and numpy hold 64-bit integers
+            raise ConfigError(f"{where}: got {_short_int(value)}; allowed: an integer in "
+                              f"-{MAX_INT}..{MAX_INT}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

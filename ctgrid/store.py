@@ -41,6 +41,7 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 import re
 import socket
 import traceback as _tb
@@ -273,19 +274,41 @@ class ResultStore:
         self._check_same_grid(grid.source_text, grid.point_table(), force, dry=True)
         self._check_no_links()
 
+    def check_writable(self) -> None:
+        """What taking the lock would refuse, without leaving anything (``--dry-run``): the
+        results directory (or its nearest existing parent) must be a directory this process can
+        create files in — probed with a temporary directory that is removed at once (permission
+        bits alone say nothing for root, an immutable directory or a read-only mount)."""
+        base = self.root
+        while not base.exists() and base != base.parent:
+            base = base.parent
+        try:
+            if not base.is_dir():
+                raise NotADirectoryError(20, "Not a directory", str(base))
+            os.rmdir(tempfile.mkdtemp(prefix=".ctgrid-probe-", dir=base))
+        except OSError as exc:
+            raise StoreError(f"--results: cannot write the results directory {self.root.parent}: "
+                             f"{exc.strerror or exc}") from None
+
     def _check_no_links(self) -> None:
-        """``jobs/`` (and ``cache/``) must be real directories: ctgrid never makes a symbolic
-        link, and results are never written through one to somewhere outside the results."""
-        for sub in (self.root / "jobs", self.cache_dir):
+        """The grid's directory, ``jobs/`` and ``cache/`` must be real directories: ctgrid never
+        makes a symbolic link, and results are never written through one to somewhere else."""
+        for sub in (self.root, self.root / "jobs", self.cache_dir):
             if sub.is_symlink():
                 raise StoreError(f"{sub} is a symbolic link (to {os.readlink(sub)}); ctgrid writes "
                                  f"results only into real directories: remove the link")
 
     def _check_same_grid(self, source_text: str, table: pd.DataFrame, force: bool, dry: bool = False) -> None:
-        if not self.grid_file.exists():
+        if not self.grid_file.exists() and not self.grid_file.is_symlink():
             return
-        if self.grid_file.read_text(encoding="utf-8") == source_text:
-            return
+        if self.grid_file.is_symlink() or self.jobs_file.is_symlink():
+            raise StoreError(f"{self.root}: grid.yaml / jobs.parquet is a symbolic link; ctgrid makes none "
+                             f"(remove it, or use another --results)")
+        try:
+            if self.grid_file.read_text(encoding="utf-8") == source_text:
+                return
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{self.grid_file}: unreadable ({exc}); use another --results") from None
         if self._same_points(table):
             return
         if not force:
@@ -323,14 +346,23 @@ class ResultStore:
         import pandas as pd
         if not self.jobs_file.exists():
             raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
-        return pd.read_parquet(self.jobs_file)
+        try:
+            return pd.read_parquet(self.jobs_file)
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors: a damaged file is bad input
+            raise StoreError(f"{self.jobs_file}: unreadable ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]})") from None
 
     def point_job_ids(self) -> list[str]:
         """Each grid point's job id, in point order (pyarrow only: ``ctgrid status`` stays fast)."""
         import pyarrow.parquet as pq
         if not self.jobs_file.exists():
             raise StoreError(f"{self.root} is not a ctgrid results directory (no jobs.parquet)")
-        return [str(i) for i in pq.ParquetFile(self.jobs_file).read(columns=["job_id"]).column(0).to_pylist()]
+        try:
+            table = pq.ParquetFile(self.jobs_file).read(columns=["job_id"])
+        except Exception as exc:  # noqa: BLE001 - pyarrow's errors: a damaged file is bad input
+            raise StoreError(f"{self.jobs_file}: unreadable ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200]})") from None
+        return [str(i) for i in table.column(0).to_pylist()]
 
     def job_ids(self) -> list[str]:
         """The grid's distinct job ids, in order of first appearance in the point table."""

@@ -120,6 +120,11 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
      "data.mutability"),
     ("missing-data-dir", "data: {name: german}\ntraining: {nce: 100}\n", ["--data-dir", "{tmp}/nodata"],
      "german"),
+    ("seed-above-int64", "training: {seed: 9223372036854775808}\n", [], "training.seed"),
+    ("int-of-5000-digits", "training: {nepochs: 1" + "0" * 5000 + "}\n", [], "invalid YAML"),
+    ("range-beyond-int64", "training: {seed: {range: [0, 100000000000000000000]}}\n", [], "training.seed"),
+    ("n-runs-huge", "evaluation: {n_runs: 99999999999}\n", [], "evaluation.n_runs"),
+    ("nhidden-huge", "model: {nhidden: 10000000}\n", [], "model.nhidden"),
     # --- the command line
     ("override-unknown", SMALL, ["training.lamda=1"], "lamda"),
     ("override-bad-yaml", SMALL, ["training.lr=[1,"], "training.lr"),
@@ -129,6 +134,10 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("pack-size-zero", SMALL, ["--pack-size", "0"], "--pack-size"),
     ("shard-size-serial", SMALL, ["--shard-size", "2"], "--shard-size"),
     ("mistyped-flag", SMALL, ["--retry-faild"], "--retry-faild"),
+    ("threads-huge", SMALL, ["--threads", "99999"], "--threads"),
+    ("array-size-huge", SMALL, ["--array-task", "0", "--array-size", "99999999999999999999"], "--array-size"),
+    ("results-empty", SMALL, ["--results", ""], "--results"),
+    ("override-int-beyond-int64", SMALL, ["training.seed=1111111111111111111111111111111"], "training.seed"),
 ]
 
 
@@ -164,6 +173,41 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys,
     assert len(err[0]) < 1000
     assert sorted(p.name for p in tmp_path.iterdir()) == ([] if text is None else ["grid.yaml"])
     assert seconds < 30 and grown_mb < 500, (seconds, grown_mb)   # a hang / blow-up guard, not a benchmark
+
+
+def test_the_run_refuses_before_writing_what_only_the_files_show_and_the_dry_run_agrees(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A truncated data file, a results directory with a damaged jobs.parquet, a symlinked grid
+    directory, a --results that is a file: exit 2 from the dry run and from the run, one line,
+    nothing written (an outside review found these)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    raw = (SHARED / "german_credit_numeric.csv.gz").read_bytes()
+    (data / "german_credit_numeric.csv.gz").write_bytes(raw[:500])
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: g\ndata: {name: german}\ntraining: {nce: 100, nepochs: 1}\n"
+                    "evaluation: {enabled: false}\n")
+    damaged = tmp_path / "damaged"
+    (damaged / "g").mkdir(parents=True)
+    (damaged / "g" / "grid.yaml").write_text("x\n")
+    (damaged / "g" / "jobs.parquet").write_bytes(b"garb")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (linked / "g").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "afile").write_text("")
+    monkeypatch.setenv("CTGRID_DATA", str(SHARED))
+    cases = [(["--results", str(tmp_path / "r1"), "--data-dir", str(data)], "malformed data file"),
+             (["--results", str(damaged)], "holds results of a different grid"),
+             (["--results", str(linked)], "is a symbolic link"),
+             (["--results", str(tmp_path / "afile")], "cannot write the results directory")]
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    for args, needle in cases:
+        for dry in (["--dry-run"], []):
+            assert main(["run", str(grid), *args, *dry]) == 2, (args, dry)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and needle in err[0], (args, dry, err)
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before
 
 
 def test_expand_makes_the_same_data_checks_without_torch(tmp_path):

@@ -52,9 +52,11 @@ def run_level(results: Results, *, valid_only: bool) -> RunLevel:
             "metric", "value"]
     table = results.read_table("evaluation", cols, metric_filter((*CE_METRICS, "ip_star")))
     if table is None:
+        per_ce = pd.DataFrame({c: pd.Series(dtype="str" if c == "job_id" else "float64")
+                               for c in [*RUN_KEYS, "individual", "target", "predicted", *CE_METRICS]})
         return RunLevel(pd.DataFrame(columns=[*RUN_KEYS, *CE_METRICS]),
                         pd.DataFrame(columns=[*RUN_KEYS, "ip_star"]), None, (),
-                        notes=["no evaluation.parquet in the finished jobs"])
+                        notes=["no evaluation.parquet in the finished jobs"], per_ce=per_ce)
     notes = []
     gens = _labels(table, "generator")
     gen = ("ecco" if "ecco" in gens else gens[0]) if gens else None

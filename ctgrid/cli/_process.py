@@ -27,8 +27,18 @@ def add_threads(p: argparse.ArgumentParser, default: int | None, what: str) -> N
                    help=f"torch intra-op threads per process (default: {what})")
 
 
+def max_threads() -> int:
+    """The most torch threads a process may ask for: this machine's cores (at least 256, for
+    a login node that plans a job for bigger compute nodes)."""
+    return max(256, os.cpu_count() or 1)
+
+
 def check_threads(value: int | None) -> int | None:
-    """``value`` if it is a usable thread count (or None: torch's choice); one-line error else."""
-    if value is not None and value < 1:
-        raise ConfigError(f"--threads: got {value}; allowed: an integer >= 1")
+    """``value`` if it is a usable thread count (or None: torch's choice); one-line error else.
+    (Tens of thousands of threads crash torch or the process instead of running.)"""
+    limit = max_threads()
+    if value is not None and not 1 <= value <= limit:
+        source = "--threads" if os.environ.get("SLURM_CPUS_PER_TASK", "") != str(value) else \
+            "--threads (default: $SLURM_CPUS_PER_TASK)"
+        raise ConfigError(f"{source}: got {value}; allowed: an integer in 1..{limit}")
     return value

@@ -57,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     from ..grid.job import GROUPS
     grid = load_grid(*grid_and_overrides(args))
     jobs = grid.jobs()
+    if args.job is not None and not args.job.strip():
+        raise ConfigError("--job: got an empty id; allowed: a job id or a unique prefix of one "
+                          "(ctgrid expand lists them)")
     if args.job or len(jobs) == 1:
         ids = [j for j in jobs if j.startswith(args.job or "")]
         if len(ids) != 1:

@@ -68,7 +68,7 @@ def add_run_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """The options of ``ctgrid run`` that ``ctgrid slurm submit`` passes on to it."""
-    p.add_argument("--results", type=Path, default=Path("results"), metavar="DIR",
+    p.add_argument("--results", type=_directory, default=Path("results"), metavar="DIR",
                    help="results root; the grid's results go to DIR/<grid name>/ (default: ./results)")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="directory of the real datasets' files (default: $CTGRID_DATA)")
@@ -85,6 +85,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="allow writing into a results directory that holds a different grid "
                         "(shared, content-addressed jobs are reused)")
+
+
+def _directory(text: str) -> Path:
+    """A directory argument: an empty one is a mistake (``--results "$UNSET"``), not ``.``."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("got an empty path; allowed: a directory path")
+    return Path(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -164,9 +171,9 @@ def status(args: argparse.Namespace) -> int:
     if args.watch is None:
         _status_once(args)
         return 0
-    if args.watch <= 0:
+    if not 0 < args.watch <= 86400:   # also nan and inf
         from ..errors import ConfigError
-        raise ConfigError(f"--watch: got {args.watch}; allowed: a number of seconds > 0")
+        raise ConfigError(f"--watch: got {args.watch}; allowed: a number of seconds in (0, 86400]")
     from ..parallel.monitor import watch
 
     def render() -> None:

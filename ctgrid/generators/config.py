@@ -40,7 +40,7 @@ class GeneratorConfig:
 
     name: str = param("ecco", choices=GENERATORS)
     lr: float = param(0.1, gt=0)
-    maxiter: int = param(30, ge=1)
+    maxiter: int = param(30, ge=1, le=100_000)
     tau: float = param(0.75, gt=0, lt=1)
     lambda_cost: float = param(0.001, ge=0)
     lambda_energy: float = param(5.0, ge=0, only=("ecco",))

@@ -100,16 +100,25 @@ def names_features(job: JobConfig) -> bool:
         bool(job.evaluation.mutability)
 
 
-def check_features(jobs: Mapping[str, JobConfig], data_dir: str | os.PathLike | None) -> None:
+def check_features(jobs: Mapping[str, JobConfig], data_dir: str | os.PathLike | None, *,
+                   read_every_dataset: bool = False) -> None:
     """``data.mutability`` and ``evaluation.mutability`` name features the data has (by name,
     one-hot variable or index; ``did you mean``), read once per distinct data configuration.
-    Raises DataError when the data files are missing or unreadable."""
+    With ``read_every_dataset`` (a run and its dry run) every data file of the grid is read
+    once as well, so a truncated or malformed file is bad input (exit 2), not a job failing at
+    run time. Raises DataError when the data files are missing or unreadable."""
     from .._mutability import resolve_mutability
     from ..data.loaders import load_splits
     by_data: dict[DataConfig, list[JobConfig]] = {}
+    first: dict[str, DataConfig] = {}
     for job in jobs.values():
+        first.setdefault(job.data.name, job.data)
         if names_features(job):
             by_data.setdefault(job.data, []).append(job)
+    if read_every_dataset:
+        for data in first.values():
+            if dataset_defaults(data.name).files:
+                by_data.setdefault(data, [])
     for data, group in by_data.items():
         splits = load_splits(data, data_dir)
         names, groups = splits.feature_names, splits.categorical_groups

@@ -126,6 +126,8 @@ def _load_yaml(text: str) -> Any:
     except RecursionError:
         raise ConfigError(f"invalid YAML: nested too deeply to parse (allowed: {MAX_YAML_DEPTH} "
                           f"levels)") from None
+    except ValueError as exc:   # e.g. an integer of more than 4300 digits (Python's int limit)
+        raise ConfigError(f"invalid YAML: {str(exc).splitlines()[0][:200]}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -203,8 +205,9 @@ def _range_axis(value: dict, where: str) -> tuple:
     axis = range(*bounds)
     if not axis:
         raise ConfigError(f"{where}: got {_short(value)}; the range is empty ({usage})")
-    if len(axis) > MAX_POINTS:
-        raise ConfigError(f"{where}: got {_short(value)}: {len(axis)} values; allowed: at most {MAX_POINTS}")
+    count = (abs(bounds[1] - bounds[0]) + abs(axis.step) - 1) // abs(axis.step)   # len() overflows past 2**63
+    if count > MAX_POINTS:
+        raise ConfigError(f"{where}: got {_short(value)}: {count} values; allowed: at most {MAX_POINTS}")
     return tuple(axis)
 
 

@@ -16,8 +16,8 @@ class ModelConfig:
     """Architecture of the classifier."""
 
     kind: str = param("mlp", choices=("mlp", "linear", "cnn"))
-    nhidden: int = param(32, ge=1)
-    nlayers: int = param(1, ge=1)
+    nhidden: int = param(32, ge=1, le=65_536)
+    nlayers: int = param(1, ge=1, le=100)
     activation: str = param("relu", choices=ACTIVATION_NAMES)
 
     def __post_init__(self) -> None:

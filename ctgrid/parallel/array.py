@@ -37,6 +37,10 @@ LOCK_PREFIX = ".lock.array-"
 RUN_PREFIX = "run.array-"
 
 
+#: tasks of one array (a grid has at most 20,000 jobs: ctgrid.grid.spec.MAX_POINTS)
+MAX_ARRAY_SIZE = 20_000
+
+
 @dataclass(frozen=True)
 class ArrayTask:
     """Task ``index`` (0-based) of ``size`` array tasks."""
@@ -45,8 +49,9 @@ class ArrayTask:
     size: int
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ConfigError(f"--array-size: got {self.size}; allowed: an integer >= 1")
+        if not 1 <= self.size <= MAX_ARRAY_SIZE:
+            raise ConfigError(f"--array-size: got {self.size}; allowed: an integer in 1..{MAX_ARRAY_SIZE} "
+                              f"(no more tasks than a grid may have jobs)")
         if not 0 <= self.index < self.size:
             raise ConfigError(f"--array-task: got {self.index}; allowed: 0 to {self.size - 1} "
                               f"(--array-size {self.size})")

@@ -120,7 +120,7 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
         if missing:
             raise DataError(f"dataset {name!r}: missing {', '.join(missing)} in {root} "
                             f"(--data-dir / CTGRID_DATA)")
-    check_features(jobs, data_dir)
+    check_features(jobs, data_dir, read_every_dataset=True)
 
 
 def prepare(run: GridRun) -> Prepared:
@@ -138,6 +138,7 @@ def prepare(run: GridRun) -> Prepared:
             raise StoreError(f"results directory {store.root} is in use by another run ({holder}); "
                              f"wait for it or use --results elsewhere")
         store.check_grid(grid, force=run.force)
+        store.check_writable()
         return _prepared(run, store, jobs, pack_size, None, len(grid))
     store.check_grid(grid, force=run.force)   # refuse another grid's directory before creating .lock
     from .array import acquire

@@ -43,7 +43,7 @@ class TrainingConfig:
     lambda_reg: float = param(0.1, ge=0, only=("reg",))
     lambda_adv: float = param(0.25, ge=0, only=("adv",))
     adv_eps: float = param(0.3, gt=0, only=("adv",))
-    nepochs: int = param(100, ge=1)
+    nepochs: int = param(100, ge=1, le=1_000_000)
     burnin: float = param(0.0, ge=0, le=1, only=("ce",))
     nce: int = param(1000, ge=1, only=("ce",))
     batch_size: int | None = param(None, ge=1)
