@@ -36,7 +36,7 @@ from .job import GROUPS, JobConfig
 
 TOP_KEYS = ("name", "description", "repeats", "subgrids", *GROUPS)
 #: A grid with more points than this is almost surely a typo. Expanding costs ~0.3 ms a point
-#: (validated configs, canonical forms, job ids), so the largest allowed grid expands in ~6 s
+#: (validated configs, canonical forms, job ids), so the largest allowed grid expands in ~8 s
 #: and dry-runs in ~10 s on 2 cores; bigger studies are several grids (docs/grids.md).
 MAX_POINTS = 20_000
 #: The grid ``ctgrid run`` uses when none is given.
