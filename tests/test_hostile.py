@@ -64,6 +64,7 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("subgrid-unknown-key", "subgrids:\n  - trainig: {lr: 0.1}\n", [], "trainig"),
     ("empty-axis", "training: {lambda_reg: []}\n", [], "training.lambda_reg"),
     ("duplicate-axis-value", "training: {lambda_reg: [0.1, 0.1]}\n", [], "training.lambda_reg"),
+    ("duplicate-axis-int-float", "training: {lambda_reg: [1, 1.0]}\n", [], "training.lambda_reg"),
     ("too-many-points", "training: {seed: {range: [0, 200]}, lambda_reg: {range: [0, 200]}}\n", [], "points"),
     ("range-too-long", "training: {seed: {range: [0, 1000000]}}\n", [], "training.seed"),
     ("range-bad-step", "training: {seed: {range: [0, 10, 0]}}\n", [], "training.seed"),
@@ -343,3 +344,16 @@ def test_symlinks_in_the_results_directory_are_never_written_through(tmp_path):
     assert list(outside.iterdir()) == [] and not (jobs / job_id).is_symlink()
     assert precious.read_text() == "keep me\n" and not (jobs.parent / ".lock").is_symlink()
     assert ResultStore(tmp_path / "results" / "link").job(job_id).status == "done"
+
+
+def test_a_reader_that_leaves_the_pipe_does_not_stop_the_run(tmp_path):
+    """`ctgrid run GRID | head -1`: the progress reader leaves; every job still runs, exit 0."""
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: pipe\n" + SMALL.replace("nepochs: 2", "nepochs: 1, seed: [0, 1, 2]"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "OMPI", "SLURM", "HYDRA"))}
+    proc = subprocess.Popen([sys.executable, "-m", "ctgrid", "run", str(grid), "--results", str(tmp_path),
+                             "--pack-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 0, proc.stderr.read() if proc.stderr else ""
+    assert ResultStore(tmp_path / "pipe").status().counts["done"] == 3

@@ -82,6 +82,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except (ConfigError, DataError, StoreError) as exc:
         print(f"ctgrid: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:   # `ctgrid run --dry-run | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("ctgrid: interrupted", file=sys.stderr)
         return 130

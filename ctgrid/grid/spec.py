@@ -182,8 +182,8 @@ def _axis(value: Any, depth: int, where: str) -> tuple:
         if not value:
             raise ConfigError(f"{where}: an axis needs at least one value, got []")
         seen: set[str] = set()
-        for v in value:
-            key = repr(v)
+        for v in value:   # 1 and 1.0 are one value (either coerces to the other)
+            key = repr(int(v)) if isinstance(v, float) and v.is_integer() else repr(v)
             if key in seen:
                 raise ConfigError(f"{where}: the axis lists {v!r} twice")
             seen.add(key)

@@ -259,12 +259,15 @@ class Progress:
 
     def _emit(self, event: str, permanent: bool = False) -> None:
         with self._lock:
-            if self.tty:
-                text = f"\r\x1b[K{self.line()} | {event}"
-                self.out.write(text + ("\n" if permanent else ""))
-            else:
-                self.out.write(f"{self.line()} | {event}\n")
-            self.out.flush()
+            try:
+                if self.tty:
+                    text = f"\r\x1b[K{self.line()} | {event}"
+                    self.out.write(text + ("\n" if permanent else ""))
+                else:
+                    self.out.write(f"{self.line()} | {event}\n")
+                self.out.flush()
+            except BrokenPipeError:   # `ctgrid run | head`: the reader left; the run goes on
+                self.out = open(os.devnull, "w")
             self.last_emit = time.monotonic()
         self._write_state()
 
