@@ -158,6 +158,8 @@ def test_slurm_time_formats_in_seconds():
     (("--ntasks", "1"), "--ntasks: got 1; allowed: an integer >= 2"),
     (("--array", "3", "--ntasks", "4"), "--ntasks: got 4 with --array; allowed: 1"),
     (("--array", "0"), "--array: got 0; allowed: an integer >= 1"),
+    (("--array", "99999999"), "--array: got 99999999; allowed: an integer in 1..20000"),
+    (("--cpus-per-task", "99999"), "--cpus-per-task: got 99999; allowed: an integer in 1.."),
     (("--array", "2", "--shard-size", "2"), "--shard-size: got 2 with --array; allowed: 1"),
     (("--max-requeues", "-1"), "--max-requeues: got -1; allowed: an integer >= 0"),
     (("--no-requeue", "--max-requeues", "2"), "--max-requeues: given with --no-requeue"),

@@ -71,8 +71,16 @@ class SubmitOptions:
     def __post_init__(self) -> None:
         _positive("--ntasks", self.ntasks)
         _positive("--cpus-per-task", self.cpus_per_task)
+        from ..cli._process import max_threads   # each task's torch threads: ctgrid run refuses more
+        if self.cpus_per_task > max_threads():
+            raise ConfigError(f"--cpus-per-task: got {self.cpus_per_task}; allowed: an integer in "
+                              f"1..{max_threads()} (the torch threads of each task)")
         if self.array is not None:
             _positive("--array", self.array)
+            from ..parallel.array import MAX_ARRAY_SIZE
+            if self.array > MAX_ARRAY_SIZE:
+                raise ConfigError(f"--array: got {self.array}; allowed: an integer in 1..{MAX_ARRAY_SIZE} "
+                                  f"(no more tasks than a grid may have jobs)")
             if self.ntasks != 1:
                 raise ConfigError(f"--ntasks: got {self.ntasks} with --array; allowed: 1 (each array "
                                   f"task is one process that runs its share of the grid, no MPI)")
