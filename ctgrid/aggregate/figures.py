@@ -158,7 +158,8 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
         h = hist[hist["data.name"] == d]
         for (tau, lam), g in h.groupby(["generator.tau", "training.lambda_reg"], sort=True):
             s = g.groupby("epoch")["share"].agg(["mean", "std"]).fillna({"std": 0.0})
-            line, = ax.plot(s.index, s["mean"], lw=1.2, label=f"τ={tau:g}, λ_reg={lam:g}")
+            line, = ax.plot(s.index, s["mean"], lw=1.2, marker="o" if len(s) < 3 else None,  # 1 epoch: a dot
+                            label=f"τ={tau:g}, λ_reg={lam:g}")
             ax.fill_between(s.index, s["mean"] - s["std"], s["mean"] + s["std"],
                             color=line.get_color(), alpha=0.15, lw=0)
         ax.set_ylim(-0.02, 1.02)
