@@ -168,6 +168,12 @@ def mark_done(paths: JobPaths, record: Mapping[str, Any]) -> None:
         stale.unlink(missing_ok=True)
 
 
+def unwritable(directory: Path, exc: OSError) -> StoreError:
+    """The bad-input error (exit 2) for a results directory that cannot be written, raised
+    before any work by the run's lock, an array task's lock and the dry run's probe alike."""
+    return StoreError(f"--results: cannot write the results directory {directory}: {exc.strerror or exc}")
+
+
 class RunLock:
     """An exclusive ``fcntl.flock`` on ``<grid dir>/.lock``.
 
@@ -184,8 +190,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fh = _atomic.open_lock_file(self.path)
         except OSError as exc:
-            raise StoreError(f"--results: cannot write the results directory {self.path.parent}: "
-                             f"{exc.strerror or exc}") from exc
+            raise unwritable(self.path.parent, exc) from exc
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -287,8 +292,7 @@ class ResultStore:
                 raise NotADirectoryError(20, "Not a directory", str(base))
             os.rmdir(tempfile.mkdtemp(prefix=".ctgrid-probe-", dir=base))
         except OSError as exc:
-            raise StoreError(f"--results: cannot write the results directory {self.root.parent}: "
-                             f"{exc.strerror or exc}") from None
+            raise unwritable(self.root, exc) from None
 
     def _check_no_links(self) -> None:
         """The grid's directory, ``jobs/`` and ``cache/`` must be real directories: ctgrid never

@@ -8,6 +8,7 @@ import argparse
 import os
 
 from ..errors import ConfigError
+from ..parallel.settings import max_threads
 from ..parallel.signals import EXIT_INTERRUPTED, StopFlag
 
 __all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_threads", "check_threads", "default_threads"]
@@ -25,12 +26,6 @@ def add_threads(p: argparse.ArgumentParser, default: int | None, what: str) -> N
     """The ``--threads N`` flag (validated by :func:`check_threads` when the command runs)."""
     p.add_argument("--threads", type=int, default=default, metavar="N",
                    help=f"torch intra-op threads per process (default: {what})")
-
-
-def max_threads() -> int:
-    """The most torch threads a process may ask for: this machine's cores (at least 256, for
-    a login node that plans a job for bigger compute nodes)."""
-    return max(256, os.cpu_count() or 1)
 
 
 def check_threads(value: int | None) -> int | None:

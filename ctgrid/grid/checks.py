@@ -96,8 +96,8 @@ def check_sizes(jobs: Mapping[str, JobConfig]) -> None:
 
 def names_features(job: JobConfig) -> bool:
     """Whether ``job`` gives a mutability by feature name or index (data or evaluation)."""
-    return isinstance(job.data.mutability, tuple) and bool(job.data.mutability) or \
-        bool(job.evaluation.mutability)
+    return (isinstance(job.data.mutability, tuple) and bool(job.data.mutability)) \
+        or bool(job.evaluation.mutability)
 
 
 def check_features(jobs: Mapping[str, JobConfig], data_dir: str | os.PathLike | None, *,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from .. import _atomic
 from ..errors import ConfigError, StoreError
-from ..store import ResultStore, RunLock, now
+from ..store import ResultStore, RunLock, now, unwritable
 
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
@@ -120,8 +120,7 @@ class ArrayLock:
             self.store.root.mkdir(parents=True, exist_ok=True)
             fh = _atomic.open_lock_file(path)
         except OSError as exc:
-            raise StoreError(f"--results: cannot write the results directory {self.store.root}: "
-                             f"{exc.strerror or exc}") from exc
+            raise unwritable(self.store.root, exc) from exc
         try:
             fcntl.flock(fh.fileno(), mode | fcntl.LOCK_NB)
         except OSError as exc:

@@ -3,6 +3,7 @@ in a job and a job's outcome. ``ctgrid run --dry-run`` (and ``ctgrid slurm submi
 makes one) plan a grid with these alone, without importing torch."""
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -60,3 +61,9 @@ class Role:
     stop: Callable[[], bool] = _never               # between epochs
     local_stop: Callable[[], bool] | None = None    # before the evaluation (default: stop)
     wrap_search: SearchWrapper | None = None
+
+
+def max_threads() -> int:
+    """The most torch threads a process may ask for: this machine's cores (at least 256, for
+    a login node that plans a job for bigger compute nodes)."""
+    return max(256, os.cpu_count() or 1)

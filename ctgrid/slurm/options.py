@@ -71,7 +71,7 @@ class SubmitOptions:
     def __post_init__(self) -> None:
         _positive("--ntasks", self.ntasks)
         _positive("--cpus-per-task", self.cpus_per_task)
-        from ..cli._process import max_threads   # each task's torch threads: ctgrid run refuses more
+        from ..parallel.settings import max_threads   # each task's torch threads: ctgrid run refuses more
         if self.cpus_per_task > max_threads():
             raise ConfigError(f"--cpus-per-task: got {self.cpus_per_task}; allowed: an integer in "
                               f"1..{max_threads()} (the torch threads of each task)")
