@@ -24,15 +24,16 @@ EXPECTED = {
     # 3 gen x 3 lambda_adv x 3 lambda_div x 5 lambda_reg x 2 objectives = 270 points.
     # full: 3 x 3 x 3 x 5 = 135 points, all different (the generator name and the three
     # weights all matter; the evaluation is the same for all). vanilla: the 135 points differ
-    # only in parameters vanilla ignores -> 1 job. 135 + 1 = 136.
-    "penalties": (270, 136),
+    # only in parameters vanilla ignores -> 1 job. 135 + 1 = 136 per dataset; the paper ran it
+    # on each of the four synthetic sets: 4 x 270 = 1080 points, 4 x 136 = 544 jobs.
+    "penalties": (1080, 544),
     # 3 gen x 3 tau x 5 lambda_energy x 3 maxiter x 2 = 270. full ecco: 3 x 5 x 3 = 45;
     # full generic/revise: lambda_energy unused -> 3 tau x 3 maxiter = 9 each; vanilla 1.
-    # 45 + 9 + 9 + 1 = 64.
-    "gen_params": (270, 64),
+    # 45 + 9 + 9 + 1 = 64 per dataset; x 4 synthetic sets: 1080 points, 256 jobs.
+    "gen_params": (1080, 256),
     # 3 gen x 2 burnin x 2 nce x 2 nepochs x 2 = 48. full: 24 distinct; vanilla ignores
-    # generator, burnin and nce but not nepochs -> 2. 24 + 2 = 26.
-    "training_params": (48, 26),
+    # generator, burnin and nce but not nepochs -> 2. 24 + 2 = 26 per dataset; x 4: 192, 104.
+    "training_params": (192, 104),
     # 9 datasets x 3 tau x 3 lambda_reg x 2 = 162; per dataset 9 full + 1 vanilla -> 90.
     "tune": (162, 90),
     # 9 datasets x 3 lr x 3 lambda_reg x 2 = 162; per dataset 9 full + 1 vanilla -> 90.
@@ -90,15 +91,15 @@ def test_packaged_copies_equal_repository_grids():
 
 def test_penalties_values_and_dedup():
     g = grid("penalties")
-    assert set(g.varied) == {"generator.name", "training.objective", "training.lambda_adv",
+    assert set(g.varied) == {"data.name", "generator.name", "training.objective", "training.lambda_adv",
                              "training.lambda_div", "training.lambda_reg"}
     vanilla = {jid for jid, p in zip(g.job_ids, g) if p.training.objective == "vanilla"}
-    assert len(vanilla) == 1
-    assert {p.data.name for p in g} == {"moons"}
+    assert len(vanilla) == 4  # one per dataset
+    assert {p.data.name for p in g} == {"lin_sep", "over", "circles", "moons"}
     assert {p.training.lambda_reg for p in g} == {0.0, 0.01, 0.1, 0.25, 0.5}
-    # sorted-key order: training.objective is the last key, so it varies fastest
+    # sorted-key order: data.name is the first key (slowest), training.objective the last (fastest)
     assert [g[0].training.objective, g[1].training.objective] == ["full", "vanilla"]
-    assert g[0].generator.name == g[1].generator.name == "ecco"
+    assert g[0].generator.name == g[1].generator.name == "ecco" and g[0].data.name == "lin_sep"
 
 
 def test_final_grid_follows_table_2():
@@ -174,14 +175,15 @@ def test_job_id_is_pinned():
 @pytest.mark.parametrize("name, first, last", [
     ("final", ("a5fe129609021f5c", "33547dd260d1d19c"), "93ad3cfcd9bf0888"),
     ("mutability", ("166fedb0ed51f71c", "3d10b6b1e748bb75"), "2188fa86b9c41014"),
-    ("penalties", ("f7879b7bbc3e7dd6", "68bcb1dc462c3829"), "68bcb1dc462c3829"),
-    ("gen_params", ("b834ebee07e34365", "68bcb1dc462c3829"), "68bcb1dc462c3829"),
+    ("penalties:moons", ("f7879b7bbc3e7dd6", "68bcb1dc462c3829"), "68bcb1dc462c3829"),
+    ("gen_params:moons", ("b834ebee07e34365", "68bcb1dc462c3829"), "68bcb1dc462c3829"),
     ("ablation", ("a5fe129609021f5c", "2563d3caaa7f239c"), "fd8e1935c6622ec7"),
 ])
 def test_shipped_grid_job_ids_are_pinned(name, first, last):
     """The ids the committed reproduction (docs/results) and users' result stores were made
     with: a refactor of how configs declare their used fields must not move them."""
-    ids = grid(name).job_ids
+    name, _, dataset = name.partition(":")   # the moons runs of the four-dataset grids
+    ids = load_grid(name, [f"data.name={dataset}"] if dataset else []).job_ids
     assert ids[:2] == first and ids[-1] == last
 
 
@@ -212,6 +214,7 @@ def test_point_and_job_tables_are_json_able():
     assert len(jt) == len(g.jobs()) == 8  # batch_size and evaluation matter for vanilla too
     jt = grid("penalties").job_table()
     vanilla = jt[jt["training.objective"] == "vanilla"].iloc[0]
+    assert len(jt[jt["training.objective"] == "vanilla"]) == 4  # one per dataset
     assert vanilla["points"] == 135 and vanilla["generator.name"] == "*" and vanilla["training.lambda_reg"] == "*"
 
 
@@ -332,8 +335,8 @@ def test_expand_json_in_process(capsys):
     args = argparse.Namespace(grid=str(GRIDS / "training_params.yaml"), format="json", points=False)
     assert expand.run(args) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert (doc["name"], doc["points"], doc["jobs"], len(doc["rows"])) == ("training_params", 48, 26, 26)
-    assert sum(r["points"] for r in doc["rows"]) == 48
+    assert (doc["name"], doc["points"], doc["jobs"], len(doc["rows"])) == ("training_params", 192, 104, 104)
+    assert sum(r["points"] for r in doc["rows"]) == 192
     args = argparse.Namespace(grid="quickstart", format="csv", points=True)
     assert expand.run(args) == 0
     out = capsys.readouterr()
@@ -351,8 +354,8 @@ def test_expand_cli(tmp_path):
     proc = _ctgrid("expand", str(GRIDS / "penalties.yaml"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
-    assert first == "penalties: 270 grid points -> 136 jobs"
-    assert len(proc.stdout.splitlines()) == 1 + 1 + 136  # summary, header, one row per job
+    assert first == "penalties: 1080 grid points -> 544 jobs"
+    assert len(proc.stdout.splitlines()) == 1 + 1 + 544  # summary, header, one row per job
     assert os.listdir(tmp_path) == []
 
 
