@@ -253,13 +253,17 @@ SMALL_N = 5
 
 
 def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.DataFrame,
-                opts: Any) -> Table:
-    """Table 1 (see module docstring); one row per dataset and CT setting of ``pairs``."""
+                opts: Any, ce_units: tuple[dict[str, pd.DataFrame], pd.DataFrame] | None = None) -> Table:
+    """Table 1 (see module docstring); one row per dataset and CT setting of ``pairs``.
+
+    ``ce_units``: :func:`~.pairing.paired_ce_units` of the paired rows of ``pairs``, when the
+    caller has them already (they are computed otherwise)."""
     ok = pairs.dropna(subset=["bl_job"])
     main = ok[~ok["constrained"]]
     only_cons = set(ok["dataset"]) - set(main["dataset"])
     main = pd.concat([main, ok[ok["constrained"] & ok["dataset"].isin(only_cons)]])
-    units, excluded = paired_ce_units(ok, rl.per_ce, exclude_predicted=opts.exclude_predicted)
+    units, excluded = ce_units or paired_ce_units(ok, rl.per_ce, exclude_predicted=opts.exclude_predicted)
+    units = dict(units)
     units["ip_star"] = paired_units(ok, _values(rl.ip_star, "ip_star", False), ("run",))
     lambdas = sorted(units["ip_l"]["lambda_energy"].unique().tolist())
     eps = robust_eps(perf)

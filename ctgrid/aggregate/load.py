@@ -158,6 +158,7 @@ class Results:
     raw_configs: dict[str, dict] = field(repr=False)
     _configs: dict[str, JobConfig] = field(default_factory=dict, repr=False)
     _datasets: dict[Any, Any] = field(default_factory=dict, repr=False)
+    _axis_values: dict[int, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, paths: Iterable[str | os.PathLike]) -> "Results":
@@ -190,6 +191,18 @@ class Results:
             except ConfigError as exc:
                 raise StoreError(f"job {job_id}: its config.yaml is not a valid job: {exc}") from None
         return self._configs[job_id]
+
+    def axis_values(self, source: int) -> pd.DataFrame:
+        """Per job of ``source`` (index ``job_id``): the value its grid points give each varied
+        axis, or NaN/None where the job stands for several values of that axis — the job
+        ignores it (the penalties grid's one vanilla job; Generic's and REVISE's
+        ``generator.lambda_energy``), so it belongs to none of the axis's levels."""
+        if source not in self._axis_values:
+            points = ResultStore(self.sources[source].root).point_table()
+            axes = [c for c in points.columns if "." in c]
+            by_job = points.groupby(points["job_id"].astype(str), sort=False)[axes]
+            self._axis_values[source] = by_job.first().where(by_job.nunique(dropna=False) == 1)
+        return self._axis_values[source]
 
     def read_table(self, kind: str, columns: Sequence[str] | None = None,
                    filt: tuple[tuple[str, ...], Any] | None = None) -> pa.Table | None:

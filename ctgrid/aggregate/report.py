@@ -29,6 +29,7 @@ from .._validate import check, param
 from ..errors import ConfigError
 from ..store import ResultStore
 from .consistency import consistency_records, contrast_table, iv_cost_figure, iv_means_figure, iv_table
+from .effects import effects_tables
 from .explain import search_table, sensitivity_table
 from .keyresults import key_results, run_level
 from .load import Results
@@ -99,6 +100,16 @@ def _links(stem: str, formats: Sequence[str]) -> str:
     return " · ".join(f"[{fmt}]({stem}.{fmt})" for fmt in formats)
 
 
+def _description(grid_file: Path | None) -> str:
+    """The grid's description as the run's grid.yaml renders it (placeholders filled), or —."""
+    from ..grid import parse_grid
+    try:
+        text = parse_grid(grid_file.read_text(encoding="utf-8")).description if grid_file else ""
+    except (OSError, UnicodeDecodeError, ConfigError):
+        text = ""
+    return text.replace("|", "\\|") or "—"
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
@@ -116,11 +127,12 @@ def summary_text(results: Results, tables: list[Table], figures: list[Path], not
     lines += [f"Options: counterfactuals {'valid only' if opts.valid_only else 'all'}; intervals: "
               f"{interval}, confidence {opts.confidence:g}; Table 1 rows "
               f"{'pooled per dataset' if opts.pool_settings else 'per CT setting'}.",
-              "", "## Inputs", "", "| Grid | Results directory | Grid file | Jobs done |", "|---|---|---|---:|"]
+              "", "## Inputs", "", "| Grid | Description | Results directory | Grid file | Jobs done |",
+              "|---|---|---|---|---:|"]
     for s in results.sources:
         grid = (f"[grid.yaml]({os.path.relpath(s.grid_file, out)}) (sha256 {_sha(s.grid_file)})"
                 if s.grid_file else "—")
-        lines.append(f"| {s.name} | `{s.root}` | {grid} | {s.n_done} / {s.n_jobs} |")
+        lines.append(f"| {s.name} | {_description(s.grid_file)} | `{s.root}` | {grid} | {s.n_done} / {s.n_jobs} |")
     lines += ["", "## Tables", ""]
     for t in tables:
         lines += [f"{t.title}: {_links(t.name, opts.formats)}", ""]
@@ -142,30 +154,36 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
     pairs = pair_jobs(results, pool_settings=opts.pool_settings)
     rl = run_level(results, valid_only=opts.valid_only)
     perf = results.performance()
-    tables = [key_results(results, pairs, rl, perf, opts), hyperparameter_table(results, opts.data_dir),
-              *predictive_tables(results, perf), search_table(results, pairs)]
+    ok = pairs.dropna(subset=["bl_job"])
+    ce_units = paired_ce_units(ok, rl.per_ce, exclude_predicted=opts.exclude_predicted)
+    free = ok[~ok["constrained"]] if (~ok["constrained"]).any() else ok
+    free_units = {k: u[u["ct_job"].isin(set(free["ct_job"]))] for k, u in ce_units[0].items()}
+    tables = [key_results(results, pairs, rl, perf, opts, ce_units), hyperparameter_table(results, opts.data_dir),
+              *predictive_tables(results, perf), search_table(results, pairs),
+              *effects_tables(results, free_units, n_boot=opts.bootstrap, confidence=opts.confidence,
+                              seed=opts.seed)]
     sens = sensitivity_table(pairs, perf)
     tables += [sens] if sens is not None else []
     records = consistency_records(results, opts.data_dir, exclude_predicted=opts.exclude_predicted)
     if not records.empty:
         tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence),
                    contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence)]
-    return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records, "tables": tables}
+    return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records, "tables": tables,
+                    "units": free_units}
 
 
 def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOptions) -> tuple[list[Path], list[str]]:
     from . import figures
     from .mnist import mnist_grid
+    from .outcomes import outcome_figures
     pairs = parts["pairs"]
-    ok = pairs.dropna(subset=["bl_job"])
-    free = ok[~ok["constrained"]] if (~ok["constrained"]).any() else ok
-    units, _ = paired_ce_units(free, parts["run_level"].per_ce, exclude_predicted=opts.exclude_predicted)
+    units = parts["units"]
     paths: list[Path] = []
     notes: list[str] = []
     key = next((t.data for t in parts["tables"] if t.name == "key_results"), pd.DataFrame())
     paths += figures.key_results_figure(key, opts.confidence, out_dir)
     for metric in ("ip", "cost"):
-        paths += figures.outcome_boxplots(results, units[f"{metric}_l"], metric, out_dir)
+        paths += outcome_figures(results, units, metric, out_dir, opts.seed)
     paths += figures.maturity(results, out_dir)
     perf = parts["perf"]
     stored = perf.loc[perf["attack"] == "fgsm", "eps"].nunique() if "attack" in perf else 0
@@ -184,7 +202,8 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
     why = {"outcomes_ip": "no paired IP evaluations", "outcomes_cost": "no paired cost evaluations",
            "maturity": "no CT training history with a CE phase",
            "robust_accuracy": "no FGSM/PGD performance records"}
-    notes += [f"figure {stem} not drawn: {reason}" for stem, reason in why.items() if stem not in drawn]
+    notes += [f"figure {stem} not drawn: {reason}" for stem, reason in why.items()
+              if not any(s == stem or s.startswith(f"{stem}_") for s in drawn)]
     if (results.jobs["data.name"] == "mnist").any():
         mnist_paths, note = mnist_grid(results, pairs, out_dir, data_dir=opts.data_dir, seed=opts.seed)
         paths += mnist_paths

@@ -32,6 +32,7 @@ import yaml
 
 from .._validate import build, plain_dict, unknown_key
 from ..errors import ConfigError
+from .describe import render_description
 from .job import GROUPS, JobConfig
 
 TOP_KEYS = ("name", "description", "repeats", "subgrids", *GROUPS)
@@ -459,6 +460,7 @@ def parse_grid(text: str, name: str = "grid", *, source: str | None = None,
     sets one. Errors are one-line ConfigErrors prefixed with ``source`` (default ``name``)."""
     try:
         grid_name, description, points = _parse(_load_yaml(text), name)
+        description = render_description(description, points)
     except ConfigError as exc:
         raise ConfigError(f"{source or name}: {exc}") from None
     return Grid(grid_name, points, description=description, source_text=text, path=path)
