@@ -61,10 +61,15 @@ MATURITY_AXES = ("generator.tau", "generator.maxiter", "training.burnin", "gener
 _STYLES = ("-", "--", ":", "-.")
 
 
+#: a varied axis that changes the epoch axis itself: never pooled, its values are panels
+FACET = "training.nepochs"
+
+
 def maturity_axes(results: Results, source: int) -> tuple[list[str], list[str]]:
     """(line axes, pooled axes) of ``source`` for the maturity figure: up to two varied setting
     axes in :data:`MATURITY_AXES` order (then any other); the second only with <= 4 values
-    (one line style each)."""
+    (one line style each). A varied :data:`FACET` that is no line axis is neither: it splits
+    the panels (pooling 50- and 100-epoch runs would mix their burn-in boundaries)."""
     ct = results.jobs[(results.jobs["source"] == source) & (results.jobs["training.objective"] != "vanilla")]
     values = results.axis_values(source).reindex(ct["job_id"])
     varied = [a for a in setting_axes(results, source, ct["training.objective"].nunique())
@@ -75,15 +80,23 @@ def maturity_axes(results: Results, source: int) -> tuple[list[str], list[str]]:
         lines = lines[:1]
     if len(lines) == 2 and values[lines[1]].nunique() > len(_STYLES):
         lines = lines[::-1]    # the axis with more values takes the colours
-    return lines, [a for a in order if a not in lines]
+    return lines, [a for a in order if a not in lines and a != FACET]
+
+
+def _facet(results: Results, source: int) -> str | None:
+    lines, pooled = maturity_axes(results, source)
+    values = results.axis_values(source)
+    varied = FACET in values and values[FACET].nunique() > 1
+    return FACET if varied and FACET not in lines else None
 
 
 def maturity_data(results: Results) -> pd.DataFrame:
     """Per (results directory, dataset, line, epoch): ``mean``, ``sd`` and ``n`` over the CT jobs
     of the logged share of training counterfactuals that reached τ (the history's
     ``converged``; epochs without a CE phase are NaN there and left out). Lines are the
-    values of :func:`maturity_axes` (columns ``colour``, ``style``: the values, None if unused)."""
-    cols = ["source", "dataset", "colour", "style", "epoch", "mean", "sd", "n"]
+    values of :func:`maturity_axes` (columns ``colour``, ``style``: the values, None if unused);
+    ``facet``: the job's number of epochs where that varies and is no line axis, else None."""
+    cols = ["source", "dataset", "facet", "colour", "style", "epoch", "mean", "sd", "n"]
     ct = results.jobs[results.jobs["training.objective"] != "vanilla"]
     hist = results.history(["epoch", *SHARE_COLUMNS]) if len(ct) else pd.DataFrame()
     share = next((c for c in SHARE_COLUMNS if c in hist), None)
@@ -96,13 +109,16 @@ def maturity_data(results: Results) -> pd.DataFrame:
         if h.empty:
             continue
         lines, _ = maturity_axes(results, src.index)
+        facet = _facet(results, src.index)
         values = results.axis_values(src.index)
-        h = h.assign(colour=values[lines[0]].reindex(h["job_id"]).to_numpy() if lines else None,
-                     style=values[lines[1]].reindex(h["job_id"]).to_numpy() if len(lines) > 1 else None)
-        s = (h.fillna({"colour": "", "style": ""}).groupby(["data.name", "colour", "style", "epoch"])["share"]
+        def of(axis: str | None) -> Any:
+            return values[axis].reindex(h["job_id"]).to_numpy() if axis else None
+        h = h.assign(facet=of(facet), colour=of(lines[0] if lines else None),
+                     style=of(lines[1] if len(lines) > 1 else None))
+        keys = ["facet", "colour", "style"]
+        s = (h.fillna({k: "" for k in keys}).groupby(["data.name", *keys, "epoch"])["share"]
              .agg(mean="mean", sd="std", n="size").reset_index().rename(columns={"data.name": "dataset"}))
-        frames.append(s.assign(source=src.index, colour=s["colour"].replace("", None),
-                               style=s["style"].replace("", None)))
+        frames.append(s.assign(source=src.index, **{k: s[k].replace("", None) for k in keys}))
     return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
 
 
@@ -116,13 +132,14 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
     data = maturity_data(results)
     if data.empty:
         return []
-    panels = sorted(set(zip(data["source"], data["dataset"])))
+    data = data.assign(facet_key=data["facet"].fillna(-1))
+    panels = sorted(set(zip(data["source"], data["dataset"], data["facet_key"])))
     fig, axs = _panels(len(panels), 4.2, 3.2)
     pooled: set[str] = set()
-    for i, (ax, (src, d)) in enumerate(zip(axs, panels)):
+    for i, (ax, (src, d, f)) in enumerate(zip(axs, panels)):
         lines, rest = maturity_axes(results, int(src))
         pooled.update(SHORT.get(a, a) for a in rest)
-        h = data[(data["source"] == src) & (data["dataset"] == d)]
+        h = data[(data["source"] == src) & (data["dataset"] == d) & (data["facet_key"] == f)]
         colours = sorted(h["colour"].dropna().unique(), key=_level_key)
         styles = sorted(h["style"].dropna().unique(), key=_level_key)
         n_lines = h.groupby(["colour", "style"], dropna=False).ngroups
@@ -138,15 +155,16 @@ def maturity(results: Results, out_dir: Path) -> list[Path]:
                                 color=colour, alpha=0.15, lw=0)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("epoch")
-        ax.set_title(d if len(results.sources) == 1 else f"{results.sources[int(src)].name} — {d}", fontsize=9)
+        title = d if len(results.sources) == 1 else f"{results.sources[int(src)].name} — {d}"
+        ax.set_title(title + (f", {f:g} epochs" if f != -1 else ""), fontsize=9)
         if i % 3 == 0:
             ax.set_ylabel("share of mature (converged) CEs")
-    spread = "mean ± sd over jobs" if data.groupby(["source", "dataset"]).apply(
+    spread = "mean ± sd over jobs" if data.groupby(["source", "dataset", "facet_key"]).apply(
         lambda g: g.groupby(["colour", "style"], dropna=False).ngroups).max() <= 4 else "mean over jobs"
     more = f"; pooled over {', '.join(sorted(pooled))}" if pooled else ""
     fig.suptitle(f"Training counterfactuals that reached τ, per epoch\n({spread}{more})", fontsize=10)
     fig.tight_layout()
-    _line_legend(fig, data, [maturity_axes(results, int(s))[0] for s, _ in panels])
+    _line_legend(fig, data, [maturity_axes(results, int(s))[0] for s, _, _ in panels])
     return save(fig, out_dir, "maturity")
 
 
@@ -211,8 +229,8 @@ def robust_accuracy(results: Results, perf: pd.DataFrame, out_dir: Path) -> list
             line, = ax.plot(s.index, 100 * s["mean"], marker="o", ms=7 if bl else 3.5,
                             mfc="none" if bl else None, ls="--" if attack == "pgd" else "-",
                             label=f"{model} ({attack.upper()})", color="tab:blue" if bl else "tab:orange")
-            ax.fill_between(s.index, 100 * (s["mean"] - s["std"]), 100 * (s["mean"] + s["std"]),
-                            color=line.get_color(), alpha=0.15, lw=0)
+            ax.fill_between(s.index, np.clip(100 * (s["mean"] - s["std"]), 0, 100),
+                            np.clip(100 * (s["mean"] + s["std"]), 0, 100), color=line.get_color(), alpha=0.15, lw=0)
         lo, hi = ax.get_ylim()
         ax.set_ylim(max(0.0, lo), min(100.0, hi) + 0.5)
         ax.set_xlabel("attack budget ε (L∞, data units)")

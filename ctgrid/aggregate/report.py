@@ -194,6 +194,9 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
             perf = pd.concat([perf[perf["attack"] != "fgsm"], sweep], ignore_index=True)
             notes.append("robust_accuracy figure: FGSM ε sweep 0–0.1 measured by aggregate from the saved "
                          "models (the tables use the grid's evaluated budgets)")
+    elif stored < 3:
+        notes.append(f"robust_accuracy figure: the grid's evaluated budgets only (no ε sweep re-measured for "
+                     f"more than {MAX_SWEEP_MODELS} models; set evaluation.fgsm_eps in the grid for a sweep)")
     paths += figures.robust_accuracy(results, perf, out_dir)
     if not parts["consistency"].empty:
         iv = next(t.data for t in parts["tables"] if t.name == "consistency")
