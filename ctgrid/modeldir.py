@@ -26,21 +26,26 @@ if TYPE_CHECKING:
     from .training.loop import TrainResult
 
 
-def write_config(path: Path, job: JobConfig, job_id: str) -> None:
-    """``config.yaml``: the canonical configuration, all groups, with an identifying header."""
+def config_text(job: JobConfig, job_id: str) -> str:
+    """``config.yaml``'s text: the canonical configuration, all groups, with an identifying header."""
     import yaml
     header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
-    body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
-    _atomic.write_text(path, header + body)
+    return header + yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def write_model(paths: JobPaths, job: JobConfig, result: TrainResult, record: dict[str, Any]) -> None:
+def write_config(path: Path, job: JobConfig, job_id: str) -> _atomic.Written:
+    """``config.yaml`` (:func:`config_text`), atomically."""
+    return _atomic.write_text(path, config_text(job, job_id))
+
+
+def write_model(paths: JobPaths, job: JobConfig, result: TrainResult,
+                record: dict[str, Any]) -> list[_atomic.Written]:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
     ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
     from .store import write_job_parquet
-    _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
-                                     "config": job.canonical().to_dict(), "provenance": record})
-    write_job_parquet(paths.history, result.history, paths.job_id, record)
+    model = _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
+                                             "config": job.canonical().to_dict(), "provenance": record})
+    return [model, write_job_parquet(paths.history, result.history, paths.job_id, record)]
 
 
 def read_model_dir(model_dir: str | Path) -> tuple[JobConfig, dict]:
