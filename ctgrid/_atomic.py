@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import tempfile
 from dataclasses import dataclass
@@ -93,8 +94,9 @@ class Written:
 
 class HashingWriter:
     """A binary file open for writing that counts and hashes (SHA-256) every byte written
-    through it, in order. It cannot seek (a writer that tries fails loudly instead of
-    making the digest disagree with the file); ``tell`` is the number of bytes so far."""
+    through it, in order. ``tell`` is the number of bytes so far; ``seek`` only to that
+    position (what matplotlib asks of a file): a writer that goes back to overwrite fails
+    loudly (``io.UnsupportedOperation``) instead of making the digest disagree with the file."""
 
     def __init__(self, fh: Any):
         self._fh = fh
@@ -112,6 +114,13 @@ class HashingWriter:
     def tell(self) -> int:
         return self.size
 
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = {os.SEEK_SET: offset, os.SEEK_CUR: self.size + offset, os.SEEK_END: self.size + offset}[whence]
+        if target != self.size:
+            raise io.UnsupportedOperation(f"a hashed result file is written in order: seek to {target} "
+                                          f"at {self.size}")
+        return self.size
+
     def flush(self) -> None:
         self._fh.flush()
 
@@ -124,7 +133,7 @@ class HashingWriter:
     def readable(self) -> bool:
         return False
 
-    def seekable(self) -> bool:
+    def seekable(self) -> bool:   # not in the sense io means: only to where it is
         return False
 
     def hexdigest(self) -> str:
