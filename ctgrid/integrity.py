@@ -72,13 +72,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _check_file(paths: JobPaths, name: Any, entry: Any, full: bool) -> Problem | None:
+def _check_file(directory: str, name: Any, entry: Any, full: bool) -> Problem | None:
+    """One recorded file (``directory``: the job's, as text: pathlib would cost more than the stat)."""
     if not isinstance(name, str) or not _FILE_NAME.fullmatch(name):
         return Problem(str(name)[:80], "is not a file name of a job directory (done.json lists it)")
     size = entry.get("bytes") if isinstance(entry, dict) else None
     if not isinstance(size, int) or isinstance(size, bool):
         return Problem(name, "has no valid size in done.json")
-    path = paths.dir / name
+    path = os.path.join(directory, name)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -137,7 +138,8 @@ def check_job(paths: JobPaths, *, full: bool = False, legacy: bool = True) -> Jo
         return JobCheck(paths.job_id, (Problem("done.json", "is not a completion record"),))
     if files is None:
         return JobCheck(paths.job_id, tuple(_parquet_ends(paths)) if legacy else (), recorded=False)
-    found = (_check_file(paths, name, entry, full) for name, entry in files.items())
+    directory = os.fspath(paths.dir)
+    found = (_check_file(directory, name, entry, full) for name, entry in files.items())
     return JobCheck(paths.job_id, tuple(p for p in found if p is not None))
 
 

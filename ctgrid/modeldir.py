@@ -4,7 +4,8 @@ and the one reader every command uses.
 Files (names from :class:`~ctgrid.store.JobPaths`): ``config.yaml`` — the job's canonical
 :class:`~ctgrid.grid.job.JobConfig` with all five groups, under a comment naming the job id
 and its training seed; ``model.pt`` — ``{"state_dict", "job_id", "config"}``;
-``history.parquet`` — one row per epoch; ``done.json`` — written last. A grid job adds
+``history.parquet`` — one row per epoch; ``done.json`` — written last, with each file's size and
+SHA-256 (:mod:`ctgrid.integrity`). A grid job adds
 ``evaluation.parquet``, ``performance.parquet`` and ``log.txt``. Directories written by
 ``ctgrid train`` before 0.2 (four config groups, a bare or differently wrapped state dict)
 still read.
