@@ -12,10 +12,10 @@ not recorded. A quota hit, a half-synced copy or a clean-up script can damage a 
   job is refused, or skipped with ``--skip-damaged``) and ``ctgrid verify`` by default;
 - the full check (``ctgrid verify --full``) also hashes every file: a same-size corruption.
 
-A ``done.json`` without ``files`` (written by ctgrid 0.2) is *unrecorded*: the job stays
-done and is never re-run by itself. ``verify`` and ``aggregate`` (``legacy=True``) still
-check its Parquet files' end markers (``PAR1`` at the start and end of a Parquet file: a
-truncated file has lost its footer); ``ctgrid run`` checks nothing more for it.
+A ``done.json`` without ``files`` (written by an earlier ctgrid, up to 0.2.0) is
+*unrecorded*: the job stays done and is never re-run by itself. ``verify`` and ``aggregate``
+(``legacy=True``) still check its Parquet files' end markers (``PAR1`` at the start and end
+of a Parquet file: a truncated file has lost its footer); ``ctgrid run`` checks nothing more.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ class Problem:
 @dataclass(frozen=True)
 class JobCheck:
     """The outcome for one done job: its problems (none: intact) and whether its
-    ``done.json`` records its files at all (``recorded``; False: written by ctgrid 0.2)."""
+    ``done.json`` records its files at all (``recorded``; False: written by an earlier ctgrid)."""
 
     job_id: str
     problems: tuple[Problem, ...] = ()

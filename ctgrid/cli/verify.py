@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         damaged = [c for c in checks if c.damaged]
         unrecorded = sum(1 for c in checks if not c.recorded and not c.damaged)
         n_done, n_damaged = n_done + len(checks), n_damaged + len(damaged)
-        note = (f"; {unrecorded} record no files (done.json of ctgrid 0.2): done, only their Parquet "
+        note = (f"; {unrecorded} record no files (done.json of an earlier ctgrid): done, only their Parquet "
                 f"footers checked" if unrecorded else "")
         print(f"{store.root}: {len(checks)} done jobs, {how}: {len(damaged)} damaged{note}")
         rows += [(store.root.name, c.job_id, p.file, p.text) for c in damaged for p in c.problems]
