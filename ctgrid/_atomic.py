@@ -2,14 +2,22 @@
 
 A reader (aggregation, a resumed run, ``ctgrid status``) therefore never sees a
 half-written file, and a killed process leaves at most a stray ``.tmp`` file.
+
+Every write returns a :class:`Written`: the file's size and SHA-256, computed from the
+bytes as they go to the temporary file (the writer — ``torch.save``, pyarrow, matplotlib —
+is handed a :class:`HashingWriter`, never a path), so recording what a job wrote
+(``done.json``'s ``files``) costs no second read of large files.
 """
 from __future__ import annotations
 
 import errno
+import hashlib
+import io
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, cast
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -61,17 +69,90 @@ def _free_bytes(directory: Path) -> int:
         return 1 << 62
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``; an I/O failure raises
+#: the content hash of result files (``done.json``'s ``files``; ``sha256sum`` checks it too)
+HASH = "sha256"
+
+
+@dataclass(frozen=True)
+class Written:
+    """A file an atomic write produced: its final ``path``, ``size`` in bytes and the SHA-256
+    hex digest of its content."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    @classmethod
+    def of(cls, path: Path, data: bytes) -> "Written":
+        """The record of ``path`` holding exactly ``data`` (already there: nothing written)."""
+        return cls(path, len(data), hashlib.sha256(data).hexdigest())
+
+    def record(self) -> dict[str, Any]:
+        """``{"bytes": size, "sha256": digest}``: the entry ``done.json`` keeps per file."""
+        return {"bytes": self.size, HASH: self.sha256}
+
+
+class HashingWriter:
+    """A binary file open for writing that counts and hashes (SHA-256) every byte written
+    through it, in order. ``tell`` is the number of bytes so far; ``seek`` only to that
+    position (what matplotlib asks of a file): a writer that goes back to overwrite fails
+    loudly (``io.UnsupportedOperation``) instead of making the digest disagree with the file."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._hash.update(view)
+        self._fh.write(view)
+        self.size += view.nbytes
+        return view.nbytes
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = {os.SEEK_SET: offset, os.SEEK_CUR: self.size + offset, os.SEEK_END: self.size + offset}[whence]
+        if target != self.size:
+            raise io.UnsupportedOperation(f"a hashed result file is written in order: seek to {target} "
+                                          f"at {self.size}")
+        return self.size
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:   # the underlying file is closed by atomic_write, after the rename's checks
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:   # not in the sense io means: only to where it is
+        return False
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Written:
+    """Call ``write(file)`` with a :class:`HashingWriter` on a temporary file beside ``path``,
+    then rename it onto ``path``; return its :class:`Written` record. An I/O failure raises
     :class:`WriteError` naming ``path`` and leaves no temporary file."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; results are shared on clusters
-        write(tmp)
+        with open(fd, "wb") as raw:
+            out = HashingWriter(raw)
+            write(cast(BinaryIO, out))   # the part of a binary file's interface writers use
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None and os.path.exists(tmp):
@@ -83,27 +164,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if failure is None or failure is exc:
             raise
         raise failure from exc
-    return path
+    return Written(path, out.size, out.hexdigest())
 
 
-def write_text(path: str | os.PathLike, text: str) -> Path:
-    def w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-    return atomic_write(path, w)
+def write_text(path: str | os.PathLike, text: str) -> Written:
+    """``text`` as UTF-8, atomically."""
+    data = text.encode("utf-8")
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
-def save_torch(path: str | os.PathLike, obj: Any) -> Path:
+def save_torch(path: str | os.PathLike, obj: Any) -> Written:
+    """``torch.save(obj)``, atomically (written to a stream: the archive's inner folder is
+    torch's fixed ``archive/``, not the temporary file's random name)."""
     import torch
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda fh: torch.save(obj, fh))
 
 
-def write_parquet(path: str | os.PathLike, frame: Any) -> Path:
+def write_parquet(path: str | os.PathLike, frame: Any) -> Written:
     """Write a pandas DataFrame (or pyarrow Table) as Parquet, atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     table = frame if isinstance(frame, pa.Table) else pa.Table.from_pandas(frame, preserve_index=False)
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    return atomic_write(path, lambda fh: pq.write_table(table, fh))
 
 
 def open_lock_file(path: str | os.PathLike) -> Any:

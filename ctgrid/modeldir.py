@@ -4,7 +4,8 @@ and the one reader every command uses.
 Files (names from :class:`~ctgrid.store.JobPaths`): ``config.yaml`` — the job's canonical
 :class:`~ctgrid.grid.job.JobConfig` with all five groups, under a comment naming the job id
 and its training seed; ``model.pt`` — ``{"state_dict", "job_id", "config"}``;
-``history.parquet`` — one row per epoch; ``done.json`` — written last. A grid job adds
+``history.parquet`` — one row per epoch; ``done.json`` — written last, with each file's size and
+SHA-256 (:mod:`ctgrid.integrity`). A grid job adds
 ``evaluation.parquet``, ``performance.parquet`` and ``log.txt``. Directories written by
 ``ctgrid train`` before 0.2 (four config groups, a bare or differently wrapped state dict)
 still read.
@@ -26,21 +27,26 @@ if TYPE_CHECKING:
     from .training.loop import TrainResult
 
 
-def write_config(path: Path, job: JobConfig, job_id: str) -> None:
-    """``config.yaml``: the canonical configuration, all groups, with an identifying header."""
+def config_text(job: JobConfig, job_id: str) -> str:
+    """``config.yaml``'s text: the canonical configuration, all groups, with an identifying header."""
     import yaml
     header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
-    body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
-    _atomic.write_text(path, header + body)
+    return header + yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
 
 
-def write_model(paths: JobPaths, job: JobConfig, result: TrainResult, record: dict[str, Any]) -> None:
+def write_config(path: Path, job: JobConfig, job_id: str) -> _atomic.Written:
+    """``config.yaml`` (:func:`config_text`), atomically."""
+    return _atomic.write_text(path, config_text(job, job_id))
+
+
+def write_model(paths: JobPaths, job: JobConfig, result: TrainResult,
+                record: dict[str, Any]) -> list[_atomic.Written]:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
     ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
     from .store import write_job_parquet
-    _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
-                                     "config": job.canonical().to_dict(), "provenance": record})
-    write_job_parquet(paths.history, result.history, paths.job_id, record)
+    model = _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
+                                             "config": job.canonical().to_dict(), "provenance": record})
+    return [model, write_job_parquet(paths.history, result.history, paths.job_id, record)]
 
 
 def read_model_dir(model_dir: str | Path) -> tuple[JobConfig, dict]:

@@ -20,12 +20,17 @@ Layout (``<results>`` defaults to ``./results``)::
             counterfactuals.parquet  the test-time points (evaluation.save_counterfactuals)
             log.txt          job log (appended: the only file not replaced atomically)
             error.json       failure record: status, error type, message, traceback, log path
-            done.json        completion marker with timings, written last
+            done.json        completion marker with timings and ``files`` (each result file
+                             above: its size and SHA-256, recorded as it was written), last
+            done.damaged.<time>.json  a marker set aside because its files no longer matched
+                             (``ctgrid verify --repair``, or ``ctgrid run``: ctgrid.integrity)
 
-A job is *done* iff ``done.json`` exists; *failed* iff it has ``error.json`` and no
-marker; *running* iff it has a checkpoint and neither (in progress, or interrupted:
-the next run resumes it); otherwise *pending*. Jobs are content-addressed (the job
-id hashes the canonical configuration), so grids that share a job share its results.
+A job is *done* iff ``done.json`` exists (and, where it lists its files, they still have
+the recorded sizes: otherwise the next run re-runs it, :mod:`ctgrid.integrity`); *failed*
+iff it has ``error.json`` and no marker; *running* iff it has a checkpoint and neither
+(in progress, or interrupted: the next run resumes it); otherwise *pending*. Jobs are
+content-addressed (the job id hashes the canonical configuration), so grids that share
+a job share its results.
 
 A results directory whose ``grid.yaml`` differs from the grid being run is refused
 (:class:`StoreError`) unless both expand to the same point table (a cosmetic edit:
@@ -142,11 +147,19 @@ class JobPaths:
     def done_record(self) -> dict[str, Any] | None:
         return _read_json(self.done)
 
+    def set_aside_done(self) -> Path:
+        """Rename ``done.json`` to ``done.damaged.<UTC time>.json`` (kept: it records what the job
+        wrote first): the job is no longer done, so the next run re-runs it."""
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        target = self.dir / f"done.damaged.{stamp}.json"
+        os.replace(self.done, target)
+        return target
+
     def error_record(self) -> dict[str, Any] | None:
         return _read_json(self.error)
 
 
-def write_job_parquet(path: Path, frame: Any, job_id: str, record: Mapping[str, Any]) -> Path:
+def write_job_parquet(path: Path, frame: Any, job_id: str, record: Mapping[str, Any]) -> _atomic.Written:
     """One of a job's Parquet files, atomically: ``job_id`` as its first column (so that
     duckdb/polars globs over ``jobs/*/evaluation.parquet`` join to ``jobs.parquet``) and the
     provenance ``record`` as key-value metadata (:mod:`ctgrid.provenance`)."""
@@ -161,9 +174,18 @@ def write_job_parquet(path: Path, frame: Any, job_id: str, record: Mapping[str, 
     return _atomic.write_parquet(path, table.replace_schema_metadata(meta))
 
 
-def mark_done(paths: JobPaths, record: Mapping[str, Any]) -> None:
-    """Write ``done.json`` (last), then drop the stale error record and the checkpoint."""
-    _write_json(paths.done, {"status": "done", "job_id": paths.job_id, "finished": now(), **record})
+def mark_done(paths: JobPaths, record: Mapping[str, Any], files: Iterable[_atomic.Written] = ()) -> None:
+    """Write ``done.json`` (last), then drop the stale error record and the checkpoint.
+
+    ``files`` (what the job's atomic writes returned) become its ``files`` entry: each file's
+    name in the job directory -> ``{"bytes", "sha256"}``, what :mod:`ctgrid.integrity` checks."""
+    entries = {}
+    for written in files:
+        if paths.dir / written.path.name != written.path:
+            raise ValueError(f"{written.path} is not a file of job directory {paths.dir}")
+        entries[written.path.name] = written.record()
+    _write_json(paths.done, {"status": "done", "job_id": paths.job_id, "finished": now(), **record,
+                             "files": entries})
     for stale in (paths.error, paths.checkpoint):
         stale.unlink(missing_ok=True)
 
@@ -266,7 +288,7 @@ class ResultStore:
         """
         table = grid.point_table(all_parameters=True)
         self._check_same_grid(grid.source_text, table, force)
-        self._check_no_links()
+        self.check_no_links()
         self.root.mkdir(parents=True, exist_ok=True)
         for job_id, job in grid.jobs().items():
             self.write_config(job_id, job)
@@ -277,7 +299,7 @@ class ResultStore:
         """What :meth:`initialise` would refuse, without writing (``--dry-run``): another
         grid's results here without ``force``."""
         self._check_same_grid(grid.source_text, grid.point_table(), force, dry=True)
-        self._check_no_links()
+        self.check_no_links()
 
     def check_writable(self) -> None:
         """What taking the lock would refuse, without leaving anything (``--dry-run``): the
@@ -294,7 +316,7 @@ class ResultStore:
         except OSError as exc:
             raise unwritable(self.root, exc) from None
 
-    def _check_no_links(self) -> None:
+    def check_no_links(self) -> None:
         """The grid's directory, ``jobs/`` and ``cache/`` must be real directories: ctgrid never
         makes a symbolic link, and results are never written through one to somewhere else."""
         for sub in (self.root, self.root / "jobs", self.cache_dir):
@@ -335,15 +357,24 @@ class ResultStore:
             return list(zip(t["point"].astype(int).tolist(), t["job_id"].astype(str).tolist()))
         return pairs(old) == pairs(table)
 
-    def write_config(self, job_id: str, job: JobConfig) -> None:
-        """The job's canonical configuration as YAML (skipped when already there)."""
+    def write_config(self, job_id: str, job: JobConfig, *, refresh: bool = False) -> _atomic.Written | None:
+        """The job's canonical configuration as YAML. Skipped when the file is there, unless
+        ``refresh`` (a job about to run): then rewritten unless it already holds exactly that
+        text (a damaged copy is replaced), and its :class:`~ctgrid._atomic.Written` returned."""
         job_dir = self.job(job_id).dir
         if job_dir.is_symlink():   # ctgrid makes no links: never write through one out of the results
             job_dir.unlink()
-        from .modeldir import write_config
+        from .modeldir import config_text
         paths = self.job(job_id)
-        if not paths.config.exists():
-            write_config(paths.config, job, job_id)
+        if not refresh and paths.config.exists():
+            return None
+        text = config_text(job, job_id)
+        try:
+            if refresh and paths.config.read_bytes() == text.encode("utf-8"):
+                return _atomic.Written.of(paths.config, text.encode("utf-8"))
+        except OSError:
+            pass
+        return _atomic.write_text(paths.config, text)
 
     # -- reading -------------------------------------------------------------------------
     def point_table(self) -> pd.DataFrame:
@@ -397,9 +428,9 @@ class ResultStore:
         return StoreStatus(counts, failed, n_points=len(points), n_other=others)
 
     # -- job records -------------------------------------------------------------------
-    def mark_done(self, job_id: str, record: Mapping[str, Any]) -> None:
-        """Write ``done.json`` (last), then drop the stale error record and the checkpoint."""
-        mark_done(self.job(job_id), record)
+    def mark_done(self, job_id: str, record: Mapping[str, Any], files: Iterable[_atomic.Written] = ()) -> None:
+        """:func:`mark_done` of one of the grid's jobs."""
+        mark_done(self.job(job_id), record, files)
 
     def mark_failed(self, job_id: str, exc: BaseException, record: Mapping[str, Any] | None = None,
                     *, drop_checkpoint: bool = False) -> dict[str, Any]:

@@ -416,7 +416,9 @@ BOMB = "".join(f"{a}: &{a} [{', '.join([f'*{p}'] * 9) if p else ', '.join(['x'] 
     ("a: &a [1, *a]\n", "invalid YAML"),
 ])
 def test_hostile_yaml_is_refused_in_one_line(text, needle):
-    assert needle in err(text)
+    msg = err(text)
+    assert needle in msg
+    assert msg.count("invalid YAML") == 1, msg   # said once (the alias checks' message was wrapped again)
 
 
 def test_long_values_are_truncated_in_messages():

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import matplotlib
 
@@ -30,9 +30,9 @@ def save(fig: plt.Figure, out_dir: Path, stem: str) -> list[Path]:
     """Write ``stem.png`` and ``stem.pdf`` atomically and close the figure."""
     paths = []
     for ext in ("png", "pdf"):
-        def write(tmp: str, e: str = ext) -> None:
-            fig.savefig(tmp, format=e, dpi=150, bbox_inches="tight")
-        paths.append(_atomic.atomic_write(out_dir / f"{stem}.{ext}", write))
+        def write(fh: BinaryIO, e: str = ext) -> None:
+            fig.savefig(fh, format=e, dpi=150, bbox_inches="tight")
+        paths.append(_atomic.atomic_write(out_dir / f"{stem}.{ext}", write).path)
     plt.close(fig)
     return paths
 

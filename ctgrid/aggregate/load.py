@@ -7,6 +7,11 @@ schema and silently drops columns only some files have). The job id comes from
 the directory name (a one-level directory partitioning under ``jobs/``), so no
 Python loop of ``read_table`` + ``concat`` is needed. Paths come from
 :mod:`ctgrid.store`, the one module that owns them.
+
+A done job whose files are not what its ``done.json`` recorded (:mod:`ctgrid.integrity`,
+the size check) is refused with one line naming the file and ``ctgrid verify``, or left
+out with ``skip_damaged`` (``Results.skipped`` says which); a file that is damaged in a
+way no size shows is named the same way when pyarrow cannot read it.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import yaml
 
 from ..errors import ConfigError, StoreError
 from ..grid.job import JobConfig
+from ..integrity import JobCheck, check_job, verify_command
 from ..store import ResultStore, find_stores
 
 try:  # the C loader parses thousands of config.yaml files several times faster
@@ -89,13 +95,31 @@ def _varied(points: pd.DataFrame, flat: pd.DataFrame) -> tuple[str, ...]:
     return tuple(c for c in flat.columns if "." in c and flat[c].astype(str).nunique() > 1)
 
 
-def _scan_store(index: int, store: ResultStore, points: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """The flattened configs of the grid's done jobs (point-table order) and their raw dicts."""
+def damaged_error(store: ResultStore, check: JobCheck) -> StoreError:
+    """The one line for a damaged job: its first damaged file, and what to do about it."""
+    first = check.problems[0]
+    more = f" (and {len(check.problems) - 1} more of its files)" if len(check.problems) > 1 else ""
+    return StoreError(f"{store.job(check.job_id).dir / first.file} {first.text}{more}: the job's results "
+                      f"are damaged; '{verify_command(store.root)}' lists all such files (--repair, then "
+                      f"'ctgrid run', re-runs them), or aggregate the rest with --skip-damaged")
+
+
+def _scan_store(index: int, store: ResultStore, points: pd.DataFrame, skip_damaged: bool,
+                skipped: list[str]) -> tuple[pd.DataFrame, dict[str, dict]]:
+    """The flattened configs of the grid's done jobs (point-table order) and their raw dicts;
+    damaged jobs raise :func:`damaged_error`, or with ``skip_damaged`` are noted in ``skipped``."""
     ids = list(dict.fromkeys(points["job_id"].astype(str)))
     rows, raw = [], {}
     for job_id in ids:
         paths = store.job(job_id)
-        if not paths.done.exists():
+        check = check_job(paths)
+        if check is None:
+            continue
+        if check.damaged:
+            if not skip_damaged:
+                raise damaged_error(store, check)
+            skipped.append(f"{store.root.name}: job {job_id} skipped (--skip-damaged): {check.describe()} "
+                           f"({verify_command(store.root)})")
             continue
         cfg = _read_config(paths.config)
         done = _read_done(paths.done)
@@ -121,15 +145,32 @@ def _read_kind(root: Path, job_ids: Sequence[str], kind: str, columns: Sequence[
     part = ds.DirectoryPartitioning(pa.schema([(_PART, pa.dictionary(pa.int32(), pa.string()))]),
                                     dictionaries={_PART: all_ids})
     opts = ds.FileSystemFactoryOptions(partition_base_dir=base, partitioning=part)
-    factory = ds.FileSystemDatasetFactory(pafs.LocalFileSystem(), files, ds.ParquetFileFormat(), opts)
-    schema = factory.inspect(promote_options="permissive", fragments=None)
-    dataset = factory.finish(schema)
-    names = schema.names
-    cols = [c for c in (columns or names) if c in names and c not in (_PART, "job_id")] + [_PART]
-    if filt is not None and not all(ref in names for ref in filt[0]):
-        filt = None
-    table = dataset.to_table(columns=cols, filter=None if filt is None else filt[1])
+    try:
+        factory = ds.FileSystemDatasetFactory(pafs.LocalFileSystem(), files, ds.ParquetFileFormat(), opts)
+        schema = factory.inspect(promote_options="permissive", fragments=None)
+        dataset = factory.finish(schema)
+        names = schema.names
+        cols = [c for c in (columns or names) if c in names and c not in (_PART, "job_id")] + [_PART]
+        if filt is not None and not all(ref in names for ref in filt[0]):
+            filt = None
+        table = dataset.to_table(columns=cols, filter=None if filt is None else filt[1])
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(root, files, exc) from None
     return table.rename_columns([("job_id" if c == _PART else c) for c in table.column_names])
+
+
+def _unreadable(root: Path, files: Sequence[str], exc: Exception) -> StoreError:
+    """The one line for a scan that pyarrow could not read: the first file it cannot open."""
+    import pyarrow.parquet as pq
+    for path in files:
+        try:
+            pq.read_schema(path)
+        except (pa.ArrowException, OSError) as bad:
+            return StoreError(f"{path}: not a readable Parquet file ({type(bad).__name__}: "
+                              f"{str(bad).splitlines()[0][:160]}); its job's results are damaged: "
+                              f"'{verify_command(root)} --full' lists such files")
+    return StoreError(f"{root}: reading the jobs' Parquet files failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:200]}); '{verify_command(root)} --full' checks them")
 
 
 def to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -156,20 +197,24 @@ class Results:
     sources: tuple[Source, ...]
     jobs: pd.DataFrame
     raw_configs: dict[str, dict] = field(repr=False)
+    skipped: list[str] = field(default_factory=list)   # damaged jobs left out (skip_damaged): notes
     _configs: dict[str, JobConfig] = field(default_factory=dict, repr=False)
     _datasets: dict[Any, Any] = field(default_factory=dict, repr=False)
     _axis_values: dict[int, pd.DataFrame] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, paths: Iterable[str | os.PathLike]) -> "Results":
+    def load(cls, paths: Iterable[str | os.PathLike], *, skip_damaged: bool = False) -> "Results":
+        """The done jobs of ``paths``; a damaged one is a :class:`StoreError` unless
+        ``skip_damaged`` (then left out, and listed in ``skipped``)."""
         stores: list[ResultStore] = []
         for p in paths:
             stores.extend(find_stores(p))
         sources, frames, raw = [], [], {}
+        skipped: list[str] = []
         names = [s.root.name for s in stores]
         for i, store in enumerate(stores):
             points = store.point_table()
-            flat, cfgs = _scan_store(i, store, points)
+            flat, cfgs = _scan_store(i, store, points, skip_damaged, skipped)
             raw.update(cfgs)
             grid_file = store.grid_file if store.grid_file.exists() else None
             name = names[i] if names.count(names[i]) == 1 else f"{names[i]}-{i + 1}"
@@ -180,8 +225,9 @@ class Results:
             if any(not f.empty for f in frames) else pd.DataFrame()
         if jobs.empty:
             where = ", ".join(str(s.root) for s in sources)
-            raise StoreError(f"no finished jobs (done.json) in {where}: nothing to aggregate")
-        return cls(tuple(sources), jobs, raw)
+            what = "intact finished jobs (the others are damaged)" if skipped else "finished jobs (done.json)"
+            raise StoreError(f"no {what} in {where}: nothing to aggregate")
+        return cls(tuple(sources), jobs, raw, skipped)
 
     def config(self, job_id: str) -> JobConfig:
         """The job's :class:`JobConfig` (parsed from its stored ``config.yaml``)."""

@@ -74,7 +74,7 @@ class Table:
     def write(self, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
         """Write ``<name>.<fmt>`` for each format (atomically); return the paths."""
         text = {"md": self.markdown, "tex": self.latex, "csv": self.csv}
-        return [_atomic.write_text(out_dir / f"{self.name}.{fmt}", text[fmt]()) for fmt in formats]
+        return [_atomic.write_text(out_dir / f"{self.name}.{fmt}", text[fmt]()).path for fmt in formats]
 
 
 def _paper_note(note: str) -> str:

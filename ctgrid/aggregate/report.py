@@ -53,6 +53,8 @@ class AggregateOptions:
     ``pool_settings``: one Table 1 row per dataset pooling all CT settings instead of
     one row per setting. ``exclude_predicted``: compare a BL/CT pair only on individuals
     for which neither model already predicts the target (default; ``False`` keeps all).
+    ``skip_damaged``: leave out done jobs whose files are damaged (listed in the notes)
+    instead of refusing to aggregate (:mod:`ctgrid.integrity`).
     """
 
     formats: tuple[str, ...] = param(FORMATS, choices=FORMATS)
@@ -65,6 +67,7 @@ class AggregateOptions:
     exclude_predicted: bool = param(True)
     figures: bool = param(True)
     data_dir: str | None = param(None)
+    skip_damaged: bool = param(False)
 
     def __post_init__(self) -> None:
         check(self, "aggregate")
@@ -216,8 +219,9 @@ def make_figures(results: Results, parts: dict, out_dir: Path, opts: AggregateOp
 
 def incomplete_notes(results: Results, pairs: pd.DataFrame) -> list[str]:
     """What the tables leave out: failed and unfinished jobs per results directory, and CT
-    jobs whose baseline is not done (a partial grid aggregates; it is said, not hidden)."""
-    notes = []
+    jobs whose baseline is not done (a partial grid aggregates; it is said, not hidden),
+    and the damaged jobs left out (``skip_damaged``)."""
+    notes = list(results.skipped)
     for src in results.sources:
         st = ResultStore(src.root).status()
         for rec in st.failed[:10]:
@@ -243,7 +247,7 @@ def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     Returns the written paths (``summary.md`` last).
     """
     opts = opts or AggregateOptions()
-    results = Results.load(inputs)
+    results = Results.load(inputs, skip_damaged=opts.skip_damaged)
     tables, parts = build_tables(results, opts)
     out = Path(out)
     written: list[Path] = []
@@ -253,5 +257,5 @@ def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     notes = incomplete_notes(results, parts["pairs"]) + notes
     written += figs
     summary = summary_text(results, tables, figs, notes, opts, out)
-    written.append(_atomic.write_text(out / "summary.md", summary))
+    written.append(_atomic.write_text(out / "summary.md", summary).path)
     return written

@@ -96,10 +96,12 @@ def _seconds(results: Results, source: int, job_id: str) -> float:
 
 
 def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike], *, level: str = "job",
-                 metrics: Iterable[str] | None = None) -> pd.DataFrame:
+                 metrics: Iterable[str] | None = None, skip_damaged: bool = False) -> pd.DataFrame:
     """The finished jobs of ``paths`` (results directories, or a results root holding
     several) as one wide DataFrame at ``level`` (``"job"``, ``"counterfactual"``,
     ``"epoch"``; module docstring). ``metrics`` restricts the counterfactual metrics read.
+    A job whose files are damaged is a :class:`~ctgrid.errors.StoreError` unless
+    ``skip_damaged`` (then left out; see ``ctgrid verify``).
 
     >>> df = ctgrid.load_results("results/quickstart")
     >>> df.groupby("training.objective")[["ip", "cost", "accuracy"]].mean()
@@ -108,7 +110,7 @@ def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike], *, leve
         raise ConfigError(f"level: got {level!r}; allowed: {', '.join(LEVELS)}")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    results = Results.load(paths)
+    results = Results.load(paths, skip_damaged=skip_damaged)
     params = _params(results)
     if level == "epoch":
         data = results.history()

@@ -15,9 +15,10 @@ from typing import NoReturn, Sequence
 from ..errors import ConfigError, DataError, StoreError
 
 #: subcommand -> module under ctgrid.cli
-SUBCOMMANDS = ("train", "evaluate", "run", "expand", "config", "status", "aggregate", "slurm")
+SUBCOMMANDS = ("train", "evaluate", "run", "expand", "config", "status", "verify", "aggregate", "slurm")
 _MODULES = {"train": "train", "evaluate": "evaluate", "run": "grid", "expand": "expand",
-            "config": "config", "status": "grid", "aggregate": "aggregate", "slurm": "slurm"}
+            "config": "config", "status": "grid", "verify": "verify", "aggregate": "aggregate",
+            "slurm": "slurm"}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -41,6 +41,9 @@ def add_aggregate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--pool-settings", action="store_true",
                    help="Table 1: one row per dataset pooling all CT settings (default: one per setting)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="tables only")
+    p.add_argument("--skip-damaged", action="store_true",
+                   help="leave out done jobs whose files no longer match their done.json (listed in "
+                        "summary.md's notes; see ctgrid verify) instead of stopping with exit 2")
     p.add_argument("--data-dir", help="raw data files for sizes and the MNIST figure "
                                       "(default: $CTGRID_DATA)")
     p.set_defaults(func=run)
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
                             confidence=args.confidence, seed=args.seed, interval=args.interval,
                             pool_settings=args.pool_settings, figures=args.figures,
                             exclude_predicted=args.exclude_predicted,
-                            data_dir=args.data_dir)
+                            data_dir=args.data_dir, skip_damaged=args.skip_damaged)
     if args.out is None and len(args.results) != 1:
         raise ConfigError("--out: required when aggregating several RESULTS directories")
     out = Path(args.out) if args.out else Path(args.results[0]) / "aggregate"

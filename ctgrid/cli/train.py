@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
-    write_config(paths.config, job, job.job_id)
+    config = write_config(paths.config, job, job.job_id)
     t0 = time.perf_counter()
     with StopFlag() as stop:  # the grid runner's call: the replicate's derived seed
         result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
@@ -207,10 +207,10 @@ def run(args: argparse.Namespace) -> int:
         write_job_parquet(paths.history, result.history, job.job_id, record)
         print(f"ctgrid train: failed: {result.diverged}; history in {paths.history}", file=sys.stderr)
         return EXIT_FAILED
-    write_model(paths, job, result, record)
+    files = [config, *write_model(paths, job, result, record)]
     mark_done(paths, {"name": job.name, "epochs": result.epochs_done, "seconds": time.perf_counter() - t0,
                       "data_summary": dataset.summary(), "ctgrid_version": __version__,
-                      "versions": record["versions"], "provenance": record})
+                      "versions": record["versions"], "provenance": record}, files)
     last = result.history.iloc[-1]
     print(f"ctgrid train: {training.nepochs} epochs in {time.perf_counter() - t0:.1f}s, "
           f"train acc {last['acc_train']:.3f}, val acc {last['acc_val']:.3f}; wrote {out}",

@@ -124,6 +124,8 @@ def _load_yaml(text: str) -> Any:
             return loader.construct_document(node)
         finally:
             loader.dispose()
+    except ConfigError:   # _check_node_graph's own message (ConfigError is a ValueError too)
+        raise
     except RecursionError:
         raise ConfigError(f"invalid YAML: nested too deeply to parse (allowed: {MAX_YAML_DEPTH} "
                           f"levels)") from None

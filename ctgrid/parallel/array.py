@@ -88,7 +88,8 @@ def restrict(jobs: Mapping[str, JobConfig], plan: Plan, mine: set[str]) -> tuple
                packs=[p for p in plan.packs if p[0] in mine],
                done=[j for j in plan.done if j in mine], failed=[j for j in plan.failed if j in mine],
                resume={j for j in plan.resume if j in mine},
-               costs={j: c for j, c in plan.costs.items() if j in mine})
+               costs={j: c for j, c in plan.costs.items() if j in mine},
+               damaged={j: w for j, w in plan.damaged.items() if j in mine})
     return {j: job for j, job in jobs.items() if j in mine}, cut
 
 

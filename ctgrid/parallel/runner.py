@@ -3,7 +3,9 @@
 Every outcome is a record, never a crash of the run (submitit's
 ``("error", trace)``): an exception or a non-finite model becomes ``error.json``
 and the scheduler goes on with the other jobs. ``done.json`` is written last,
-with the job's timings, so a job is finished exactly when its marker exists.
+with the job's timings and the size and SHA-256 of every result file written
+(:mod:`ctgrid.integrity`), so a job is finished exactly when its marker exists
+(the log's last line comes before it).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pandas as pd
 import torch
 
 from .. import __version__
-from .._atomic import FATAL_ERRNOS, WriteError, io_message
+from .._atomic import FATAL_ERRNOS, WriteError, Written, io_message
 from ..errors import JobFailedError
 from ..provenance import provenance
 from ..store import JobPaths, ResultStore, now, write_job_parquet
@@ -122,14 +124,16 @@ def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobCo
 
 
 def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables: Tables,
-                   record: dict[str, Any]) -> None:
+                   record: dict[str, Any]) -> list[Written]:
+    """Every result file of a finished job but its config (written before training); their records."""
     from ..modeldir import write_model
-    write_model(paths, job, result, record)
+    written = write_model(paths, job, result, record)
     evaluation, performance, points = tables
     for path, table in ((paths.evaluation, evaluation), (paths.counterfactuals, points),
                         (paths.performance, performance)):
         if table is not None:
-            write_job_parquet(path, table, paths.job_id, record)
+            written.append(write_job_parquet(path, table, paths.job_id, record))
+    return written
 
 
 @dataclass
@@ -143,6 +147,7 @@ class _Attempt:
     logger: logging.Logger
     t0: float = field(default_factory=time.perf_counter)
     started: str = field(default_factory=now)
+    configs: dict[str, Written] = field(default_factory=dict)   # each job's config.yaml, as written
 
     def outcome(self, job_id: str, status: str, seconds: float, epochs: int = 0) -> JobOutcome:
         return JobOutcome(job_id, status, seconds, rank=self.role.rank, epochs_done=epochs)
@@ -154,7 +159,9 @@ class _Attempt:
         if self.role.leader:
             for job_id, job in self.jobs.items():
                 self.store.begin(job_id)
-                self.store.write_config(job_id, job)
+                config = self.store.write_config(job_id, job, refresh=True)
+                if config is not None:
+                    self.configs[job_id] = config
         for job_id, job in self.jobs.items():
             self.logger.info("job %s (%s) on rank %d of %s, seed %d%s", job_id, job.name,
                              self.role.rank, socket.gethostname(), job.seed,
@@ -186,8 +193,13 @@ class _Attempt:
         else:
             tables, t_eval_s = evaluated
         record = provenance(seed=job.seed)
-        _write_results(self.store.job(job_id), job, result, tables, record)
+        written = _write_results(self.store.job(job_id), job, result, tables, record)
         seconds = t_train + t_eval_s
+        warning = divergence_warning(result.history)
+        self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
+        if warning:   # the log is complete before done.json: a kill after it loses no line
+            self.logger.warning(warning, extra={"job": job_id})
+        files = [self.configs[job_id], *written] if job_id in self.configs else written
         self.store.mark_done(job_id, {
             "name": job.name, "started": self.started, "seconds": seconds,
             "train_seconds": t_train, "eval_seconds": seconds - t_train,
@@ -196,11 +208,7 @@ class _Attempt:
             "pack_size": len(self.jobs), "threads": self.settings.threads,
             "data_summary": dataset.summary(), "ctgrid_version": __version__,
             "versions": record["versions"], "provenance": record,
-            "warning": divergence_warning(result.history)})
-        self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
-        warning = divergence_warning(result.history)
-        if warning:
-            self.logger.warning(warning, extra={"job": job_id})
+            "warning": warning}, files)
         return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning)
 
     def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:

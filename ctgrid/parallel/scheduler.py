@@ -1,11 +1,13 @@
 """Planning a grid run and running it in one process.
 
 :func:`prepare` (the scheduler's side, rank 0 under MPI) loads the grid, takes the
-results directory's lock, writes the grid files and plans: done jobs are skipped,
-failed ones skipped unless ``retry_failed``, the rest ordered longest expected
-first (no static chunks, no dummy jobs; docs/deviations.md, D12). :func:`run_serial`
-then runs the plan in this process; :mod:`ctgrid.parallel.mpi` hands it out to
-worker ranks instead. Both report through :class:`Progress`.
+results directory's lock, writes the grid files and plans: done jobs are skipped
+(unless a file no longer has the size their ``done.json`` recorded: then the marker is
+set aside and the job re-run, :mod:`ctgrid.integrity`), failed ones skipped unless
+``retry_failed``, the rest ordered longest expected first (no static chunks, no dummy
+jobs; docs/deviations.md, D12). :func:`run_serial` then runs the plan in this process;
+:mod:`ctgrid.parallel.mpi` hands it out to worker ranks instead. Both report through
+:class:`Progress`.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ class Plan:
     failed: list[str] = field(default_factory=list)      # skipped (no --retry-failed)
     resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
     costs: dict[str, float] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)  # in todo: was done, files damaged -> which
 
 
 @dataclass
@@ -78,8 +81,10 @@ def job_cost(job: JobConfig) -> float:
 def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,
               pack_size: int = 1) -> Plan:
     """Skip done (and, unless ``retry_failed``, failed) jobs; the rest as packs of the grid's
-    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first."""
+    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first. A done job whose
+    files fail the size check (:func:`ctgrid.integrity.check_job`) runs again (``damaged``)."""
     from ..grid.packs import make_packs
+    from ..integrity import check_job
     plan = Plan(todo=[])
     run: set[str] = set()
     try:   # only jobs with a directory can be anything but pending (one listing, not 3 stats a job)
@@ -91,7 +96,11 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
             run.add(job_id)
             continue
         state = store.job(job_id).status
-        if state == "done":
+        check = check_job(store.job(job_id), legacy=False) if state == "done" else None
+        if check is not None and check.damaged:
+            plan.damaged[job_id] = check.describe()
+            run.add(job_id)
+        elif state == "done":
             plan.done.append(job_id)
         elif state == "failed" and not retry_failed:
             plan.failed.append(job_id)
@@ -145,7 +154,10 @@ def prepare(run: GridRun) -> Prepared:
     lock = acquire(store, run.array)
     try:
         store.initialise(grid, force=run.force)
-        return _prepared(run, store, jobs, pack_size, lock, len(grid))
+        prep = _prepared(run, store, jobs, pack_size, lock, len(grid))
+        for job_id in prep.plan.damaged:   # no longer done: a kill before its re-run leaves it pending
+            store.job(job_id).set_aside_done()
+        return prep
     except BaseException:
         lock.release()
         raise
@@ -162,9 +174,17 @@ def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], pack
     return Prepared(store, mine, cut, lock, n_points, run.array.run_file)
 
 
+def print_damaged(plan: Plan, out: TextIO, dry: bool = False) -> None:
+    """One line per done job whose files no longer match its ``done.json``: it runs again."""
+    for job_id, why in plan.damaged.items():
+        print(f"ctgrid: job {job_id}: {why}; {'the run would re-run' if dry else 're-running'} it",
+              file=out, flush=True)
+
+
 def print_plan(prep: Prepared, out: TextIO) -> None:
     """The ``--dry-run`` report: what would be skipped and what would run, in order, by pack."""
     p = prep.plan
+    print_damaged(p, out, dry=True)
     print(f"grid results: {prep.store.root}", file=out)
     print(f"{prep.n_points} grid points -> {len(prep.jobs)} jobs: {len(p.done)} done, "
           f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
@@ -173,7 +193,7 @@ def print_plan(prep: Prepared, out: TextIO) -> None:
         if len(pack) > 1:
             print(f"  pack {n}: {len(pack)} jobs trained as one batched network", file=out)
         for job_id in pack:
-            tag = "  resume" if job_id in p.resume else ""
+            tag = "  resume" if job_id in p.resume else "  damaged" if job_id in p.damaged else ""
             indent = "    " if len(pack) > 1 else "  "
             print(f"{indent}{job_id}  {prep.jobs[job_id].name:<28} cost {p.costs[job_id]:>10.0f}{tag}",
                   file=out)
@@ -354,6 +374,7 @@ def drive(run: GridRun, out: TextIO, n_workers: int, loop: Callable[[Prepared, P
         return EXIT_OK
     beat = threading.Event()
     try:
+        print_damaged(prep.plan, out)
         progress = Progress(prep, n_workers, out)
         threading.Thread(target=_beat, args=(progress, beat), daemon=True, name="ctgrid-heartbeat").start()
         loop(prep, progress)
