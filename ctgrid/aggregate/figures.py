@@ -111,10 +111,10 @@ def maturity_data(results: Results) -> pd.DataFrame:
         lines, _ = maturity_axes(results, src.index)
         facet = _facet(results, src.index)
         values = results.axis_values(src.index)
-        def of(axis: str | None) -> Any:
-            return values[axis].reindex(h["job_id"]).to_numpy() if axis else None
-        h = h.assign(facet=of(facet), colour=of(lines[0] if lines else None),
-                     style=of(lines[1] if len(lines) > 1 else None))
+        ids = h["job_id"]
+        h = h.assign(**{k: values[a].reindex(ids).to_numpy() if a else None for k, a in
+                        (("facet", facet), ("colour", lines[0] if lines else None),
+                         ("style", lines[1] if len(lines) > 1 else None))})
         keys = ["facet", "colour", "style"]
         s = (h.fillna({k: "" for k in keys}).groupby(["data.name", *keys, "epoch"])["share"]
              .agg(mean="mean", sd="std", n="size").reset_index().rename(columns={"data.name": "dataset"}))
