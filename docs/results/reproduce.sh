@@ -1,35 +1,67 @@
 #!/usr/bin/env bash
 # Re-run the reproduction in docs/results/ from the repository root:
-#   bash docs/results/reproduce.sh            # run every grid, then aggregate
-#   bash docs/results/reproduce.sh aggregate  # aggregate existing results only
+#   bash docs/results/reproduce.sh                     # run every grid, then aggregate (the whole paper)
+#   bash docs/results/reproduce.sh aggregate           # aggregate existing results only
+#   bash docs/results/reproduce.sh run appendix        # one part: main | consistency | appendix | all
 # Needs the venv of the README with the mpich extra (mpiexec) and the real data in
 # $CTGRID_DATA (default ../shared/data). Results go to results/<grid>/ (not committed);
-# aggregated tables and figures to docs/results/.
+# aggregated tables and figures to docs/results/. Each grid's wall time and peak memory are
+# appended to results/reproduce-times.txt.
 set -euo pipefail
 export CTGRID_DATA="${CTGRID_DATA:-$(cd .. && pwd)/shared/data}"
 export PATH="$PWD/.venv/bin:$PATH"
 NP="${NP:-3}"                       # rank 0 schedules, NP-1 workers
+STAGE="${1:-run}"
+PART="${2:-all}"
 REPORT_GRIDS="mutability_normalized mutability_reference mutability_reference_normalized mutability_noadv final_onehot_step final_onehot_end gmsc_lambda_reg gmsc_ablation"
+APPENDIX_GRIDS="penalties gen_params training_params tune tune_lr"
+case "$STAGE" in run|aggregate) ;; *) echo "usage: $0 [run|aggregate] [main|consistency|appendix|all]" >&2; exit 2;; esac
+case "$PART" in main|consistency|appendix|all) ;; *) echo "usage: $0 [run|aggregate] [main|consistency|appendix|all]" >&2; exit 2;; esac
+mkdir -p results
 
-if [ "${1:-run}" = run ]; then
-    for g in final mutability; do
-        mpiexec -n "$NP" ctgrid run "grids/$g.yaml" --results results
-    done
-    for g in $REPORT_GRIDS; do
-        mpiexec -n "$NP" ctgrid run "docs/results/grids/$g.yaml" --results results
-    done
+part() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
+
+timed_run() {   # timed_run GRID_FILE: run a grid under mpiexec, log wall time and peak RSS
+    local start end
+    start=$(date +%s)
+    /usr/bin/time -f "%M" -o results/.rss mpiexec -n "$NP" ctgrid run "$1" --results results
+    end=$(date +%s)
+    echo "$(basename "$1" .yaml) wall_s=$((end - start)) peak_rss_kb=$(cat results/.rss)" >> results/reproduce-times.txt
+}
+
+if [ "$STAGE" = run ]; then
+    if part main; then
+        for g in final mutability; do timed_run "grids/$g.yaml"; done
+        for g in $REPORT_GRIDS; do timed_run "docs/results/grids/$g.yaml"; done
+    fi
+    if part consistency; then timed_run grids/consistency.yaml; fi
+    if part appendix; then
+        for g in $APPENDIX_GRIDS; do timed_run "grids/$g.yaml"; done
+    fi
 fi
 
 out=docs/results
-ctgrid aggregate results/final --out "$out/final" --format md,csv
-ctgrid aggregate results/mutability --out "$out/mutability" --format md,csv
-# Table 1 as the paper lays it out: IP from the final runs, cost from the mutability runs
-ctgrid aggregate results/final results/mutability --out "$out/table1" --format md,csv
-# the same pairs with every individual kept (the protocol before ctgrid 0.2)
-ctgrid aggregate results/final --out "$out/final_keep_predicted" --format md,csv --no-figures --keep-predicted
-for g in $REPORT_GRIDS; do
-    ctgrid aggregate "results/$g" --out "$out/variants/$g" --format md,csv --no-figures
-done
-python docs/results/job_times.py results/final results/mutability > "$out/job_times.md"
-python docs/results/gradient_share.py results/final results/mutability results/mutability_noadv \
-    results/mutability_reference > "$out/gradient_share.md"
+if part main; then
+    ctgrid aggregate results/final --out "$out/final" --format md,csv
+    ctgrid aggregate results/mutability --out "$out/mutability" --format md,csv
+    # Table 1 as the paper lays it out: IP from the final runs, cost from the mutability runs
+    ctgrid aggregate results/final results/mutability --out "$out/table1" --format md,csv
+    # the same pairs with every individual kept (the protocol before ctgrid 0.2)
+    ctgrid aggregate results/final --out "$out/final_keep_predicted" --format md,csv --no-figures --keep-predicted
+    for g in $REPORT_GRIDS; do
+        ctgrid aggregate "results/$g" --out "$out/variants/$g" --format md,csv --no-figures
+    done
+    python docs/results/job_times.py results/final results/mutability > "$out/job_times.md"
+    python docs/results/gradient_share.py results/final results/mutability results/mutability_noadv \
+        results/mutability_reference > "$out/gradient_share.md"
+fi
+if part consistency; then
+    ctgrid aggregate results/consistency --out "$out/consistency"
+fi
+if part appendix; then
+    # the appendix: one folder per grid (Tables 3-5 are each grid's predictive_<grid>.md)
+    for g in $APPENDIX_GRIDS; do
+        ctgrid aggregate "results/$g" --out "$out/appendix/$g" --format md,csv
+    done
+    python docs/results/job_times.py $(printf 'results/%s ' $APPENDIX_GRIDS) > "$out/appendix/job_times.md"
+fi
