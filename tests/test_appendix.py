@@ -200,3 +200,45 @@ def test_shipped_descriptions_follow_a_data_name_override():
         text = load_grid(name, [f"data.name={one}"]).description
         assert not [d for d in DATASETS if d != one and d in text.split()], (name, text)
     assert load_grid("penalties").description.endswith("on lin_sep, over, circles, moons")
+
+
+def test_maturity_never_pools_runs_of_different_lengths(tmp_path):
+    """A 3- and a 4-epoch run are never averaged into one line (their burn-in boundaries and
+    epoch ranges differ): nepochs is a line axis here, else it splits the panels."""
+    root = tmp_path / "results" / "epochs"
+    points = []
+    for nepochs, share in ((3, 0.2), (4, 0.6)):
+        for objective in ("full", "vanilla"):
+            cfg = JobConfig(training=TrainingConfig(objective=objective, nepochs=nepochs),
+                            evaluation=EvaluationConfig(lambda_energy=(0.5,), n_runs=3, n_individuals=2))
+            ct = objective == "full"
+            jid = write_job(root, cfg, (0.5, 0.5, 0.5) if ct else None, 2.0, share if ct else None)
+            points.append({"point": len(points), "job_id": jid, "training.nepochs": nepochs,
+                           "training.objective": objective})
+    pd.DataFrame(points).to_parquet(root / "jobs.parquet", index=False)
+    (root / "grid.yaml").write_text("name: epochs\ntraining: {objective: [full, vanilla], nepochs: [3, 4]}\n")
+    data = maturity_data(Results.load([root]))
+    assert set(data["colour"]) == {3, 4}                       # the line axis (the grid's only one)
+    by = data.set_index(["colour", "epoch"])["mean"]
+    assert by[(3, 2)] == pytest.approx(0.2) and by[(4, 2)] == pytest.approx(0.6)   # not 0.4
+
+
+def test_maturity_splits_panels_by_nepochs_when_two_other_axes_take_the_lines(tmp_path):
+    root = tmp_path / "results" / "epochs3"
+    points, share = [], {}
+    for k, (tau, lam, nepochs) in enumerate((t, lr, n) for t in (0.5, 0.9) for lr in (0.1, 0.5) for n in (3, 4)):
+        for objective in ("full", "vanilla"):
+            cfg = JobConfig(generator=GeneratorConfig(tau=tau),
+                            training=TrainingConfig(objective=objective, nepochs=nepochs, lambda_reg=lam),
+                            evaluation=EvaluationConfig(lambda_energy=(0.5,), n_runs=3, n_individuals=2))
+            ct = objective == "full"
+            share[(tau, lam, nepochs)] = 0.05 * k
+            jid = write_job(root, cfg, (0.5, 0.5, 0.5) if ct else None, 2.0, 0.05 * k if ct else None)
+            points.append({"point": len(points), "job_id": jid, "generator.tau": tau, "training.lambda_reg": lam,
+                           "training.nepochs": nepochs, "training.objective": objective})
+    pd.DataFrame(points).to_parquet(root / "jobs.parquet", index=False)
+    (root / "grid.yaml").write_text("name: epochs3\n")
+    data = maturity_data(Results.load([root])).set_index(["facet", "colour", "style", "epoch"])
+    assert len(data) == 8 * 2 and (data["n"] == 1).all()      # every job its own line, epochs 2 and 3
+    for (tau, lam, nepochs), s in share.items():
+        assert data.loc[(nepochs, tau, lam, 2), "mean"] == pytest.approx(s)
