@@ -16,28 +16,21 @@ from typing import TYPE_CHECKING, Any
 
 from . import _atomic
 from .errors import DataError
+from .store import JobPaths, write_config, write_job_parquet
+
+__all__ = ["build_trained", "load_trained", "read_model_dir", "write_config", "write_model"]
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .data.dataset import Dataset
     from .grid.job import JobConfig
-    from .store import JobPaths
     from .training.loop import TrainResult
-
-
-def write_config(path: Path, job: JobConfig, job_id: str) -> None:
-    """``config.yaml``: the canonical configuration, all groups, with an identifying header."""
-    import yaml
-    header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
-    body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
-    _atomic.write_text(path, header + body)
 
 
 def write_model(paths: JobPaths, job: JobConfig, result: TrainResult, record: dict[str, Any]) -> None:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
     ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
-    from .store import write_job_parquet
     _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
                                      "config": job.canonical().to_dict(), "provenance": record})
     write_job_parquet(paths.history, result.history, paths.job_id, record)

@@ -340,7 +340,6 @@ class ResultStore:
         job_dir = self.job(job_id).dir
         if job_dir.is_symlink():   # ctgrid makes no links: never write through one out of the results
             job_dir.unlink()
-        from .modeldir import write_config
         paths = self.job(job_id)
         if not paths.config.exists():
             write_config(paths.config, job, job_id)
@@ -444,3 +443,13 @@ def find_stores(path: str | os.PathLike) -> list[ResultStore]:
     if not stores:
         raise StoreError(f"{path} holds no ctgrid results (no jobs.parquet in it or its subdirectories)")
     return stores
+
+
+# -- moved from ctgrid/modeldir.py (issue 22: modeldir imports store, never the reverse) --
+def write_config(path: Path, job: JobConfig, job_id: str) -> None:
+    """``config.yaml``: the canonical configuration, all groups, with an identifying header
+    (the one writer of a job's or a model directory's config, :mod:`ctgrid.modeldir`)."""
+    import yaml
+    header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
+    body = yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
+    _atomic.write_text(path, header + body)

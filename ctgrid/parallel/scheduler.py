@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
@@ -22,11 +22,15 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
+from .plan import Plan, job_cost, make_plan
 from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
+
+__all__ = ["GridRun", "Plan", "Prepared", "Progress", "drive", "exit_code", "job_cost",
+           "make_plan", "preflight", "prepare", "print_plan", "run_serial"]
 
 
 @dataclass(frozen=True)
@@ -43,18 +47,6 @@ class GridRun:
 
 
 @dataclass
-class Plan:
-    """Which of the grid's jobs run now, in which order, and which are skipped."""
-
-    todo: list[str]                                       # in run order, pack by pack
-    packs: list[list[str]] = field(default_factory=list)  # todo as packs, longest expected first
-    done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)      # skipped (no --retry-failed)
-    resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
-    costs: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
 class Prepared:
     """A planned run: its store, jobs by id, plan, and the results directory's lock."""
 
@@ -68,42 +60,6 @@ class Prepared:
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
-
-
-def job_cost(job: JobConfig) -> float:
-    """``JobConfig.expected_cost`` (the scheduler's longest-first key)."""
-    return float(job.expected_cost())
-
-
-def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,
-              pack_size: int = 1) -> Plan:
-    """Skip done (and, unless ``retry_failed``, failed) jobs; the rest as packs of the grid's
-    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first."""
-    from ..grid.packs import make_packs
-    plan = Plan(todo=[])
-    run: set[str] = set()
-    try:   # only jobs with a directory can be anything but pending (one listing, not 3 stats a job)
-        existing = set(os.listdir(store.root / "jobs"))
-    except OSError:
-        existing = set()
-    for job_id in jobs:
-        if job_id not in existing:
-            run.add(job_id)
-            continue
-        state = store.job(job_id).status
-        if state == "done":
-            plan.done.append(job_id)
-        elif state == "failed" and not retry_failed:
-            plan.failed.append(job_id)
-        else:
-            run.add(job_id)
-            if store.job(job_id).checkpoint.exists():
-                plan.resume.add(job_id)
-    plan.costs = {j: job_cost(jobs[j]) for j in run}
-    packs = [[j for j in pack if j in run] for pack in make_packs(jobs, pack_size)]
-    plan.packs = sorted((p for p in packs if p), key=lambda p: (-sum(plan.costs[j] for j in p), p[0]))
-    plan.todo = [j for p in plan.packs for j in p]
-    return plan
 
 
 def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
