@@ -39,7 +39,7 @@ VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", 
 def pack_key(job: JobConfig) -> str:
     """What must be equal for ``job`` to share a pack (a canonical JSON text)."""
     c = job.canonical()
-    key: dict[str, object] = {"data": plain_dict(c.data), "model": plain_dict(c.model)}
+    key: dict[str, object] = {"data": c.data.identity(), "model": plain_dict(c.model)}
     for group in ("training", "generator"):
         values = plain_dict(getattr(c, group))
         key[group] = {k: v for k, v in values.items() if k not in VARYING[group]}
@@ -50,8 +50,8 @@ def pack_key(job: JobConfig) -> str:
 def member_bytes(job: JobConfig) -> int:
     """A rough per-member memory estimate: its CE tuples (stacked for the updates) and the
     search's per-row state, row orders, weights and their optimiser moments."""
-    from ..data import dataset_defaults
-    spec = dataset_defaults(job.data.name)
+    from ..data.loaders import data_spec
+    spec = data_spec(job.data)
     d = spec.n_features
     n_train = job.data.n_train or spec.n_train
     nce = job.training.nce if job.training.needs_counterfactuals else 0

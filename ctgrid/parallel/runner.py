@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from .._atomic import FATAL_ERRNOS, WriteError, io_message
+from ..data.config import data_provenance
 from ..errors import JobFailedError
 from ..provenance import provenance
 from ..store import JobPaths, ResultStore, now, write_job_parquet
@@ -185,7 +186,7 @@ class _Attempt:
             t_eval_s = time.perf_counter() - t_eval
         else:
             tables, t_eval_s = evaluated
-        record = provenance(seed=job.seed)
+        record = provenance(seed=job.seed, **data_provenance(job.data))
         _write_results(self.store.job(job_id), job, result, tables, record)
         seconds = t_train + t_eval_s
         self.store.mark_done(job_id, {
