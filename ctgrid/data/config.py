@@ -21,6 +21,17 @@ TABLE_FIELDS = ("path", "sha256", "target", "categorical", "drop", "na", "strati
 #: moved file keeps its job ids and results; its content is identified by ``sha256``)
 LOCATION_FIELDS = ("path",)
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
+#: file name endings of a table and their formats
+SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def file_format(path: str) -> str:
+    """``csv`` or ``parquet`` from the file name; ConfigError for any other ending."""
+    name = path.lower()
+    for suffix, kind in SUFFIXES.items():
+        if name.endswith(suffix):
+            return kind
+    raise ConfigError(f"data.path: got {path!r}; allowed: a file ending in {', '.join(SUFFIXES)}")
 
 
 @lru_cache(maxsize=64)
@@ -120,6 +131,7 @@ class DataConfig:
         if both:
             raise ConfigError(f"data.drop: column {both[0]!r} is also in data.categorical; give one")
         if self.path is not None:
+            file_format(self.path)
             object.__setattr__(self, "path", os.path.abspath(os.path.expanduser(self.path)))
             if self.sha256 is None:
                 object.__setattr__(self, "sha256", file_sha256(self.path))
@@ -140,8 +152,8 @@ class DataConfig:
         if self.name != TABLE or self.path is None:
             return self.name
         base = os.path.basename(self.path)
-        for suffix in (".gz", ".csv", ".parquet", ".pq"):
-            base = base[: -len(suffix)] if base.endswith(suffix) else base
+        for suffix in SUFFIXES:
+            base = base[: -len(suffix)] if base.lower().endswith(suffix) else base
         return base or TABLE
 
 

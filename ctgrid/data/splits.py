@@ -132,9 +132,9 @@ def split_rows(strata: np.ndarray, config: Any, *, n_val: int, test_last: bool =
             else stratified_pick(strata, n_test_all, test_rng))
     pool = rest(n, test)
     if config.n_test is not None:
-        check_size("n_test", config.n_test, len(test), config.name)
+        check_size("n_test", config.n_test, len(test), config.label)
         test = test[stratified_pick(strata[test], config.n_test, test_rng)]
     n_val = n_val if config.n_val is None else config.n_val
     train, val = carve(strata, pool, n_val=n_val, n_train=config.n_train,
-                       seed=config.split_seed, name=config.name)
+                       seed=config.split_seed, name=config.label)
     return train, val, test

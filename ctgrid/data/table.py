@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import ConfigError, DataError
-from .config import TABLE, DataConfig, file_sha256
+from ..errors import DataError
+from .config import TABLE, DataConfig, file_format, file_sha256
 from .specs import DatasetSpec
 from .splits import Splits, round_half_up, split_rows
 from .tabular import encode
@@ -50,16 +50,6 @@ MAX_LEVELS = 100
 MIN_ROWS = 20
 #: default validation share of the rows, and its cap (the built-in sets use 1000)
 VAL_SHARE, MAX_VAL = 0.1, 1000
-SUFFIXES = {".csv": "csv", ".csv.gz": "csv", ".parquet": "parquet", ".pq": "parquet"}
-
-
-def file_format(path: str) -> str:
-    """``csv`` or ``parquet`` from the file name; ConfigError for any other suffix."""
-    name = path.lower()
-    for suffix, kind in SUFFIXES.items():
-        if name.endswith(suffix):
-            return kind
-    raise ConfigError(f"data.path: got {path!r}; allowed: a file ending in {', '.join(SUFFIXES)}")
 
 
 @functools.lru_cache(maxsize=8)
@@ -153,7 +143,7 @@ def _missing(frame: pd.DataFrame, used: list[str], config: DataConfig, source: s
     counts = mask.sum()
     parts = [f"column {c!r}: {int(n)} ({_where(np.flatnonzero(mask[c].to_numpy()), csv)})"
              for c, n in counts.items() if n]
-    raise DataError(f"data.na: {int(mask.to_numpy().sum())} missing values in {source}: "
+    raise DataError(f"data.na: {int(mask.to_numpy().sum())} missing value(s) in {source}: "
                     f"{'; '.join(parts[:5])}{'; ...' if len(parts) > 5 else ''}; set data.na: drop to "
                     f"drop those rows (nothing is imputed), or data.drop the column")
 
@@ -205,7 +195,9 @@ def _check_features(frame: pd.DataFrame, features: list[str], config: DataConfig
                             f"{_where(np.array([0]), csv)}); list it in data.categorical "
                             f"(one-hot encoded) or data.drop")
         if values.nunique() < 2:
-            raise DataError(f"column {col!r} of {source} is constant ({values.iloc[0]!r} in every "
+            first = values.iloc[0]
+            first = first.item() if isinstance(first, np.generic) else first
+            raise DataError(f"column {col!r} of {source} is constant ({first!r} in every "
                             f"row): it cannot inform a model; data.drop it")
         out[col] = values.to_numpy()
     return pd.DataFrame(out)
