@@ -85,6 +85,9 @@ def check_sizes(jobs: Mapping[str, JobConfig]) -> None:
         if spec.kind != "table":      # (a table's split sizes are checked when it is split)
             _check_split_sizes(job.data, spec)
         check_fits_data(job.model, spec.kind == "image", job.data.name)
+        if job.model.kind == "module":   # a user's factory: importable, (n, d) -> (n, k) logits
+            from ..models.custom import build_custom
+            build_custom(job.model, spec.n_features, spec.n_classes)
         n_train = training_rows(job.data, spec)
         if job.training.needs_counterfactuals and job.training.nce > n_train:
             raise ConfigError(f"training.nce: got {job.training.nce}; allowed: at most {n_train} "

@@ -11,7 +11,8 @@ adversarial radius and label, and the search's ``tau``, ``lambda_cost`` and
 
 The partition is a function of the grid alone: groups in the order of their key,
 members sorted by job id, each group cut into the fewest chunks of at most the pack
-size (and of the memory bound), chunk sizes differing by at most one. It never
+size (and of the memory bound), chunk sizes differing by at most one. A user's model
+(``model.kind: module``) is a pack of its own. It never
 depends on the number of ranks or on which jobs are done; a run executes, of each
 pack, the members it still has to run.
 """
@@ -44,6 +45,8 @@ def pack_key(job: JobConfig) -> str:
         values = plain_dict(getattr(c, group))
         key[group] = {k: v for k, v in values.items() if k not in VARYING[group]}
     key["terms"] = list(weights(c.training))
+    if c.model.kind == "module":    # a user's model trains alone (ctgrid.models.custom)
+        key["alone"] = job.job_id
     return json.dumps(key, sort_keys=True)
 
 

@@ -160,6 +160,9 @@ class _Attempt:
             self.logger.info("job %s (%s) on rank %d of %s, seed %d%s", job_id, job.name,
                              self.role.rank, socket.gethostname(), job.seed,
                              f", in a pack of {len(ids)}" if len(ids) > 1 else "", extra={"job": job_id})
+            if job.model.kind == "module":
+                self.logger.info("model: the user's factory %s; it trains alone (not in a pack)",
+                                 job.model.factory, extra={"job": job_id})
         first = self.jobs[ids[0]]
         dataset = load_dataset(first.data, self.settings.data_dir)
         members = [PackMember(j.model, j.generator, replace(j.training, seed=j.seed),
