@@ -28,8 +28,6 @@ from .joblog import job_log
 from .settings import JobOutcome, Role, RunSettings
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from ..data import Dataset
     from ..grid.job import JobConfig
     from ..training.loop import TrainResult
@@ -37,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctgrid")
 
 #: ``(evaluation, performance)`` of one model (``evaluation`` is None when disabled)
-Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional["pa.Table"]]
+Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional[pd.DataFrame]]
 
 
 #: a finished job whose last epoch's loss exceeds this many times its lowest is flagged
