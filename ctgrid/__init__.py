@@ -28,6 +28,7 @@ _EXPORTS = {
     "ModelEvaluation": "ctgrid.evaluation", "original_units": "ctgrid.evaluation",
     "JobConfig": "ctgrid.grid.job", "load_grid": "ctgrid.grid",
     "load_results": "ctgrid.aggregate.wide",
+    "CTClassifier": "ctgrid.estimator",
 }
 __all__ = ["__version__", *_EXPORTS]
 
