@@ -221,8 +221,9 @@ def original_units(points: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
         return dataset.decode(x)
     before, after = decoded("factual"), decoded("counterfactual")
     sd = dict(zip(dataset.feature_names, np.asarray(dataset.meta.get("feature_std", np.ones(dataset.n_features)))))
-    moved = pd.DataFrame({c: (before[c] != after[c]) if before[c].dtype == object
-                          else (after[c] - before[c]).abs() > 1e-6 * sd.get(c, 1.0) for c in before.columns})
+    moved = pd.DataFrame({c: (after[c] - before[c]).abs() > 1e-6 * sd.get(c, 1.0)
+                          if pd.api.types.is_numeric_dtype(before[c]) else before[c] != after[c]
+                          for c in before.columns})
     changed = pd.Series([",".join(c for c, m in zip(moved.columns, row) if m) for row in moved.to_numpy()],
                         dtype=object)
     return pd.concat([points[keys].reset_index(drop=True), before.add_prefix("factual."),

@@ -10,6 +10,7 @@ individuals (and over ``lambda_energy``); the difference CT − BL and the reduc
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,8 @@ class PairedEvaluation:
             per_lam = units.groupby(["run", "lambda_energy"])[[f"{q}_bl", f"{q}_ct"]].mean()
             per_run = per_lam.groupby("run").mean()
             bl, ct = per_run[f"{q}_bl"].to_numpy(), per_run[f"{q}_ct"].to_numpy()
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)   # no finite ratio: NaN
                 red = 100 * (1 - np.nanmean(ct / bl)) if len(bl) else float("nan")
             rows.append((q, float(np.mean(bl)) if len(bl) else np.nan, float(np.mean(ct)) if len(ct) else np.nan,
                          red, len(per_run)))
