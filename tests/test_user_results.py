@@ -116,7 +116,7 @@ def test_load_results_pairs_each_ct_job_with_its_baseline(tmp_path):
     assert row["cost_diff"] == pytest.approx(m.loc[keep, "cost_ct"].mean() - m.loc[keep, "cost_bl"].mean())
 
 
-def test_a_hint_when_no_test_time_search_converges(moons):
+def test_a_hint_when_no_test_time_search_converges(moons, tmp_path, capsys):
     model = build_model(ModelConfig(), 2, 2).eval()
     with pytest.warns(RuntimeWarning, match="no counterfactual .* reached tau"):
         evaluate_model(model, moons, EvaluationConfig(**{**SMALL, "maxiter": 1, "tau": 0.99}))
@@ -124,3 +124,11 @@ def test_a_hint_when_no_test_time_search_converges(moons):
         warnings.simplefilter("error", RuntimeWarning)
         evaluate_model(_constant(2, 0), moons, EvaluationConfig(**{**SMALL, "tau": 0.5, "lr": 5.0,
                                                                     "step": "normalized", "maxiter": 200}))
+    grid = tmp_path / "g.yaml"    # ctgrid run says it once, after the summary line
+    grid.write_text("name: g\ndata: {name: moons, n_train: 100, n_val: 10, n_test: 40}\n"
+                    "training: {objective: vanilla, nepochs: 1}\n"
+                    "evaluation: {maxiter: 1, tau: 0.99, n_runs: 1, n_individuals: 4, lambda_energy: [1.0]}\n")
+    capsys.readouterr()
+    assert main(["run", str(grid), "--results", str(tmp_path / "r")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("ctgrid: note:")]
+    assert len(notes) == 1 and "reached tau 0.99 within maxiter 1" in notes[0]

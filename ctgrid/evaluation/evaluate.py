@@ -134,23 +134,24 @@ def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: Evalu
                            counterfactual_points(model, grid, batch) if config.save_counterfactuals else None)
            for model, batch in zip(models, batches)]
     for evaluation in out:
-        convergence_hint(evaluation.evaluation, dataset, config)
+        hint = convergence_hint(evaluation.evaluation, dataset, config)
+        if hint is not None:
+            warnings.warn(hint, RuntimeWarning, stacklevel=3)
     return out
 
 
 def convergence_hint(frame: pd.DataFrame, dataset: Dataset, config: EvaluationConfig) -> str | None:
-    """A :class:`RuntimeWarning` (and its text) when no test-time search reached ``tau``: on a
-    new dataset the defaults (``tau`` 0.95, 50 SGD steps of 0.1 on the raw gradient) may be too
-    short for its scale, and every cost and IP then measures unfinished searches."""
+    """The hint (warned by :func:`evaluate_models`, shown by ``ctgrid run``) when no test-time
+    search reached ``tau``: on a new dataset the defaults (``tau`` 0.95, 50 SGD steps of 0.1 on
+    the raw gradient) may be too short for its scale, and every cost and IP then measures
+    unfinished searches."""
     converged = frame.loc[frame["metric"] == "converged", "value"]
     if len(converged) == 0 or converged.any():
         return None
-    text = (f"evaluation: no counterfactual of the {len(converged)} searched on {dataset.name!r} reached "
+    return (f"evaluation: no counterfactual of the {len(converged)} searched on {dataset.name!r} reached "
             f"tau {config.tau:g} within maxiter {config.maxiter} steps (lr {config.lr:g}, step "
             f"{config.step}): its measures describe unfinished searches; try a larger "
             f"evaluation.maxiter or evaluation.lr, evaluation.step: normalized, or a lower evaluation.tau")
-    warnings.warn(text, RuntimeWarning, stacklevel=3)
-    return text
 
 
 def _search(models: Sequence[nn.Module], grid: EvaluationGrid, dataset: Dataset, config: EvaluationConfig,

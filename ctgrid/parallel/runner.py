@@ -203,7 +203,11 @@ class _Attempt:
         warning = divergence_warning(result.history)
         if warning:
             self.logger.warning(warning, extra={"job": job_id})
-        return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning)
+        hint = None
+        if tables[0] is not None:
+            from ..evaluation.evaluate import convergence_hint
+            hint = convergence_hint(tables[0], dataset, job.evaluation)
+        return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning, hint=hint)
 
     def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:
         """Record the job failed (``error.json``). A full disk (or read-only file system) is

@@ -171,6 +171,7 @@ class Progress:
         self.io_stop = False             # nothing more can be written: hand out no more jobs
         self.outcomes: list[JobOutcome] = []
         self.warnings: list[str] = []
+        self.hints: dict[str, str] = {}
         self.started_at = now()
         self.last_emit = time.monotonic()
         self._lock = threading.Lock()
@@ -244,6 +245,8 @@ class Progress:
             self.busy_seconds += outcome.seconds
             if outcome.warning:
                 self.warnings.append(outcome.job_id)
+            if outcome.hint:
+                self.hints[outcome.job_id] = outcome.hint
             note = f" WARNING: {outcome.warning}" if outcome.warning else ""
             self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s){note}", permanent=bool(note))
         elif outcome.status == "failed":
@@ -278,6 +281,10 @@ class Progress:
             print(f"ctgrid: warning: {len(self.warnings)} finished job(s) look diverged (loss far above "
                   f"its lowest): {', '.join(self.warnings[:5])}{' ...' if len(self.warnings) > 5 else ''}; "
                   f"see their log.txt", file=self.out, flush=True)
+        if self.hints:
+            ids = list(self.hints)
+            print(f"ctgrid: note: {len(ids)} job(s) ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}): "
+                  f"{self.hints[ids[0]]}", file=self.out, flush=True)
         if self.io_errors:
             print(f"ctgrid: error: {self.io_errors[0]}", file=sys.stderr, flush=True)
         return code
