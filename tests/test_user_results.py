@@ -54,6 +54,8 @@ def test_the_three_results_are_data_frames_and_the_points_keep_their_parquet_typ
     assert schema.field("split").type == pa.string() and schema.field("valid").type == pa.bool_()
     assert schema.field("factual").type == pa.list_(pa.float32(), 2)
     assert schema.field("counterfactual").type == pa.list_(pa.float32(), 2)
+    assert b"pandas" not in (schema.metadata or {})
+    assert len(pq.read_table(path).to_pandas()) == 4                  # any reader gets it back
 
 
 def test_counterfactuals_in_the_files_units_and_categories(tmp_path):

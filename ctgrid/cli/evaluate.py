@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from ..store import write_job_parquet
     from ..data import load_dataset
     from ..data.config import data_provenance
-    from ..evaluation.evaluate import evaluate_model
+    from ..evaluation.evaluate import evaluate_model, points_table
     if check_threads(args.threads) is not None:
         torch.set_num_threads(args.threads)
     items = _inputs(args)
@@ -151,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
                                       cache_dir=args.cache_dir))
     for item, (evaluation, performance, points) in zip(items, results):
         record = provenance(seed=item.job.seed, model_dir=str(item.model_dir), **data_provenance(item.job.data))
-        for name, table in (("evaluation", evaluation), ("counterfactuals", points), ("performance", performance)):
+        saved = None if points is None else points_table(points)
+        for name, table in (("evaluation", evaluation), ("counterfactuals", saved), ("performance", performance)):
             if table is not None:
                 write_job_parquet(item.out_dir / f"{name}.parquet", table, item.job.job_id, record)
         acc = performance.loc[performance.metric == "accuracy", "value"].iloc[0]

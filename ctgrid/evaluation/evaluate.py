@@ -208,6 +208,13 @@ def counterfactual_points(model: nn.Module, grid: EvaluationGrid, batch: Counter
     return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if any(f(t) for f in arrow) else None)
 
 
+def points_table(points: pd.DataFrame) -> pa.Table:
+    """The ``counterfactuals`` frame as the Arrow table ``counterfactuals.parquet`` holds: the
+    exact column types, without pandas' metadata (so any reader, ``pq.read_table(...).to_pandas()``
+    included, gets plain columns back)."""
+    return pa.Table.from_pandas(points, preserve_index=False).replace_schema_metadata(None)
+
+
 def original_units(points: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
     """The ``counterfactuals`` frame with both points in the data's original units and
     categories (:meth:`Dataset.decode`): the key columns, then ``factual.<column>`` and

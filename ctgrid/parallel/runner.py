@@ -124,8 +124,10 @@ def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables:
                    record: dict[str, Any]) -> None:
     from ..modeldir import write_model
     write_model(paths, job, result, record)
+    from ..evaluation.evaluate import points_table
     evaluation, performance, points = tables
-    for path, table in ((paths.evaluation, evaluation), (paths.counterfactuals, points),
+    for path, table in ((paths.evaluation, evaluation),
+                        (paths.counterfactuals, None if points is None else points_table(points)),
                         (paths.performance, performance)):
         if table is not None:
             write_job_parquet(path, table, paths.job_id, record)
