@@ -279,3 +279,17 @@ def test_train_and_run_on_a_table_record_the_file_and_agree(hand, tmp_path, caps
 
 def _job_id(model_dir: Path) -> str:
     return (model_dir / "config.yaml").read_text().split()[3]
+
+
+def test_expand_of_a_table_grid_reads_the_file_without_torch(hand, tmp_path):
+    import subprocess
+    import sys
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"name: g\ndata: {json.dumps({**HAND_DATA, 'path': str(hand)})}\n"
+                    "training: {objective: [vanilla, full], nce: 500}\n")
+    code = ("import sys\nfrom ctgrid.cli import main\n"
+            f"rc = main(['expand', {str(grid)!r}])\n"
+            "assert rc == 2 and 'torch' not in sys.modules, rc\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "training.nce: got 500" in proc.stderr
