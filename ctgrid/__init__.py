@@ -6,6 +6,7 @@ The public API, imported lazily so that ``import ctgrid`` stays cheap::
     from ctgrid import DataConfig, load_dataset, ModelConfig, GeneratorConfig, make_generator
     from ctgrid import TrainingConfig, train, EvaluationConfig, evaluate_model, JobConfig, load_grid
     from ctgrid import load_results   # results directories -> one wide DataFrame
+    from ctgrid import table_dataset, evaluate_pair, original_units, CTClassifier  # your own data
 """
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ __version__ = "0.2.0"
 
 _EXPORTS = {
     "DataConfig": "ctgrid.data", "Dataset": "ctgrid.data", "load_dataset": "ctgrid.data",
+    "table_dataset": "ctgrid.data",
     "Constraints": "ctgrid.constraints",
     "ModelConfig": "ctgrid.models", "build_model": "ctgrid.models",
     "GeneratorConfig": "ctgrid.generators", "make_generator": "ctgrid.generators",
     "generator_for": "ctgrid.generators", "CounterfactualBatch": "ctgrid.generators",
     "TrainingConfig": "ctgrid.training", "train": "ctgrid.training",
     "EvaluationConfig": "ctgrid.evaluation.config", "evaluate_model": "ctgrid.evaluation",
+    "evaluate_pair": "ctgrid.evaluation", "PairedEvaluation": "ctgrid.evaluation",
+    "ModelEvaluation": "ctgrid.evaluation", "original_units": "ctgrid.evaluation",
     "JobConfig": "ctgrid.grid.job", "load_grid": "ctgrid.grid",
     "load_results": "ctgrid.aggregate.wide",
+    "CTClassifier": "ctgrid.estimator",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -17,33 +17,22 @@ from typing import TYPE_CHECKING, Any
 
 from . import _atomic
 from .errors import DataError
+from .store import JobPaths, write_config, write_job_parquet
+
+__all__ = ["build_trained", "load_trained", "read_model_dir", "write_config", "write_model"]
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .data.dataset import Dataset
     from .grid.job import JobConfig
-    from .store import JobPaths
     from .training.loop import TrainResult
-
-
-def config_text(job: JobConfig, job_id: str) -> str:
-    """``config.yaml``'s text: the canonical configuration, all groups, with an identifying header."""
-    import yaml
-    header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
-    return header + yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
-
-
-def write_config(path: Path, job: JobConfig, job_id: str) -> _atomic.Written:
-    """``config.yaml`` (:func:`config_text`), atomically."""
-    return _atomic.write_text(path, config_text(job, job_id))
 
 
 def write_model(paths: JobPaths, job: JobConfig, result: TrainResult,
                 record: dict[str, Any]) -> list[_atomic.Written]:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
     ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
-    from .store import write_job_parquet
     model = _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
                                              "config": job.canonical().to_dict(), "provenance": record})
     return [model, write_job_parquet(paths.history, result.history, paths.job_id, record)]

@@ -364,7 +364,6 @@ class ResultStore:
         job_dir = self.job(job_id).dir
         if job_dir.is_symlink():   # ctgrid makes no links: never write through one out of the results
             job_dir.unlink()
-        from .modeldir import config_text
         paths = self.job(job_id)
         if not refresh and paths.config.exists():
             return None
@@ -475,3 +474,17 @@ def find_stores(path: str | os.PathLike) -> list[ResultStore]:
     if not stores:
         raise StoreError(f"{path} holds no ctgrid results (no jobs.parquet in it or its subdirectories)")
     return stores
+
+
+# -- moved from ctgrid/modeldir.py (issue 22: modeldir imports store, never the reverse) --
+def config_text(job: JobConfig, job_id: str) -> str:
+    """``config.yaml``'s text: the canonical configuration, all groups, with an identifying header
+    (the one writer of a job's or a model directory's config, :mod:`ctgrid.modeldir`)."""
+    import yaml
+    header = f"# ctgrid job {job_id} ({job.name}), training seed {job.seed}\n"
+    return header + yaml.safe_dump(job.canonical().to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def write_config(path: Path, job: JobConfig, job_id: str) -> _atomic.Written:
+    """``config.yaml`` (:func:`config_text`), atomically."""
+    return _atomic.write_text(path, config_text(job, job_id))

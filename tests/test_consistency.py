@@ -53,8 +53,8 @@ def test_saved_points_are_the_evaluated_counterfactuals():
     cfg = EvaluationConfig(save_counterfactuals=True, lambda_energy=(0.5, 5.0), n_runs=2, n_individuals=6,
                            maxiter=10, n_ip_samples=20, n_energy_samples=10, mmd_samples=10, test_time=True)
     ev, _, points = evaluate_model(model, moons, cfg)
-    assert points is not None and points.column_names == list(POINT_COLUMNS)
-    pts = points.to_pandas()
+    assert points is not None and list(points.columns) == list(POINT_COLUMNS)
+    pts = points
     assert len(pts) == 2 * 6 * 2
     validity = ev[ev.metric == "validity"].reset_index(drop=True)
     keys = ["run", "individual", "factual_index", "target", "lambda_energy"]

@@ -95,7 +95,7 @@ def _hp_cell(row: pd.Series, col: str) -> str:
     if col in ("generator.name", "generator.tau", "training.nce") and row["training.objective"] == "vanilla":
         return "—"
     if col == "training.batch_size" and (v is None or (isinstance(v, float) and np.isnan(v))):
-        return str(dataset_defaults(row["data.name"]).batch_size)
+        return "auto" if row["data.name"] == "table" else str(dataset_defaults(row["data.name"]).batch_size)
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 

@@ -59,19 +59,24 @@ def _per_counterfactual(results: Results, metrics: Iterable[str] | None) -> pd.D
     return wide.sort_values(["job_id", "run", "lambda_energy", "individual"], kind="stable", ignore_index=True)
 
 
+def _ce_means(ce: pd.DataFrame) -> pd.DataFrame:
+    """Per job (index) the mean of every per-counterfactual metric and ``n_counterfactuals``."""
+    metric_cols = [c for c in ce.columns if c not in (*_CE_KEYS, "split", "factual_index", "factual_label",
+                                                       "target", "predicted", "generator")]
+    plain = [c for c in metric_cols if c not in ("ip_star", "ip_star_pvalue")]
+    means = ce.groupby("job_id")[plain].mean()
+    means["n_counterfactuals"] = ce.groupby("job_id").size()
+    for col in ("ip_star", "ip_star_pvalue"):
+        if col in ce:   # one value per (run, lambda, target) group: average the groups
+            groups = ce.groupby(["job_id", "run", "lambda_energy", "target"])[col].first()
+            means[col] = groups.groupby("job_id").mean()
+    return means
+
+
 def _per_job(results: Results, ce: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"job_id": results.jobs["job_id"]})
     if len(ce):
-        metric_cols = [c for c in ce.columns if c not in (*_CE_KEYS, "split", "factual_index", "factual_label",
-                                                           "target", "predicted", "generator")]
-        plain = [c for c in metric_cols if c not in ("ip_star", "ip_star_pvalue")]
-        means = ce.groupby("job_id")[plain].mean()
-        means["n_counterfactuals"] = ce.groupby("job_id").size()
-        for col in ("ip_star", "ip_star_pvalue"):
-            if col in ce:   # one value per (run, lambda, target) group: average the groups
-                groups = ce.groupby(["job_id", "run", "lambda_energy", "target"])[col].first()
-                means[col] = groups.groupby("job_id").mean()
-        out = out.merge(means.reset_index(), on="job_id", how="left")
+        out = out.merge(_ce_means(ce).reset_index(), on="job_id", how="left")
     perf = results.performance()
     if len(perf):
         label = np.where(perf["attack"] == "none", perf["metric"],
@@ -95,23 +100,69 @@ def _seconds(results: Results, source: int, job_id: str) -> float:
         return float("nan")
 
 
+def _paired(results: Results, params: pd.DataFrame, ce: pd.DataFrame, exclude_predicted: bool) -> pd.DataFrame:
+    """One row per CT job whose baseline is done: the CT job's parameters and metrics, the
+    baseline's metrics (``<metric>_baseline``) and ``<metric>_diff`` = CT − baseline. Per-
+    counterfactual metrics are means over the pair's shared individuals, without those either
+    model already predicts as the target (``exclude_predicted``; ``n_excluded`` counts them)."""
+    from .pairing import pair_jobs
+    pairs = pair_jobs(results).dropna(subset=["bl_job"])
+    jobs = _per_job(results, ce).drop_duplicates("job_id").set_index("job_id")   # a job shared by two grids
+    keys = ["run", "individual", "lambda_energy", "target"]
+    rows = []
+    for ct_id, bl_id in zip(pairs["ct_job"], pairs["bl_job"]):
+        sides = {"ct": jobs.loc[ct_id].copy(), "bl": jobs.loc[bl_id].copy()}
+        excluded = 0
+        if len(ce):
+            both = ce[ce["job_id"] == ct_id].merge(ce[ce["job_id"] == bl_id], on=keys, suffixes=("", "_bl"))
+            already = (both["predicted"] == both["target"]) | (both["predicted_bl"] == both["target"])
+            units = both[["run", "individual"]].assign(x=already.to_numpy()).groupby(["run", "individual"])["x"].any()
+            excluded = int(units.sum())
+            keep = units[~units].reset_index()[["run", "individual"]] if exclude_predicted else units.reset_index()
+            for side, job in (("ct", ct_id), ("bl", bl_id)):
+                part = ce[ce["job_id"] == job].merge(keep[["run", "individual"]], on=["run", "individual"])
+                means = _ce_means(part)
+                for col in means.columns:
+                    sides[side][col] = means[col].iloc[0] if len(means) else np.nan
+        numeric = [c for c in jobs.columns if pd.api.types.is_numeric_dtype(jobs[c])]
+        row = {"job_id": ct_id, "baseline_job_id": bl_id, "n_excluded": excluded}
+        for c in numeric:
+            row[c] = sides["ct"][c]
+            row[f"{c}_baseline"] = sides["bl"][c]
+            row[f"{c}_diff"] = sides["ct"][c] - sides["bl"][c]
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=["job_id", "baseline_job_id", "n_excluded"] if not rows else None)
+    return params.merge(frame, on="job_id", how="inner").reset_index(drop=True)
+
+
 def load_results(paths: str | os.PathLike | Iterable[str | os.PathLike], *, level: str = "job",
-                 metrics: Iterable[str] | None = None, skip_damaged: bool = False) -> pd.DataFrame:
+                 metrics: Iterable[str] | None = None, paired: bool = False,
+                 exclude_predicted: bool = True, skip_damaged: bool = False) -> pd.DataFrame:
     """The finished jobs of ``paths`` (results directories, or a results root holding
     several) as one wide DataFrame at ``level`` (``"job"``, ``"counterfactual"``,
     ``"epoch"``; module docstring). ``metrics`` restricts the counterfactual metrics read.
     A job whose files are damaged is a :class:`~ctgrid.errors.StoreError` unless
     ``skip_damaged`` (then left out; see ``ctgrid verify``).
 
+    ``paired=True`` (level ``"job"``): one row per CT job with its baseline beside it — every
+    metric ``m`` as ``m`` (CT), ``m_baseline`` and ``m_diff`` (CT − baseline), the
+    per-counterfactual ones over the individuals neither model already predicts as the target
+    (``exclude_predicted``; as Table 1), and ``baseline_job_id``, ``n_excluded``.
+
     >>> df = ctgrid.load_results("results/quickstart")
     >>> df.groupby("training.objective")[["ip", "cost", "accuracy"]].mean()
+    >>> ctgrid.load_results("results/quickstart", paired=True)[["ip", "ip_baseline", "ip_diff"]]
     """
     if level not in LEVELS:
         raise ConfigError(f"level: got {level!r}; allowed: {', '.join(LEVELS)}")
+    if paired and level != "job":
+        raise ConfigError(f"paired: allowed only with level 'job' (got level {level!r})")
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     results = Results.load(paths, skip_damaged=skip_damaged)
     params = _params(results)
+    if paired:
+        return _paired(results, params, _per_counterfactual(results, metrics), exclude_predicted)
     if level == "epoch":
         data = results.history()
     else:

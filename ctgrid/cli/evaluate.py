@@ -113,7 +113,7 @@ def _inputs(args: argparse.Namespace) -> list[_Input]:
         items.append(_Input(d, o, job, state))
     first = items[0]
     for item in items[1:]:
-        if item.job.data != first.job.data:
+        if item.job.data.identity() != first.job.data.identity():
             raise ConfigError(f"MODEL_DIR {str(item.model_dir)!r}: trained on other data than "
                               f"{str(first.model_dir)!r} ({item.job.data.name} vs {first.job.data.name} "
                               "or their split settings); models evaluated together are compared on the "
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
     from ..provenance import provenance
     from ..store import write_job_parquet
     from ..data import load_dataset
-    from ..evaluation.evaluate import evaluate_model
+    from ..data.config import data_provenance
+    from ..evaluation.evaluate import evaluate_model, points_table
     if check_threads(args.threads) is not None:
         torch.set_num_threads(args.threads)
     items = _inputs(args)
@@ -149,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
         results.append(evaluate_model(model, datasets[item.job.data], item.job.evaluation,
                                       cache_dir=args.cache_dir))
     for item, (evaluation, performance, points) in zip(items, results):
-        record = provenance(seed=item.job.seed, model_dir=str(item.model_dir))
-        for name, table in (("evaluation", evaluation), ("counterfactuals", points), ("performance", performance)):
+        record = provenance(seed=item.job.seed, model_dir=str(item.model_dir), **data_provenance(item.job.data))
+        saved = None if points is None else points_table(points)
+        for name, table in (("evaluation", evaluation), ("counterfactuals", saved), ("performance", performance)):
             if table is not None:
                 write_job_parquet(item.out_dir / f"{name}.parquet", table, item.job.job_id, record)
         acc = performance.loc[performance.metric == "accuracy", "value"].iloc[0]

@@ -44,6 +44,7 @@ FLAGS = {
     "maxiter": ("generator", "maxiter"), "nce": ("training", "nce"), "burnin": ("training", "burnin"),
     "nepochs": ("training", "nepochs"), "batch_size": ("training", "batch_size"),
     "lr": ("training", "lr"), "seed": ("training", "seed"),
+    "data_path": ("data", "path"), "target": ("data", "target"),
 }
 
 
@@ -57,7 +58,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="override one setting: group.key=VALUE (YAML), e.g. training.nepochs=5; "
                         "applied after --config, before the flags")
-    p.add_argument("--data", help="dataset name (moons, circles, lin_sep, over, adult, ...)")
+    p.add_argument("--data", help="dataset name (moons, circles, lin_sep, over, adult, ..., or table: "
+                                  "your own file, --data-path and --target)")
+    p.add_argument("--data-path", metavar="FILE", help="with --data table: a .csv, .csv.gz or .parquet "
+                                                       "file (more options: data.categorical=[...], ...)")
+    p.add_argument("--target", metavar="COLUMN", help="with --data table: the label column")
     p.add_argument("--data-dir", type=Path, help="raw data files of the real datasets (else $CTGRID_DATA)")
     p.add_argument("--model", help="model kind: mlp, linear, cnn")
     p.add_argument("--generator", help="counterfactual generator: ecco, generic, revise")
@@ -175,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import load_dataset
+    from ..data.config import data_provenance
     from ..grid.job import JobConfig
     from ..training import train, validate
     from ..modeldir import write_config, write_model
@@ -186,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
     training = job.training
     validate(dataset, dataclasses.replace(training, batch_size=training.batch_size or dataset.batch_size),
              job.model)
-    out = args.out or Path("results") / "train" / f"{dataset.name}-{training.objective}"
+    out = args.out or Path("results") / "train" / f"{job.data.label}-{training.objective}"
     paths = JobPaths.at(out, job.job_id)
 
     torch.set_num_threads(args.threads)
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
                        checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
                        progress=_reporter(training.nepochs), stop=stop)
-    record = provenance(seed=job.seed)
+    record = provenance(seed=job.seed, **data_provenance(job.data))
     if not result.completed:
         write_job_parquet(paths.history, result.history, job.job_id, record)
         print(f"ctgrid train: stopped after epoch {result.epochs_done} of {training.nepochs}; "

@@ -12,7 +12,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from .config import DATASETS, DataConfig
     from .dataset import Dataset
-    from .registry import load_dataset
+    from .registry import load_dataset, table_dataset
     from .specs import SPECS, DatasetSpec, dataset_defaults
 
 _EXPORTS = {
@@ -23,6 +23,8 @@ _EXPORTS = {
     "DatasetSpec": ".specs",
     "dataset_defaults": ".specs",
     "load_dataset": ".registry",
+    "table_dataset": ".registry",
 }
-__all__ = ["DATASETS", "DataConfig", "Dataset", "DatasetSpec", "SPECS", "dataset_defaults", "load_dataset"]
+__all__ = ["DATASETS", "DataConfig", "Dataset", "DatasetSpec", "SPECS", "dataset_defaults", "load_dataset",
+           "table_dataset"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

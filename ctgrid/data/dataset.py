@@ -56,6 +56,33 @@ class Dataset:
         keep = torch.cat([torch.arange(row), torch.arange(row + 1, n)])
         return replace(self, X_train=self.X_train[keep], y_train=self.y_train[keep]), row
 
+    def decode(self, X: torch.Tensor) -> Any:
+        """Rows ``X`` (``(n, d)``, as the model sees them) in the data's original units and
+        categories, as a pandas DataFrame with one column per original variable: standardised
+        columns back in raw units (``X * std + mean``, ``meta``), each one-hot group as the text
+        of its largest entry's category (a counterfactual searched with the groups continuous
+        is read at its argmax). Data without recorded statistics (synthetic, MNIST) come back
+        as they are."""
+        import numpy as np
+        import pandas as pd
+        x = X.detach().double().cpu().numpy()
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"decode expects rows of {self.n_features} features, got shape {tuple(X.shape)}")
+        mean = np.asarray(self.meta.get("feature_mean", np.zeros(self.n_features)), dtype=np.float64)
+        std = np.asarray(self.meta.get("feature_std", np.ones(self.n_features)), dtype=np.float64)
+        raw = x * std + mean
+        in_group = {i: g for g in self.categorical_groups for i in g}
+        columns: dict[str, Any] = {}
+        for i, name in enumerate(self.feature_names):
+            group = in_group.get(i)
+            if group is None:
+                columns[name] = raw[:, i]
+            elif i == group[0]:
+                variable = name.split("=", 1)[0]
+                levels = np.array([self.feature_names[j].split("=", 1)[1] for j in group], dtype=object)
+                columns[variable] = levels[x[:, list(group)].argmax(axis=1)]
+        return pd.DataFrame(columns)
+
     def summary(self) -> dict[str, Any]:
         """Sizes and class balance, e.g. for the README table and logs."""
         def share(y: torch.Tensor) -> list[float]:

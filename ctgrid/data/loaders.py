@@ -6,13 +6,26 @@ from __future__ import annotations
 
 import os
 
-from .config import DataConfig
-from .specs import dataset_defaults, resolve_data_dir
+from .config import TABLE, DataConfig
+from .specs import DatasetSpec, dataset_defaults, resolve_data_dir
 from .splits import Splits
 
 
+def data_spec(config: DataConfig) -> DatasetSpec:
+    """The sizes, classes and batch size of ``config``'s data: the documented defaults of a
+    built-in dataset (no data read), or what a table's file gives (read once per version)."""
+    if config.name == TABLE:
+        from . import table
+        return table.table_spec(config)
+    return dataset_defaults(config.name)
+
+
 def load_splits(config: DataConfig, data_dir: str | os.PathLike | None = None) -> Splits:
-    """Generate or read ``config.name`` and split it (``data_dir``, else ``$CTGRID_DATA``)."""
+    """Generate or read ``config.name`` and split it (``data_dir``, else ``$CTGRID_DATA``;
+    a table reads ``config.path``)."""
+    if config.name == TABLE:
+        from . import table
+        return table.load_table(config)
     spec = dataset_defaults(config.name)
     if spec.kind == "synthetic":
         from . import synthetic

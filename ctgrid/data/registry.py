@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..constraints import Constraints
 from ..errors import ConfigError
+from .config import TABLE
 from .dataset import DataConfig, Dataset
 from .specs import (MNIST_PAPER_IMMUTABLE, SPECS, DatasetSpec, dataset_defaults,  # noqa: F401 (re-exported)
                     resolve_data_dir)
 from .loaders import load_splits, paper_mutability
 from .splits import Splits
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _domain(config: DataConfig, spec: DatasetSpec, X_train: np.ndarray) -> Constraints:
@@ -60,15 +65,34 @@ def load_dataset(config: DataConfig, data_dir: str | os.PathLike | None = None) 
     """Load, split and preprocess ``config.name`` and attach its actionability constraints.
 
     ``data_dir`` (else ``$CTGRID_DATA``) holds the raw files of the real datasets
-    (``../shared/data/PROVENANCE.md``); synthetic sets need none. Deterministic in
-    ``config``: the same config gives identical tensors in any process.
+    (``../shared/data/PROVENANCE.md``); synthetic sets need none, a table reads
+    ``config.path``. Deterministic in ``config``: the same config gives identical tensors in
+    any process.
     """
     if not isinstance(config, DataConfig):
         raise TypeError(f"load_dataset expects a DataConfig, got {type(config).__name__}")
-    spec = dataset_defaults(config.name)
-    splits = load_splits(config, data_dir)
-    constraints = _constraints(config, spec, splits)
+    return dataset_of(config, load_splits(config, data_dir))
 
+
+def table_dataset(frame: pd.DataFrame, target: str, **options: Any) -> Dataset:
+    """A :class:`Dataset` from a pandas data frame, prepared exactly as a ``name: table`` file
+    (:mod:`ctgrid.data.table`): ``table_dataset(df, "default", categorical=["purpose"],
+    mutability={"age": "none"})``; ``options`` are :class:`DataConfig` fields. Its
+    ``meta["config"]`` is the DataConfig (``sha256``: the frame's content hash)."""
+    from .table import frame_config, table_splits
+    config = frame_config(frame, target, **options)
+    dataset = dataset_of(config, table_splits(frame, config, "the data frame"))
+    return replace(dataset, meta={**dataset.meta, "config": config})
+
+
+def dataset_of(config: DataConfig, splits: Splits) -> Dataset:
+    """The :class:`Dataset` of ``config`` from its (numpy) ``splits``: tensors, constraints."""
+    if config.name == TABLE:
+        from .table import spec_of
+        spec = spec_of(splits, config)
+    else:
+        spec = dataset_defaults(config.name)
+    constraints = _constraints(config, spec, splits)
     meta = {"kind": spec.kind, "data_seed": config.data_seed, "split_seed": config.split_seed,
             **splits.meta}
     return Dataset(name=spec.name,

@@ -14,6 +14,9 @@ import numpy as np
 
 from ..errors import ConfigError
 
+#: share of a tabular dataset's rows in its test split (``n - round(0.8 n)`` rows)
+TEST_SHARE = 0.2
+
 # Independent random streams per stage of the pipeline.
 STAGE_BALANCE, STAGE_TEST, STAGE_VAL, STAGE_TRAIN, STAGE_ORDER, STAGE_POOL = range(1, 7)
 
@@ -113,3 +116,25 @@ def carve(y: np.ndarray, pool: np.ndarray, *, n_val: int, n_train: int | None,
         train_pos = train_pos[keep]
     train_pos = rng_for(seed, STAGE_ORDER).permutation(train_pos)
     return pool[train_pos], pool[val_pos]
+
+
+def split_rows(strata: np.ndarray, config: Any, *, n_val: int, test_last: bool = False
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(train, val, test)`` row positions of a tabular dataset (docs/datasets.md): the test
+    part is ``n - round(0.8 n)`` rows (the last ones with ``test_last``, else a draw stratified
+    by ``strata`` seeded by ``config.split_seed``), subsampled to ``config.n_test``; then
+    :func:`carve` takes ``config.n_val`` (default ``n_val``) validation rows and the training
+    rows out of the rest. ``strata`` is the label (all zeros: unstratified draws)."""
+    n = len(strata)
+    n_test_all = n - round_half_up((1 - TEST_SHARE) * n)
+    test_rng = rng_for(config.split_seed, STAGE_TEST)
+    test = (np.arange(n - n_test_all, n) if test_last
+            else stratified_pick(strata, n_test_all, test_rng))
+    pool = rest(n, test)
+    if config.n_test is not None:
+        check_size("n_test", config.n_test, len(test), config.label)
+        test = test[stratified_pick(strata[test], config.n_test, test_rng)]
+    n_val = n_val if config.n_val is None else config.n_val
+    train, val = carve(strata, pool, n_val=n_val, n_train=config.n_train,
+                       seed=config.split_seed, name=config.label)
+    return train, val, test

@@ -40,9 +40,7 @@ import pandas as pd
 from ..errors import DataError
 from .config import DataConfig
 from .specs import TABULAR_FILES
-from .splits import STAGE_TEST, Splits, carve, check_size, rest, rng_for, round_half_up, stratified_pick, undersample
-
-TEST_SHARE = 0.2
+from .splits import TEST_SHARE, Splits, split_rows, undersample  # noqa: F401 (TEST_SHARE re-exported)
 
 ADULT_COLUMNS = ("age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
                  "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
@@ -238,17 +236,7 @@ def load_tabular(config: DataConfig, data_dir: Path) -> Splits:
         frame, y, source_rows = frame.iloc[keep], y[keep], source_rows[keep]
     frame = frame.reset_index(drop=True)
     n = len(y)
-    n_test_all = n - round_half_up((1 - TEST_SHARE) * n)
-    test_rng = rng_for(config.split_seed, STAGE_TEST)
-    test = (np.arange(n - n_test_all, n) if src.test_last
-            else stratified_pick(y, n_test_all, test_rng))
-    pool = rest(n, test)
-    if config.n_test is not None:
-        check_size("n_test", config.n_test, len(test), config.name)
-        test = test[stratified_pick(y[test], config.n_test, test_rng)]
-    n_val = src.n_val if config.n_val is None else config.n_val
-    train, val = carve(y, pool, n_val=n_val, n_train=config.n_train,
-                       seed=config.split_seed, name=config.name)
+    train, val, test = split_rows(y, config, n_val=src.n_val, test_last=src.test_last)
     X, names, groups, mean, sd = encode(frame, src.categorical, train)
     meta = {"source": str(path), "rows_read": len(raw), "rows_used": n, "balanced": src.balance,
             "feature_mean": mean, "feature_std": sd,

@@ -33,7 +33,10 @@ predicted class's logit that falls on the immutable features, the quantity Propo
 3.1 of the paper is about (:func:`sensitivity_rounds`).
 
 ``counterfactuals`` (only with ``save_counterfactuals``; :data:`POINT_COLUMNS`) — one row
-per counterfactual with both points, float32 as searched, for re-prediction by other models.
+per counterfactual with both points, float32 as searched, for re-prediction by other models
+(a DataFrame like the other two; ``factual`` and ``counterfactual`` are Arrow fixed-size
+lists, so ``counterfactuals.parquet`` stores them exactly; :func:`original_units` gives
+them in the data's own units and categories).
 
 Every random draw (factuals, targets, reference samples, MMD subsamples, PGD starts)
 comes from a generator seeded by the evaluation data's identity and the run, never by
@@ -42,6 +45,7 @@ the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
@@ -71,13 +75,14 @@ CE_METRICS = ("validity", "validity_strict", "cost", "ip", "energy_differential"
 
 
 class ModelEvaluation(NamedTuple):
-    """What :func:`evaluate_model` measures for one model: the ``evaluation`` and
-    ``performance`` frames (module docstring) and, with ``config.save_counterfactuals``,
-    the ``counterfactuals`` themselves (:func:`counterfactual_points`; else ``None``)."""
+    """What :func:`evaluate_model` measures for one model, three pandas DataFrames: the
+    ``evaluation`` and ``performance`` frames (module docstring) and, with
+    ``config.save_counterfactuals``, the ``counterfactuals`` themselves
+    (:func:`counterfactual_points`; else ``None``)."""
 
     evaluation: pd.DataFrame
     performance: pd.DataFrame
-    counterfactuals: pa.Table | None = None
+    counterfactuals: pd.DataFrame | None = None
 
 
 def evaluation_constraints(dataset: Dataset, config: EvaluationConfig,
@@ -124,10 +129,29 @@ def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: Evalu
     grid = build_grid(dataset, config)
     batches = _search(models, grid, dataset, config, cons, generator_config, cache_dir, chunk_rows)
     name = search_config(config, generator_config).name
-    return [ModelEvaluation(_frame(model, grid, batch, config, name),
-                            performance_frame(model, dataset, config, cons),
-                            counterfactual_points(model, grid, batch) if config.save_counterfactuals else None)
-            for model, batch in zip(models, batches)]
+    out = [ModelEvaluation(_frame(model, grid, batch, config, name),
+                           performance_frame(model, dataset, config, cons),
+                           counterfactual_points(model, grid, batch) if config.save_counterfactuals else None)
+           for model, batch in zip(models, batches)]
+    for evaluation in out:
+        hint = convergence_hint(evaluation.evaluation, dataset, config)
+        if hint is not None:
+            warnings.warn(hint, RuntimeWarning, stacklevel=3)
+    return out
+
+
+def convergence_hint(frame: pd.DataFrame, dataset: Dataset, config: EvaluationConfig) -> str | None:
+    """The hint (warned by :func:`evaluate_models`, shown by ``ctgrid run``) when no test-time
+    search reached ``tau``: on a new dataset the defaults (``tau`` 0.95, 50 SGD steps of 0.1 on
+    the raw gradient) may be too short for its scale, and every cost and IP then measures
+    unfinished searches."""
+    converged = frame.loc[frame["metric"] == "converged", "value"]
+    if len(converged) == 0 or converged.any():
+        return None
+    return (f"evaluation: no counterfactual of the {len(converged)} searched on {dataset.name!r} reached "
+            f"tau {config.tau:g} within maxiter {config.maxiter} steps (lr {config.lr:g}, step "
+            f"{config.step}): its measures describe unfinished searches; try a larger "
+            f"evaluation.maxiter or evaluation.lr, evaluation.step: normalized, or a lower evaluation.tau")
 
 
 def _search(models: Sequence[nn.Module], grid: EvaluationGrid, dataset: Dataset, config: EvaluationConfig,
@@ -163,11 +187,11 @@ POINT_COLUMNS = ("run", "individual", "split", "factual_index", "target", "lambd
                  "valid", "factual", "counterfactual")
 
 
-def counterfactual_points(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch) -> pa.Table:
+def counterfactual_points(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch) -> pd.DataFrame:
     """One row per counterfactual, in the grid's order (:data:`POINT_COLUMNS`): where it
     came from, its target, the model's class at the factual (``predicted``), whether the
     model's ``argmax`` at the counterfactual is the target (``valid``) and both points,
-    stored exactly (float32) so that other models can re-predict them."""
+    stored exactly (float32 Arrow lists) so that other models can re-predict them."""
     x_cf = batch.counterfactual
     valid = predict_logits(model, x_cf).argmax(1).cpu() == grid.target
     predicted = predict_logits(model, grid.x.to(x_cf.device)).argmax(1).cpu()
@@ -179,7 +203,39 @@ def counterfactual_points(model: nn.Module, grid: EvaluationGrid, batch: Counter
     columns = [grid.run.numpy(), grid.individual.numpy(), np.full(len(grid), grid.split, dtype=object),
                grid.factual_index.numpy(), grid.target.numpy(), grid.lambda_energy.numpy(),
                predicted.numpy(), valid.numpy(), points(grid.x), points(x_cf)]
-    return pa.table([c if isinstance(c, pa.Array) else pa.array(c) for c in columns], names=list(POINT_COLUMNS))
+    table = pa.table([c if isinstance(c, pa.Array) else pa.array(c) for c in columns], names=list(POINT_COLUMNS))
+    arrow = (pa.types.is_fixed_size_list, pa.types.is_string)   # kept as they are in the Parquet file
+    return table.to_pandas(types_mapper=lambda t: pd.ArrowDtype(t) if any(f(t) for f in arrow) else None)
+
+
+def points_table(points: pd.DataFrame) -> pa.Table:
+    """The ``counterfactuals`` frame as the Arrow table ``counterfactuals.parquet`` holds: the
+    exact column types, without pandas' metadata (so any reader, ``pq.read_table(...).to_pandas()``
+    included, gets plain columns back)."""
+    return pa.Table.from_pandas(points, preserve_index=False).replace_schema_metadata(None)
+
+
+def original_units(points: pd.DataFrame, dataset: Dataset) -> pd.DataFrame:
+    """The ``counterfactuals`` frame with both points in the data's original units and
+    categories (:meth:`Dataset.decode`): the key columns, then ``factual.<column>`` and
+    ``counterfactual.<column>`` for every original variable, and ``changed`` — the variables
+    the counterfactual moves (a category that flips, a number that changes by more than 1e-6
+    of its sd), comma-separated."""
+    keys = [c for c in points.columns if c not in ("factual", "counterfactual")]
+
+    def decoded(column: str) -> pd.DataFrame:
+        x = torch.tensor(np.stack(points[column].to_numpy()).astype(np.float32)) if len(points) \
+            else torch.zeros(0, dataset.n_features)
+        return dataset.decode(x)
+    before, after = decoded("factual"), decoded("counterfactual")
+    sd = dict(zip(dataset.feature_names, np.asarray(dataset.meta.get("feature_std", np.ones(dataset.n_features)))))
+    moved = pd.DataFrame({c: (after[c] - before[c]).abs() > 1e-6 * sd.get(c, 1.0)
+                          if pd.api.types.is_numeric_dtype(before[c]) else before[c] != after[c]
+                          for c in before.columns})
+    changed = pd.Series([",".join(c for c, m in zip(moved.columns, row) if m) for row in moved.to_numpy()],
+                        dtype=object)
+    return pd.concat([points[keys].reset_index(drop=True), before.add_prefix("factual."),
+                      after.add_prefix("counterfactual."), changed.rename("changed")], axis=1)
 
 
 def _frame(model: nn.Module, grid: EvaluationGrid, batch: CounterfactualBatch, config: EvaluationConfig,

@@ -3,7 +3,9 @@
 naming the key), so a job never fails at run time for a grid error.
 
 :func:`check_sizes` needs only the documented sizes (:mod:`ctgrid.data.specs`: no data files,
-no torch, no pandas); the training rows it derives equal what loading gives (tested).
+no torch, no pandas); the training rows it derives equal what loading gives (tested). A user's
+table (``data.name: table``) has no documented sizes: its file is read, checked and split
+(:mod:`ctgrid.data.table`, pandas, no torch), so bad data is one line and exit 2 here too.
 :func:`check_features` reads the feature names of the datasets whose mutability is given by
 name (:func:`ctgrid.data.loaders.load_splits`, no torch), once per distinct data configuration.
 """
@@ -13,6 +15,7 @@ import os
 from typing import Mapping
 
 from ..data.config import DataConfig
+from ..data.loaders import data_spec
 from ..data.specs import DatasetSpec, dataset_defaults
 from ..errors import ConfigError
 from ..models.config import check_fits_data
@@ -21,7 +24,10 @@ from .job import JobConfig
 
 def training_rows(data: DataConfig, spec: DatasetSpec) -> int:
     """The training rows ``data`` gives: its ``n_train``, else the dataset's default — for the
-    tabular sets the pool (documented train + validation rows) less the validation rows."""
+    tabular sets the pool (documented train + validation rows) less the validation rows; a
+    table's spec holds the rows its file gives under ``data``."""
+    if spec.kind == "table":
+        return spec.n_train
     if data.n_train is not None:
         return data.n_train
     if spec.kind == "tabular" and data.n_val is not None:
@@ -75,20 +81,24 @@ def check_sizes(jobs: Mapping[str, JobConfig]) -> None:
         if key in seen:      # a 20,000-point grid has few distinct combinations
             continue
         seen.add(key)
-        spec = dataset_defaults(job.data.name)
-        _check_split_sizes(job.data, spec)
+        spec = data_spec(job.data)    # a table: its file read, checked and split (DataError)
+        if spec.kind != "table":      # (a table's split sizes are checked when it is split)
+            _check_split_sizes(job.data, spec)
         check_fits_data(job.model, spec.kind == "image", job.data.name)
+        if job.model.kind == "module":   # a user's factory: importable, (n, d) -> (n, k) logits
+            from ..models.custom import build_custom
+            build_custom(job.model, spec.n_features, spec.n_classes)
         n_train = training_rows(job.data, spec)
         if job.training.needs_counterfactuals and job.training.nce > n_train:
             raise ConfigError(f"training.nce: got {job.training.nce}; allowed: at most {n_train} "
-                              f"(the training rows of {job.data.name!r})")
+                              f"(the training rows of {job.data.label!r})")
         if job.training.leave_out >= n_train:
             raise ConfigError(f"training.leave_out: got {job.training.leave_out}; allowed: -1 (none) or "
-                              f"0..{n_train - 1} (the training rows of {job.data.name!r})")
+                              f"0..{n_train - 1} (the training rows of {job.data.label!r})")
         n_pairs = len(job.data.domain or ())
         if n_pairs not in (0, 1, spec.n_features):
             raise ConfigError(f"data.domain: got {n_pairs} [lower, upper] pairs; allowed: 1 (every feature) "
-                              f"or {spec.n_features} (one per feature of {job.data.name!r})")
+                              f"or {spec.n_features} (one per feature of {job.data.label!r})")
         if job.data.mutability == "paper":
             from ..data.loaders import paper_mutability
             paper_mutability(job.data.name)
@@ -110,14 +120,14 @@ def check_features(jobs: Mapping[str, JobConfig], data_dir: str | os.PathLike | 
     from .._mutability import resolve_mutability
     from ..data.loaders import load_splits
     by_data: dict[DataConfig, list[JobConfig]] = {}
-    first: dict[str, DataConfig] = {}
-    for job in jobs.values():
-        first.setdefault(job.data.name, job.data)
+    first: dict[object, DataConfig] = {}
+    for job in jobs.values():   # one configuration per dataset (per table file)
+        first.setdefault((job.data.name, job.data.sha256), job.data)
         if names_features(job):
             by_data.setdefault(job.data, []).append(job)
     if read_every_dataset:
         for data in first.values():
-            if dataset_defaults(data.name).files:
+            if data.name == "table" or dataset_defaults(data.name).files:
                 by_data.setdefault(data, [])
     for data, group in by_data.items():
         splits = load_splits(data, data_dir)

@@ -85,7 +85,7 @@ class JobConfig:
         (data, model, replicate ``training.seed``), so a BL/CT pair starts from the same
         weights and batch order; never from rank, order or process count."""
         c = self.canonical()
-        return derive_seed("train", json.dumps(plain_dict(c.data), sort_keys=True),
+        return derive_seed("train", json.dumps(c.data.identity(), sort_keys=True),
                            json.dumps(plain_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
 
     @property
@@ -93,14 +93,14 @@ class JobConfig:
         """A short human-readable label (``moons-full-ecco``)."""
         tr = self.training
         gen = f"-{self.generator.name}" if tr.needs_counterfactuals else ""
-        return f"{self.data.name}-{tr.objective}{gen}"
+        return f"{self.data.label}-{tr.objective}{gen}"
 
     def expected_cost(self) -> float:
         """A rough relative cost, for longest-expected-first ordering (sizes from the
         dataset registry where the config leaves them to the dataset)."""
-        from ..data import dataset_defaults
+        from ..data.loaders import data_spec
         tr, gen = self.training, self.generator
-        spec = dataset_defaults(self.data.name)
+        spec = data_spec(self.data)
         n_train = self.data.n_train or spec.n_train
         batch = tr.batch_size or spec.batch_size
         cost = tr.nepochs * (n_train / batch) * 1.0
@@ -115,12 +115,13 @@ class JobConfig:
 
 
 def _non_default(job: JobConfig) -> dict[str, dict[str, Any]]:
-    """``{group: {key: value}}`` of the values that differ from the field defaults."""
+    """``{group: {key: value}}`` of the identity values that differ from the field defaults."""
     out: dict[str, dict[str, Any]] = {}
     for group in GROUPS:
         cfg = getattr(job, group)
         defaults = _defaults(type(cfg))
-        out[group] = {k: v for k, v in plain_dict(cfg).items() if v != defaults[k]}
+        values = cfg.identity() if group == "data" else plain_dict(cfg)
+        out[group] = {k: v for k, v in values.items() if v != defaults[k]}
     return out
 
 

@@ -18,6 +18,7 @@ import yaml
 from .._validate import unknown_key
 from ..errors import ConfigError
 from .job import GROUPS
+from .yamlfile import load_yaml
 
 META_KEYS = ("name", "description", "repeats")
 
@@ -43,13 +44,12 @@ def apply_overrides(raw: Any, overrides: Sequence[str], *, meta: bool = True) ->
     Values are read by the grid's YAML loader. Unknown groups and keys raise a one-line
     ConfigError naming the override and the closest valid key; ``meta=False`` (one job,
     ``ctgrid train``) allows only ``group.key``."""
-    from .spec import _load_yaml as load
     out: dict = dict(raw or {}) if isinstance(raw, dict) else {}
     if raw is not None and not isinstance(raw, dict):
         return raw  # the grid parser reports the malformed file
     for item in overrides:
         key, text = _split(item)
-        value = _value(item, text, load)
+        value = _value(item, text, load_yaml)
         if key in META_KEYS and meta:
             out[key] = value
             continue

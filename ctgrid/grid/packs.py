@@ -11,7 +11,8 @@ adversarial radius and label, and the search's ``tau``, ``lambda_cost`` and
 
 The partition is a function of the grid alone: groups in the order of their key,
 members sorted by job id, each group cut into the fewest chunks of at most the pack
-size (and of the memory bound), chunk sizes differing by at most one. It never
+size (and of the memory bound), chunk sizes differing by at most one. A user's model
+(``model.kind: module``) is a pack of its own. It never
 depends on the number of ranks or on which jobs are done; a run executes, of each
 pack, the members it still has to run.
 """
@@ -39,19 +40,21 @@ VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", 
 def pack_key(job: JobConfig) -> str:
     """What must be equal for ``job`` to share a pack (a canonical JSON text)."""
     c = job.canonical()
-    key: dict[str, object] = {"data": plain_dict(c.data), "model": plain_dict(c.model)}
+    key: dict[str, object] = {"data": c.data.identity(), "model": plain_dict(c.model)}
     for group in ("training", "generator"):
         values = plain_dict(getattr(c, group))
         key[group] = {k: v for k, v in values.items() if k not in VARYING[group]}
     key["terms"] = list(weights(c.training))
+    if c.model.kind == "module":    # a user's model trains alone (ctgrid.models.custom)
+        key["alone"] = job.job_id
     return json.dumps(key, sort_keys=True)
 
 
 def member_bytes(job: JobConfig) -> int:
     """A rough per-member memory estimate: its CE tuples (stacked for the updates) and the
     search's per-row state, row orders, weights and their optimiser moments."""
-    from ..data import dataset_defaults
-    spec = dataset_defaults(job.data.name)
+    from ..data.loaders import data_spec
+    spec = data_spec(job.data)
     d = spec.n_features
     n_train = job.data.n_train or spec.n_train
     nce = job.training.nce if job.training.needs_counterfactuals else 0

@@ -22,24 +22,22 @@ import json
 import math
 import os
 import re
-import typing
 from collections.abc import Sequence
-from functools import cached_property, lru_cache
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, overload
 
-import yaml
-
 from .._validate import build, plain_dict, unknown_key
 from ..errors import ConfigError
+from .axes import MAX_POINTS, Block, parse_block
 from .describe import render_description
 from .job import GROUPS, JobConfig
+from .yamlfile import load_yaml
+
+__all__ = ["ANY", "DEFAULT_GRID", "MAX_POINTS", "PACKAGED_GRIDS", "TOP_KEYS", "Grid", "load_grid",
+           "parse_grid", "resolve_grid_path", "shipped_grids"]
 
 TOP_KEYS = ("name", "description", "repeats", "subgrids", *GROUPS)
-#: A grid with more points than this is almost surely a typo. Expanding costs ~0.3 ms a point
-#: (validated configs, canonical forms, job ids), so the largest allowed grid expands in ~8 s
-#: and dry-runs in ~10 s on 2 cores; bigger studies are several grids (docs/grids.md).
-MAX_POINTS = 20_000
 #: The grid ``ctgrid run`` uses when none is given.
 DEFAULT_GRID = "quickstart"
 #: Grids shipped inside the package (copies of the repository's ``grids/*.yaml``).
@@ -48,191 +46,6 @@ PACKAGED_GRIDS = Path(__file__).resolve().parent.parent / "grids"
 ANY = "*"
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
-Block = dict[str, tuple]  # "group.key" -> axis values (a fixed value is a 1-tuple)
-
-
-# ----------------------------------------------------------------------------- YAML
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML that reads ``1e-3`` as a float (YAML 1.2) and rejects duplicate keys."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # keys from a `<<: *anchor` merge may be overridden
-            key = self.construct_object(key_node, deep=True)
-            if not isinstance(key, typing.Hashable):
-                continue  # SafeLoader reports unhashable keys itself
-            if key in seen:
-                raise ConfigError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
-
-
-#: a grid nested deeper than this, or whose aliases expand to more nodes, is refused
-#: before it is built (a "billion laughs" file is a few hundred bytes)
-MAX_YAML_DEPTH = 64
-MAX_YAML_NODES = 1_000_000
-
-
-def _check_node_graph(root: yaml.Node) -> None:
-    """Depth and alias-expanded node count of a composed document, without expanding it
-    (memoised per node: an alias is the same node object as its anchor)."""
-    size: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    open_: set[int] = set()
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        kids = ([n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode)
-                else list(node.value) if isinstance(node, yaml.SequenceNode) else [])
-        if done:
-            open_.discard(key)
-            size[key] = 1 + sum(size[id(k)] for k in kids)
-            depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
-            if depth[key] > MAX_YAML_DEPTH:
-                raise ConfigError(f"invalid YAML: nested more than {MAX_YAML_DEPTH} levels deep")
-            if size[key] > MAX_YAML_NODES:
-                raise ConfigError(f"invalid YAML: its aliases expand to more than {MAX_YAML_NODES:,} "
-                                  f"values (an alias bomb?)")
-            continue
-        if key in size:
-            continue
-        if key in open_:
-            raise ConfigError("invalid YAML: an alias refers to a node that contains it (recursive)")
-        open_.add(key)
-        stack.append((node, True))
-        stack.extend((k, False) for k in kids if id(k) not in size)
-
-
-def _load_yaml(text: str) -> Any:
-    try:
-        loader = _Loader(text)
-        try:
-            node = loader.get_single_node()
-            if node is None:
-                return None
-            _check_node_graph(node)
-            return loader.construct_document(node)
-        finally:
-            loader.dispose()
-    except ConfigError:   # _check_node_graph's own message (ConfigError is a ValueError too)
-        raise
-    except RecursionError:
-        raise ConfigError(f"invalid YAML: nested too deeply to parse (allowed: {MAX_YAML_DEPTH} "
-                          f"levels)") from None
-    except ValueError as exc:   # e.g. an integer of more than 4300 digits (Python's int limit)
-        raise ConfigError(f"invalid YAML: {str(exc).splitlines()[0][:200]}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"invalid YAML{at}: {problem}") from None
-
-
-# ----------------------------------------------------------------------------- axes
-
-def _depth(tp: Any) -> int:
-    """How many list levels one value of a field with annotation ``tp`` has (0 for scalars)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is tuple:
-        inner = [a for a in args if a is not Ellipsis]
-        return 1 + max((_depth(a) for a in inner), default=0)
-    if args and origin is not typing.Literal:
-        return max(_depth(a) for a in args)  # Union / Optional
-    return 0
-
-
-@lru_cache(maxsize=None)
-def _field_depths(group: str) -> dict[str, int]:
-    hints = typing.get_type_hints(GROUPS[group])
-    return {name: _depth(hints[name]) for name in hints}
-
-
-def _nested(x: Any, k: int) -> bool:
-    """``x`` is a scalar (k = 0) or a k-level list of scalars."""
-    if k == 0:
-        return not isinstance(x, (list, dict))
-    return isinstance(x, list) and all(_nested(y, k - 1) for y in x)
-
-
-def _is_one_value(v: Any, depth: int) -> bool:
-    """``v`` looks like one complete value of a list-typed field of that depth."""
-    return v is None or isinstance(v, (str, dict)) or (
-        isinstance(v, list) and all(_nested(x, depth - 1) for x in v))
-
-
-def _axis(value: Any, depth: int, where: str) -> tuple:
-    """The values of one grid key: a list is an axis, anything else one value.
-
-    For list-typed fields (``depth >= 1``: ``evaluation.lambda_energy``, ``data.domain``,
-    ``data.mutability``, ...) a list is an axis only when each element is itself a
-    complete value (a list, mapping, string or null); ``[]`` is then the empty value.
-    """
-    if depth == 0 and isinstance(value, dict) and "range" in value:
-        return _range_axis(value, where)
-    if not isinstance(value, list):
-        return (value,)
-    if depth == 0 or (value and all(_is_one_value(v, depth) for v in value)):
-        if not value:
-            raise ConfigError(f"{where}: an axis needs at least one value, got []")
-        seen: set[str] = set()
-        for v in value:   # 1 and 1.0 are one value (either coerces to the other)
-            key = repr(int(v)) if isinstance(v, float) and v.is_integer() else repr(v)
-            if key in seen:
-                raise ConfigError(f"{where}: the axis lists {v!r} twice")
-            seen.add(key)
-        return tuple(value)
-    return (value,)
-
-
-def _range_axis(value: dict, where: str) -> tuple:
-    """``{range: [start, stop]}`` or ``{range: [start, stop, step]}``: the integer axis
-    ``start, start + step, ...`` below ``stop`` (Python's ``range``; for ``training.seed`` or
-    ``training.leave_out`` = "100 retrained models" without listing 100 numbers)."""
-    bounds = value["range"]
-    usage = "expected {range: [start, stop]} or {range: [start, stop, step]} with integers"
-    if set(value) != {"range"} or not isinstance(bounds, list) or len(bounds) not in (2, 3) \
-            or not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-        raise ConfigError(f"{where}: got {_short(value)}; {usage}")
-    if len(bounds) == 3 and bounds[2] == 0:
-        raise ConfigError(f"{where}: got {_short(value)}; the step must not be 0")
-    axis = range(*bounds)
-    if not axis:
-        raise ConfigError(f"{where}: got {_short(value)}; the range is empty ({usage})")
-    count = (abs(bounds[1] - bounds[0]) + abs(axis.step) - 1) // abs(axis.step)   # len() overflows past 2**63
-    if count > MAX_POINTS:
-        raise ConfigError(f"{where}: got {_short(value)}: {count} values; allowed: at most {MAX_POINTS}")
-    return tuple(axis)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _block(mapping: dict, where: str) -> Block:
-    """Parse the groups of one mapping (the top level or a subgrid block)."""
-    out: Block = {}
-    for group, params in mapping.items():
-        if group not in GROUPS or params is None:
-            continue
-        if not isinstance(params, dict):
-            raise ConfigError(f"{where}{group}: expected a mapping of parameters, got {params!r}")
-        depths = _field_depths(group)
-        for key, value in params.items():
-            if key not in depths:
-                raise unknown_key(str(key), list(depths), f"{where}{group}")
-            out[f"{group}.{key}"] = _axis(value, depths[key], f"{where}{group}.{key}")
-    return out
 
 
 # ----------------------------------------------------------------------------- expansion
@@ -298,7 +111,7 @@ def _subgrids(raw: dict, base: Block) -> list[tuple[str, Block]]:
         for key in sub:
             if key not in GROUPS:
                 raise unknown_key(str(key), list(GROUPS), f"subgrids[{i}]")
-        blocks.append((where, {**base, **_block(sub, where)}))  # a block's key replaces the base's
+        blocks.append((where, {**base, **parse_block(sub, where)}))  # a block's key replaces the base's
     return blocks
 
 
@@ -310,7 +123,7 @@ def _parse(raw: Any, default_name: str) -> tuple[str, str, tuple[JobConfig, ...]
         if key not in TOP_KEYS:
             raise unknown_key(str(key), list(TOP_KEYS), "top level")
     name, description, repeats = _grid_meta(raw, default_name)
-    blocks = _subgrids(raw, _block(raw, ""))
+    blocks = _subgrids(raw, parse_block(raw, ""))
     if repeats is not None:
         for where, block in blocks:
             if "training.seed" in block:
@@ -461,7 +274,7 @@ def parse_grid(text: str, name: str = "grid", *, source: str | None = None,
     """Parse and validate grid YAML ``text``; ``name`` is the grid name unless the text
     sets one. Errors are one-line ConfigErrors prefixed with ``source`` (default ``name``)."""
     try:
-        grid_name, description, points = _parse(_load_yaml(text), name)
+        grid_name, description, points = _parse(load_yaml(text), name)
         description = render_description(description, points)
     except ConfigError as exc:
         raise ConfigError(f"{source or name}: {exc}") from None
@@ -502,7 +315,7 @@ def load_grid(ref: str | os.PathLike, overrides: Sequence[str] = ()) -> Grid:
     if overrides:
         from .overrides import apply_overrides, overridden_text
         try:
-            raw = _load_yaml(text)
+            raw = load_yaml(text)
         except ConfigError as exc:
             raise ConfigError(f"{ref}: {exc}") from None
         text = overridden_text(str(ref), apply_overrides(raw, overrides), overrides)

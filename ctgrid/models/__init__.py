@@ -1,4 +1,5 @@
-"""Classifiers trained by ctgrid: MLP (paper default 1x32 ReLU), linear, LeNet-style CNN.
+"""Classifiers trained by ctgrid: MLP (paper default 1x32 ReLU), linear, LeNet-style CNN, or
+any torch module of the user's (:mod:`.custom`: ``kind: module`` or an ``nn.Module`` / factory).
 
 All return logits of shape ``(n, K)`` (K = 2 for binary data). Hidden layers are
 distinct modules (the reference tied weights for nlayers >= 3; docs/deviations.md, D16).

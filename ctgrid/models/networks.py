@@ -37,6 +37,9 @@ def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
     consumed (their default initialisation is overwritten anyway).
     """
     check_fits_data(config, image_shape is not None)
+    if config.kind == "module":   # a user's factory (ctgrid.models.custom): its own initialisation
+        from .custom import build_custom
+        return build_custom(config, n_features, n_classes, generator)
     with torch.random.fork_rng(devices=[]):
         model = _layers(config, n_features, n_classes, image_shape)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)

@@ -28,13 +28,13 @@ from .. import _atomic
 from ..errors import ConfigError, StoreError
 from ..store import ResultStore, RunLock, now, unwritable
 
+from .monitor import LOCK_PREFIX, RUN_PREFIX, live_tasks
+from .plan import Plan, job_cost
+
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
-    from .scheduler import Plan
 
-#: per-task lock and live-state files in the grid's results directory
-LOCK_PREFIX = ".lock.array-"
-RUN_PREFIX = "run.array-"
+__all__ = ["MAX_ARRAY_SIZE", "ArrayLock", "ArrayTask", "acquire", "live_tasks", "restrict", "share", "shares"]
 
 
 #: tasks of one array (a grid has at most 20,000 jobs: ctgrid.grid.spec.MAX_POINTS)
@@ -64,7 +64,6 @@ class ArrayTask:
 def shares(jobs: Mapping[str, JobConfig], pack_size: int, size: int) -> list[list[list[str]]]:
     """Every task's packs: longest-processing-time-first over the grid's packs."""
     from ..grid.packs import make_packs
-    from .scheduler import job_cost
     costs = {j: job_cost(job) for j, job in jobs.items()}
     packs = sorted(make_packs(jobs, pack_size), key=lambda p: (-sum(costs[j] for j in p), p[0]))
     load = [0.0] * size
@@ -83,7 +82,6 @@ def share(jobs: Mapping[str, JobConfig], pack_size: int, task: ArrayTask) -> set
 
 def restrict(jobs: Mapping[str, JobConfig], plan: Plan, mine: set[str]) -> tuple[dict[str, JobConfig], Plan]:
     """The jobs and the plan of a whole-grid run cut down to ``mine`` (whole packs)."""
-    from .scheduler import Plan
     cut = Plan(todo=[j for j in plan.todo if j in mine],
                packs=[p for p in plan.packs if p[0] in mine],
                done=[j for j in plan.done if j in mine], failed=[j for j in plan.failed if j in mine],
@@ -142,25 +140,3 @@ class ArrayLock:
 def acquire(store: ResultStore, task: ArrayTask | None) -> RunLock | ArrayLock:
     """The lock a run takes: the whole directory, or an array task's part of it."""
     return store.lock().acquire() if task is None else ArrayLock(store, task).acquire()
-
-
-def live_tasks(store: ResultStore) -> dict[int, str]:
-    """Array tasks running now: index -> holder line (probed like ``live_holder``)."""
-    out: dict[int, str] = {}
-    for path in sorted(store.root.glob(f"{LOCK_PREFIX}*")):
-        suffix = path.name[len(LOCK_PREFIX):]
-        if not suffix.isdigit():
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except OSError:
-            with open(fd, encoding="utf-8", closefd=False) as fh:
-                out[int(suffix)] = fh.read().strip() or f"array task {suffix}"
-        finally:
-            os.close(fd)
-    return out

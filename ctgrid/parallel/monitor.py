@@ -23,6 +23,10 @@ from typing import Any
 from .. import _atomic
 from ..store import JobPaths, ResultStore, now
 
+#: array tasks' lock and live-state files in the grid's results directory (:mod:`.array`)
+LOCK_PREFIX = ".lock.array-"
+RUN_PREFIX = "run.array-"
+
 _EPOCH = re.compile(r"epoch (\d+): loss=(\S+) acc_train=\S+ acc_val=(\S+)")
 _TAIL_BYTES = 4096
 
@@ -46,7 +50,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def read_run_file(store: ResultStore) -> dict[str, Any] | None:
     """``run.json``; while array tasks run, their ``run.array-I.json`` merged into one record
     (workers, running jobs, measured rate and cost left summed over the live tasks)."""
-    from .array import RUN_PREFIX, live_tasks
     tasks = live_tasks(store) if store.root.is_dir() else {}
     parts = [r for r in (_read_json(run_file(store, f"{RUN_PREFIX}{t}.json")) for t in tasks) if r]
     if not parts:   # no live array task: the last whole run's record, else the last task's
@@ -60,12 +63,33 @@ def read_run_file(store: ResultStore) -> dict[str, Any] | None:
     return merged
 
 
+def live_tasks(store: ResultStore) -> dict[int, str]:
+    """Array tasks running now: index -> holder line (probed like ``live_holder``)."""
+    out: dict[int, str] = {}
+    for path in sorted(store.root.glob(f"{LOCK_PREFIX}*")):
+        suffix = path.name[len(LOCK_PREFIX):]
+        if not suffix.isdigit():
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            with open(fd, encoding="utf-8", closefd=False) as fh:
+                out[int(suffix)] = fh.read().strip() or f"array task {suffix}"
+        finally:
+            os.close(fd)
+    return out
+
+
 def live_holder(store: ResultStore) -> str | None:
     """The lock's holder line (``pid ... on host since ...``) while a run holds it, else None.
 
     Probes with a shared, non-blocking flock on the existing lock file (never creates one);
     array tasks hold it shared, so their own locks are probed too (:mod:`.array`)."""
-    from .array import live_tasks
     tasks = live_tasks(store) if store.root.is_dir() else {}
     if tasks:
         return "; ".join(tasks.values())

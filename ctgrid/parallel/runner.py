@@ -22,6 +22,7 @@ import torch
 
 from .. import __version__
 from .._atomic import FATAL_ERRNOS, WriteError, Written, io_message
+from ..data.config import data_provenance
 from ..errors import JobFailedError
 from ..provenance import provenance
 from ..store import JobPaths, ResultStore, now, write_job_parquet
@@ -29,8 +30,6 @@ from .joblog import job_log
 from .settings import JobOutcome, Role, RunSettings
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from ..data import Dataset
     from ..grid.job import JobConfig
     from ..training.loop import TrainResult
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctgrid")
 
 #: ``(evaluation, performance)`` of one model (``evaluation`` is None when disabled)
-Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional["pa.Table"]]
+Tables = tuple[Optional[pd.DataFrame], pd.DataFrame, Optional[pd.DataFrame]]
 
 
 #: a finished job whose last epoch's loss exceeds this many times its lowest is flagged
@@ -128,8 +127,10 @@ def _write_results(paths: JobPaths, job: JobConfig, result: TrainResult, tables:
     """Every result file of a finished job but its config (written before training); their records."""
     from ..modeldir import write_model
     written = write_model(paths, job, result, record)
+    from ..evaluation.evaluate import points_table
     evaluation, performance, points = tables
-    for path, table in ((paths.evaluation, evaluation), (paths.counterfactuals, points),
+    for path, table in ((paths.evaluation, evaluation),
+                        (paths.counterfactuals, None if points is None else points_table(points)),
                         (paths.performance, performance)):
         if table is not None:
             written.append(write_job_parquet(path, table, paths.job_id, record))
@@ -166,6 +167,9 @@ class _Attempt:
             self.logger.info("job %s (%s) on rank %d of %s, seed %d%s", job_id, job.name,
                              self.role.rank, socket.gethostname(), job.seed,
                              f", in a pack of {len(ids)}" if len(ids) > 1 else "", extra={"job": job_id})
+            if job.model.kind == "module":
+                self.logger.info("model: the user's factory %s; it trains alone (not in a pack)",
+                                 job.model.factory, extra={"job": job_id})
         first = self.jobs[ids[0]]
         dataset = load_dataset(first.data, self.settings.data_dir)
         members = [PackMember(j.model, j.generator, replace(j.training, seed=j.seed),
@@ -192,13 +196,17 @@ class _Attempt:
             t_eval_s = time.perf_counter() - t_eval
         else:
             tables, t_eval_s = evaluated
-        record = provenance(seed=job.seed)
+        record = provenance(seed=job.seed, **data_provenance(job.data))
         written = _write_results(self.store.job(job_id), job, result, tables, record)
         seconds = t_train + t_eval_s
         warning = divergence_warning(result.history)
         self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
         if warning:   # the log is complete before done.json: a kill after it loses no line
             self.logger.warning(warning, extra={"job": job_id})
+        hint = None
+        if tables[0] is not None:
+            from ..evaluation.evaluate import convergence_hint
+            hint = convergence_hint(tables[0], dataset, job.evaluation)
         files = [self.configs[job_id], *written] if job_id in self.configs else written
         self.store.mark_done(job_id, {
             "name": job.name, "started": self.started, "seconds": seconds,
@@ -209,7 +217,7 @@ class _Attempt:
             "data_summary": dataset.summary(), "ctgrid_version": __version__,
             "versions": record["versions"], "provenance": record,
             "warning": warning}, files)
-        return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning)
+        return replace(self.outcome(job_id, "done", seconds, result.epochs_done), warning=warning, hint=hint)
 
     def fail(self, job_id: str, exc: Exception, seconds: float) -> JobOutcome:
         """Record the job failed (``error.json``). A full disk (or read-only file system) is

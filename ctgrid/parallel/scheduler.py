@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
@@ -24,11 +24,15 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
+from .plan import Plan, job_cost, make_plan
 from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
+
+__all__ = ["GridRun", "Plan", "Prepared", "Progress", "drive", "exit_code", "job_cost",
+           "make_plan", "preflight", "prepare", "print_plan", "run_serial"]
 
 
 @dataclass(frozen=True)
@@ -42,19 +46,6 @@ class GridRun:
     dry_run: bool = False
     overrides: tuple[str, ...] = ()   # ``group.key=VALUE`` from the command line
     array: ArrayTask | None = None    # run only this array task's share (:mod:`.array`)
-
-
-@dataclass
-class Plan:
-    """Which of the grid's jobs run now, in which order, and which are skipped."""
-
-    todo: list[str]                                       # in run order, pack by pack
-    packs: list[list[str]] = field(default_factory=list)  # todo as packs, longest expected first
-    done: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)      # skipped (no --retry-failed)
-    resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
-    costs: dict[str, float] = field(default_factory=dict)
-    damaged: dict[str, str] = field(default_factory=dict)  # in todo: was done, files damaged -> which
 
 
 @dataclass
@@ -73,54 +64,12 @@ class Prepared:
             self.lock.release()
 
 
-def job_cost(job: JobConfig) -> float:
-    """``JobConfig.expected_cost`` (the scheduler's longest-first key)."""
-    return float(job.expected_cost())
-
-
-def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,
-              pack_size: int = 1) -> Plan:
-    """Skip done (and, unless ``retry_failed``, failed) jobs; the rest as packs of the grid's
-    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first. A done job whose
-    files fail the size check (:func:`ctgrid.integrity.check_job`) runs again (``damaged``)."""
-    from ..grid.packs import make_packs
-    from ..integrity import check_job
-    plan = Plan(todo=[])
-    run: set[str] = set()
-    try:   # only jobs with a directory can be anything but pending (one listing, not 3 stats a job)
-        existing = set(os.listdir(store.root / "jobs"))
-    except OSError:
-        existing = set()
-    for job_id in jobs:
-        if job_id not in existing:
-            run.add(job_id)
-            continue
-        state = store.job(job_id).status
-        check = check_job(store.job(job_id), legacy=False) if state == "done" else None
-        if check is not None and check.damaged:
-            plan.damaged[job_id] = check.describe()
-            run.add(job_id)
-        elif state == "done":
-            plan.done.append(job_id)
-        elif state == "failed" and not retry_failed:
-            plan.failed.append(job_id)
-        else:
-            run.add(job_id)
-            if store.job(job_id).checkpoint.exists():
-                plan.resume.add(job_id)
-    plan.costs = {j: job_cost(jobs[j]) for j in run}
-    packs = [[j for j in pack if j in run] for pack in make_packs(jobs, pack_size)]
-    plan.packs = sorted((p for p in packs if p), key=lambda p: (-sum(plan.costs[j] for j in p), p[0]))
-    plan.todo = [j for p in plan.packs for j in p]
-    return plan
-
-
 def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     """Fail early (exit 2, nothing written) on a data-dependent config error or missing files."""
     from ..data.specs import dataset_defaults, resolve_data_dir
     from ..grid.checks import check_features, check_sizes
     check_sizes(jobs)
-    for name in sorted({j.data.name for j in jobs.values()}):
+    for name in sorted({j.data.name for j in jobs.values()} - {"table"}):   # tables: check_sizes
         files = dataset_defaults(name).files
         if not files:
             continue
@@ -235,6 +184,7 @@ class Progress:
         self.io_stop = False             # nothing more can be written: hand out no more jobs
         self.outcomes: list[JobOutcome] = []
         self.warnings: list[str] = []
+        self.hints: dict[str, str] = {}
         self.started_at = now()
         self.last_emit = time.monotonic()
         self._lock = threading.Lock()
@@ -308,6 +258,8 @@ class Progress:
             self.busy_seconds += outcome.seconds
             if outcome.warning:
                 self.warnings.append(outcome.job_id)
+            if outcome.hint:
+                self.hints[outcome.job_id] = outcome.hint
             note = f" WARNING: {outcome.warning}" if outcome.warning else ""
             self._emit(f"done {outcome.job_id} {name} ({outcome.seconds:.1f}s){note}", permanent=bool(note))
         elif outcome.status == "failed":
@@ -342,6 +294,10 @@ class Progress:
             print(f"ctgrid: warning: {len(self.warnings)} finished job(s) look diverged (loss far above "
                   f"its lowest): {', '.join(self.warnings[:5])}{' ...' if len(self.warnings) > 5 else ''}; "
                   f"see their log.txt", file=self.out, flush=True)
+        if self.hints:
+            ids = list(self.hints)
+            print(f"ctgrid: note: {len(ids)} job(s) ({', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}): "
+                  f"{self.hints[ids[0]]}", file=self.out, flush=True)
         if self.io_errors:
             print(f"ctgrid: error: {self.io_errors[0]}", file=sys.stderr, flush=True)
         return code

@@ -39,6 +39,7 @@ class JobOutcome:
     rank: int = 0
     epochs_done: int = 0
     warning: str | None = None   # a finished job that looks wrong (diverged training)
+    hint: str | None = None      # a finished job whose test-time searches all stopped short of tau
     fatal: bool = False          # io_error: nothing more can be written (disk full): stop the run
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,8 +22,8 @@ raised it to one per batch; docs/deviations.md, D22); batches without counterfac
 """
 from __future__ import annotations
 
+import logging
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -36,7 +36,8 @@ from ..data import Dataset
 from ..errors import ConfigError
 from ..generators import GeneratorConfig
 from ..models import ModelConfig, build_model, check_fits_data
-from ..seeding import torch_generator
+from ..models.custom import ModelSpec, build_custom, describe, is_custom, module_rng
+from ..seeding import derive_seed, torch_generator
 from .checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from .config import TrainingConfig
 from .pack import PackEpochs
@@ -76,9 +77,9 @@ def nonfinite_streak(history: Sequence[dict[str, Any]]) -> int:
     return n
 
 
-def validate(dataset: Dataset, config: TrainingConfig, model_config: ModelConfig | None = None) -> None:
+def validate(dataset: Dataset, config: TrainingConfig, model_config: ModelSpec | None = None) -> None:
     """Checks that need the data (the configs check themselves): ``nce <= n_train``, CNN on images."""
-    if model_config is not None:
+    if isinstance(model_config, ModelConfig):
         check_fits_data(model_config, dataset.image_shape is not None, dataset.name)
     n = len(dataset.y_train)
     if config.needs_counterfactuals and config.nce > n:
@@ -104,9 +105,10 @@ def history_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class PackMember:
-    """One training run of a pack: its configs and its checkpoint file."""
+    """One training run of a pack: its configs and its checkpoint file. ``model`` is a
+    :class:`ModelConfig` or a user's classifier (:mod:`ctgrid.models.custom`)."""
 
-    model: ModelConfig
+    model: ModelSpec
     generator: GeneratorConfig
     training: TrainingConfig
     checkpoint_path: Path | None = None
@@ -120,6 +122,9 @@ def check_pack(dataset: Dataset, members: Sequence[PackMember]) -> None:
     """Members must share the architecture, the mini-batch grid, the epochs and the optimiser."""
     if not members:
         raise ValueError("a pack needs at least one member")
+    if len(members) > 1 and any(is_custom(m.model) for m in members):
+        raise ConfigError("a user's model (an nn.Module, a factory or model.kind: module) trains "
+                          "alone, not in a pack of several")
     first = members[0]
     for m in members:
         validate(dataset, m.training, m.model)
@@ -131,13 +136,19 @@ def check_pack(dataset: Dataset, members: Sequence[PackMember]) -> None:
                                   f"{getattr(m.training, f)!r} vs {getattr(first.training, f)!r}")
 
 
-def train(dataset: Dataset, model_config: ModelConfig, generator_config: GeneratorConfig,
+def train(dataset: Dataset, model_config: ModelSpec, generator_config: GeneratorConfig,
           config: TrainingConfig, *, checkpoint_path: Path | None = None,
           cache_dir: Path | None = None,
           progress: Callable[[dict], None] | None = None,
           stop: Callable[[], bool] | None = None,
           wrap_search: SearchWrapper | None = None) -> TrainResult:
     """Train a classifier with ``config.objective`` on ``dataset`` (docs/deviations.md, M2, M3).
+
+    ``model_config`` is a :class:`ModelConfig`, or any torch classifier mapping ``(n, d)``
+    floats to ``(n, k)`` logits: an ``nn.Module`` (copied: the trained copy is the result's
+    ``model``) or a factory ``(n_features, n_classes) -> nn.Module`` (built under the global
+    RNG seeded from ``config.seed``) — same objective, CE phase, checkpoints and resume
+    (:mod:`ctgrid.models.custom`; such a model trains alone, said once in the ``ctgrid`` log).
 
     Args:
         checkpoint_path: written atomically after every epoch; if it exists and
@@ -152,6 +163,9 @@ def train(dataset: Dataset, model_config: ModelConfig, generator_config: Generat
             over MPI ranks). It must return rows in the order of ``x``.
     """
     member = PackMember(model_config, generator_config, config, checkpoint_path)
+    if is_custom(model_config):
+        logging.getLogger("ctgrid").info("model: a user's %s; it trains alone (not in a pack)",
+                                         _what(model_config))
     report = None if progress is None else (lambda k, row: progress(row))
     return train_pack(dataset, [member], cache_dir=cache_dir, progress=report, stop=stop,
                       wrap_search=wrap_search)[0]
@@ -171,11 +185,12 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     check_pack(dataset, members)
     if members[0].training.leave_out >= 0:     # the same initialisation, one training row fewer
         dataset, _ = dataset.leave_one_out(members[0].training.leave_out)
-    models = [build_model(m.model, dataset.n_features, dataset.n_classes, image_shape=dataset.image_shape,
-                          generator=torch_generator(m.training.seed, "init")) for m in members]
+    models = [_build(m, dataset) for m in members]
     stack = ModelStack(models)
     optimizer = StackOptimizer(stack, [m.training for m in members], make_optimizer)
-    fps = [fingerprint(dataset, m.model, m.generator, m.training) for m in members]
+    fps = [fingerprint(dataset, describe(m.model, mod) if is_custom(m.model) else m.model, m.generator,
+                       m.training) for m, mod in zip(members, models)]
+    custom = is_custom(members[0].model)
     histories: list[list[dict[str, Any]]] = []
     for k, m in enumerate(members):
         state = load_checkpoint(m.checkpoint_path, fps[k])
@@ -192,7 +207,8 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     nepochs = members[0].training.nepochs
     diverged: list[str | None] = [None] * len(members)
     for epoch in range(done.pop() + 1, nepochs + 1):
-        rows = epochs.run(epoch)
+        with module_rng(derive_seed(members[0].training.seed, "module", epoch) if custom else None):
+            rows = epochs.run(epoch)
         for k, (m, row) in enumerate(zip(members, rows)):
             histories[k].append(row)
             if m.checkpoint_path is not None:
@@ -211,3 +227,20 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
             return [TrainResult(mod, history_frame(h), False, epoch) for mod, h in zip(models, histories)]
     return [TrainResult(mod, history_frame(h), True, len(h), why)
             for mod, h, why in zip(models, histories, diverged)]
+
+
+def _build(member: PackMember, dataset: Dataset) -> nn.Module:
+    """A member's initial model, from its own ``init`` seed stream."""
+    gen = torch_generator(member.training.seed, "init")
+    if isinstance(member.model, ModelConfig):
+        return build_model(member.model, dataset.n_features, dataset.n_classes,
+                           image_shape=dataset.image_shape, generator=gen)
+    return build_custom(member.model, dataset.n_features, dataset.n_classes, gen)
+
+
+def _what(model: ModelSpec) -> str:
+    if isinstance(model, ModelConfig):
+        return f"factory {model.factory}"
+    if isinstance(model, nn.Module):
+        return f"module {type(model).__name__}"
+    return f"factory {getattr(model, '__qualname__', type(model).__name__)}"
