@@ -13,15 +13,29 @@ ACTIVATION_NAMES = ("relu", "swish", "tanh", "sigmoid")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the classifier."""
+    """Architecture of the classifier.
+
+    An MLP has ``nlayers`` hidden layers of ``nhidden`` units, or — when ``hidden`` lists
+    widths — one hidden layer per entry (e.g. ``[128, 64, 16]``, Black et al.'s German
+    credit network); ``hidden`` then replaces ``nhidden`` and ``nlayers``.
+    """
 
     kind: str = param("mlp", choices=("mlp", "linear", "cnn"))
     nhidden: int = param(32, ge=1, le=65_536)
     nlayers: int = param(1, ge=1, le=100)
     activation: str = param("relu", choices=ACTIVATION_NAMES)
+    hidden: tuple[int, ...] = param((), ge=1, le=65_536, doc="MLP hidden widths, one per layer "
+                                                             "(empty: nlayers x nhidden)")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The MLP's hidden widths."""
+        return self.hidden or (self.nhidden,) * self.nlayers
 
     def __post_init__(self) -> None:
         check(self, "model")
+        if len(self.hidden) > 100:
+            raise ConfigError(f"model.hidden: got {len(self.hidden)} layers; allowed: at most 100")
 
 
 def check_fits_data(config: ModelConfig, image_data: bool, data_name: str = "") -> None:

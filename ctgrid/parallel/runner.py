@@ -161,7 +161,7 @@ class _Attempt:
                              f", in a pack of {len(ids)}" if len(ids) > 1 else "", extra={"job": job_id})
         first = self.jobs[ids[0]]
         dataset = load_dataset(first.data, self.settings.data_dir)
-        members = [PackMember(j.model, j.generator, replace(j.training, seed=j.seed),
+        members = [PackMember(j.model, j.generator, j.run_training,
                               self.role.checkpoint or self.store.job(i).checkpoint)
                    for i, j in self.jobs.items()]
         ran = [0] * len(ids)

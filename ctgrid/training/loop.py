@@ -174,7 +174,7 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     if members[0].training.leave_out >= 0:     # the same initialisation, one training row fewer
         dataset, _ = dataset.leave_one_out(members[0].training.leave_out)
     models = [build_model(m.model, dataset.n_features, dataset.n_classes, image_shape=dataset.image_shape,
-                          generator=torch_generator(m.training.seed, "init")) for m in members]
+                          generator=torch_generator(m.training.weights_seed, "init")) for m in members]
     stack = ModelStack(models)
     optimizer = StackOptimizer(stack, [m.training for m in members], make_optimizer)
     fps = [fingerprint(dataset, m.model, m.generator, m.training) for m in members]
