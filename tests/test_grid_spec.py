@@ -44,7 +44,8 @@ EXPECTED = {
     # 9 dataset blocks x {full, energy, adversarial, vanilla}.
     "ablation": (36, 36),
     "quickstart": (2, 2),
-    # 2 datasets x 2 objectives x 3 seeds x (2 generators x {plain, sns, control} base (4 points, 3 jobs) + 50 init seeds + 50 left-out rows).
+    # 2 datasets x 2 objectives x 3 seeds x (2 generators x {plain, sns, control} base (4 points,
+    # 3 jobs) + 50 init seeds + 50 left-out rows).
     "consistency": (1296, 1272),
 }
 

@@ -49,7 +49,7 @@ VARIATIONS = ("RS", "RS-seed", "LOO")
 #: per-counterfactual columns of :func:`consistency_records`
 RECORD_COLUMNS = ("source", "base_job", "baseline_job", "dataset", "objective", "setting", "method", "variation",
                   "seed", "n_models", "run", "individual", "factual_index", "lambda_energy", "target",
-                  "predicted", "informative", "valid", "iv", "fail", "l1", "l2")
+                  "predicted", "informative", "valid", "iv", "fail", "l1", "l2", "moved")
 #: the factual identity of a counterfactual (the same in every base job of one dataset: paired draws)
 FACTUAL = ["factual_index", "target", "lambda_energy"]
 
@@ -129,6 +129,25 @@ def _stack(column: pd.Series) -> torch.Tensor:
     return torch.tensor(np.stack(column.to_numpy()).astype(np.float32))
 
 
+def _plain_job(job: JobConfig) -> str:
+    """The id of the job that searched like ``job`` without the SNS / control stage."""
+    return replace(job, evaluation=replace(job.evaluation, sns_radius=0.0)).job_id
+
+
+def _moved(pts: pd.DataFrame, plain: pd.DataFrame | None) -> np.ndarray:
+    """Per counterfactual, the L2 distance from the plain search's counterfactual of the same
+    factual (what the SNS or control stage moved it; NaN without a plain job, 0 for it)."""
+    if plain is None:
+        return np.full(len(pts), np.nan)
+    m = pts[FACTUAL].merge(plain[[*FACTUAL, "counterfactual"]], on=FACTUAL, how="left")
+    out = np.full(len(pts), np.nan)
+    ok = m["counterfactual"].notna().to_numpy()
+    if ok.any():
+        a, b = _stack(pts["counterfactual"][ok]), _stack(m["counterfactual"][ok])
+        out[ok] = (a - b).norm(dim=1).double().numpy()
+    return out
+
+
 def consistency_records(results: Results, data_dir: str | None = None, *,
                         exclude_predicted: bool = True) -> pd.DataFrame:
     """One row per (base counterfactual, variation) (:data:`RECORD_COLUMNS`); empty when no
@@ -149,10 +168,13 @@ def consistency_records(results: Results, data_dir: str | None = None, *,
     bases = set(base["job_id"])
     models: dict[str, torch.nn.Module] = {}
     frames = []
+    points = {jid: _points(results, int(src), jid).drop_duplicates(FACTUAL).reset_index(drop=True)
+              for src, jid in zip(base["source"], base["job_id"])}
     for _, row in base.iterrows():
         src, jid = int(row["source"]), row["job_id"]
         job = results.config(jid)
-        pts = _points(results, src, jid).drop_duplicates(FACTUAL).reset_index(drop=True)
+        pts = points[jid]
+        moved = _moved(pts, points.get(_plain_job(job)))
         informative = (pts["predicted"] != pts["target"]).to_numpy(bool) if exclude_predicted \
             else np.ones(len(pts), bool)
         valid = pts["valid"].to_numpy(bool).copy()
@@ -176,7 +198,8 @@ def consistency_records(results: Results, data_dir: str | None = None, *,
                 "factual_index": pts["factual_index"].to_numpy(), "lambda_energy": pts["lambda_energy"].to_numpy(),
                 "target": pts["target"].to_numpy(), "predicted": pts["predicted"].to_numpy(),
                 "informative": informative, "valid": valid, "iv": iv, "fail": np.where(valid, iv, 1.0),
-                "l1": (x_cf - x).abs().sum(1).double().numpy(), "l2": (x_cf - x).norm(dim=1).double().numpy()}))
+                "l1": (x_cf - x).abs().sum(1).double().numpy(), "l2": (x_cf - x).norm(dim=1).double().numpy(),
+                "moved": moved}))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(RECORD_COLUMNS))
 
 
@@ -227,6 +250,7 @@ def _iv_record(key: tuple, g: pd.DataFrame, n_boot: int, confidence: float, how:
                 fail=group_means([h["fail"].to_numpy(float) for _, h in per]),
                 l1=group_means([v["l1"].to_numpy(float) for v in valid]),
                 l2=group_means([v["l2"].to_numpy(float) for v in valid]),
+                moved=group_means([h["moved"].dropna().to_numpy(float) for _, h in per]),
                 r2_l2=r_squared(v_all["l2"].to_numpy(float), v_all["iv"].to_numpy(float)),
                 r2_l1=r_squared(v_all["l1"].to_numpy(float), v_all["iv"].to_numpy(float)))
 
@@ -247,7 +271,9 @@ def iv_notes(pct: str, n_boot: int, how: str) -> list[str]:
             "n: informative factuals (the base model does not already predict the target; unless "
             "--keep-predicted), each distinct factual counted once (a class with too few rows for the balanced "
             "draws repeats factuals). L1/L2 cost: mean distance to the factual (valid ones), standardised "
-            "units. R²: of a least-squares line of IV on that cost, pooled over base models."]
+            "units. Moved: mean L2 distance from the plain search's counterfactual of the same factual (what "
+            "SNS or the control moved it; all informative factuals). R²: of a least-squares line of IV on L2 "
+            "cost, pooled over base models."]
 
 
 def iv_table(records: pd.DataFrame, *, n_boot: int, confidence: float, how: str = "bootstrap") -> Table:
@@ -260,8 +286,8 @@ def iv_table(records: pd.DataFrame, *, n_boot: int, confidence: float, how: str 
         rows.append([*key, str(rec["n_bases"]), rec["n_models"], f"{rec['n_valid']}/{rec['n']}",
                      num(100 * rec["validity"], 1), num(rec["iv_mean"], 3), num(rec["iv_sd_models"], 3),
                      f"[{num(rec['iv_lo'], 3)}, {num(rec['iv_hi'], 3)}]", num(rec["fail"], 3),
-                     num(rec["l1"]), num(rec["l2"]), num(rec["r2_l2"]), num(rec["r2_l1"])])
+                     num(rec["l1"]), num(rec["l2"]), num(rec["moved"]), num(rec["r2_l2"]), num(rec["r2_l1"])])
     header = ["Data", "Setting", "Objective", "Method", "Var.", "Bases", "Models", "Valid/n", "Validity %",
-              "IV mean", "sd (models)", f"IV {pct} CI", "Fail", "L1 cost", "L2 cost", "R² (L2)", "R² (L1)"]
+              "IV mean", "sd (models)", f"IV {pct} CI", "Fail", "L1 cost", "L2 cost", "Moved", "R² (L2)", "R² (L1)"]
     return Table("consistency", "Consistency under retraining: invalidation rate (IV) of counterfactuals",
                  header, rows, iv_notes(pct, n_boot, how), pd.DataFrame.from_records(recs), n_text=5)
