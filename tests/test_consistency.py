@@ -183,7 +183,7 @@ def _small_consistency_grid(path: Path) -> Path:
     """The shipped grid with a small N (2 base seeds, 2 init seeds, 2 left-out rows), 2 epochs,
     the generic search only."""
     text = (REPO / "grids" / "consistency.yaml").read_text()
-    for old, new in (("range: [1, 51]", "range: [1, 3]"), ("range: [0, 50]", "range: [0, 2]"),
+    for old, new in (("range: [1, 101]", "range: [1, 3]"), ("range: [0, 100]", "range: [0, 2]"),
                      ("nepochs: 100", "nepochs: 2"), ("nce: 500", "nce: 100"),
                      ("seed: [0, 1, 2]", "seed: [0, 1]"), ("generator: [generic, ecco]", "generator: [generic]")):
         assert old in text, old

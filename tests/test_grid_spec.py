@@ -45,8 +45,8 @@ EXPECTED = {
     "ablation": (36, 36),
     "quickstart": (2, 2),
     # 2 datasets x 2 objectives x 3 seeds x (2 generators x {plain, sns, control} base (4 points,
-    # 3 jobs) + 50 init seeds + 50 left-out rows).
-    "consistency": (1296, 1272),
+    # 3 jobs) + 100 init seeds + 100 left-out rows).
+    "consistency": (2496, 2472),
 }
 
 _cache: dict[str, object] = {}
