@@ -196,7 +196,8 @@ def _small_consistency_grid(path: Path) -> Path:
 @pytest.mark.skipif(not HAVE_MPI, reason="needs mpiexec and mpi4py (the mpich extra)")
 def test_consistency_grid_under_mpi_and_its_table(tmp_path, data_dir):
     grid = _small_consistency_grid(tmp_path / "consistency.yaml")
-    assert len(load_grid(grid)) == 2 * 2 * 2 * (3 + 2 + 2)
+    g = load_grid(grid)     # 4 base points per seed: radius 0 with and without the control flag are one job
+    assert len(g) == 2 * 2 * 2 * (4 + 2 + 2) and len(set(g.job_ids)) == 2 * 2 * 2 * (3 + 2 + 2)
     env = {**ENV, "CTGRID_DATA": str(data_dir)}
     run = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-m", "ctgrid", "run", str(grid),
                           "--results", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)

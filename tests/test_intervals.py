@@ -113,7 +113,8 @@ def _records() -> pd.DataFrame:
                              "dataset": "d", "objective": obj, "setting": "—", "method": "generic",
                              "variation": "RS", "seed": seed, "n_models": 10, "factual_index": f, "target": 1,
                              "lambda_energy": 0.0, "informative": informative, "valid": valid,
-                             "iv": iv if valid else np.nan, "fail": iv if valid else 1.0, "l1": 1.0, "l2": 1.0})
+                             "iv": iv if valid else np.nan, "fail": iv if valid else 1.0, "l1": 1.0, "l2": 1.0,
+                             "moved": np.nan})
     return pd.DataFrame(rows)
 
 
