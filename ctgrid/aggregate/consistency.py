@@ -255,12 +255,17 @@ def _iv_record(key: tuple, g: pd.DataFrame, n_boot: int, confidence: float, how:
                 r2_l1=r_squared(v_all["l1"].to_numpy(float), v_all["iv"].to_numpy(float)))
 
 
+def interval_text(how: str, outer: str, inner: str) -> str:
+    """What an interval resamples: ``outer`` (the trained models) then ``inner`` within each."""
+    if how == "bootstrap":
+        return (f"two-stage percentile bootstrap: the {outer} resampled, then the {inner} within each drawn "
+                f"one; with one, its {inner} only (a within-model interval)")
+    return (f"within-model percentile bootstrap: the {inner} of all the {outer} pooled, the trained models "
+            "held fixed (--interval within-model)")
+
+
 def iv_notes(pct: str, n_boot: int, how: str) -> list[str]:
-    unit = ("two-stage percentile bootstrap: the base models (training seeds; Bases) resampled, then the "
-            "valid counterfactuals within each drawn base model; with one base model, its counterfactuals "
-            "only (a within-model interval)" if how == "bootstrap" else
-            "within-model percentile bootstrap: the counterfactuals of all base models pooled, the trained "
-            "models held fixed (--interval within-model)")
+    unit = interval_text(how, "base models (training seeds; Bases)", "valid counterfactuals")
     return ["IV: share of the retrained models (RS: other initialisation, same batch order and CE draws; "
             "RS-seed: another training seed; LOO: one training row left out, same seeds) whose predicted class at "
             "the counterfactual is not its target, over the counterfactuals valid under their base model; mean "

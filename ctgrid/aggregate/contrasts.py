@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .bootstrap import group_means
-from .consistency import FACTUAL, interval
+from .consistency import FACTUAL, interval, interval_text
 from .render import Table, num
 
 Pair = tuple[pd.DataFrame, pd.DataFrame]
@@ -95,11 +95,7 @@ def _record(comparison: str, key: tuple, sides: list[Pair], n_boot: int, confide
 
 
 def _notes(pct: str, n_boot: int, how: str) -> list[str]:
-    unit = ("two-stage percentile bootstrap: the pairs of base models (one per training seed; Pairs) "
-            "resampled, then the common factuals within each drawn pair; with one pair, its factuals only (a "
-            "within-model interval)" if how == "bootstrap" else
-            "within-model percentile bootstrap: the factuals of all pairs pooled, the trained models held "
-            "fixed (--interval within-model)")
+    unit = interval_text(how, "pairs of base models (one per training seed; Pairs)", "common factuals")
     return ["Both sides on one common set of factuals, paired factual by factual: for CT − BL the factuals "
             "neither base model already predicts as the target (the same seed, data and test-time method); for "
             "+sns / +ctrl the same trained model. Negative = the first side is more consistent.",
