@@ -25,14 +25,17 @@ V = TypeVar("V")
 
 def param(default: Any, *, choices: tuple | None = None, ge: float | None = None,
           gt: float | None = None, le: float | None = None, lt: float | None = None,
-          doc: str = "", only: tuple[str, ...] = ()) -> Any:
+          doc: str = "", only: tuple[str, ...] = (), since: str = "") -> Any:
     """A dataclass field with a default and its allowed values (checked by :func:`check`).
 
     ``only`` names the uses in which the field matters (e.g. the generators or loss terms
     that read it); :func:`reset_unused` resets it to its default everywhere else, which is
     how a job's canonical configuration (and so its id) ignores parameters it does not use.
+    ``since``: the release that added the field; :func:`seed_dict` leaves it out while it
+    holds its default, so the training seeds of existing jobs do not move.
     """
-    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc, "only": only}
+    meta = {"choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt, "doc": doc, "only": only,
+            "since": since}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults")
     return dataclasses.field(default=default, metadata=meta)
@@ -225,6 +228,17 @@ def memo(obj: Any, name: str, compute: Callable[[], V]) -> V:
 def plain_dict(cfg: Any) -> dict[str, Any]:
     """:func:`to_dict` of a frozen config, computed once per instance (do not modify it)."""
     return memo(cfg, "_plain_dict", lambda: to_dict(cfg))
+
+
+def seed_dict(cfg: Any) -> dict[str, Any]:
+    """:func:`plain_dict` without the fields added after 0.2 (``param(since=...)``) that hold
+    their default: what training seeds hash. (Job ids hash only non-default values anyway; the
+    seeds of 0.2 hashed every field, so a new field must not enter them at its default.)"""
+    def make() -> dict[str, Any]:
+        later = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("since")
+                 and getattr(cfg, f.name) == f.default}
+        return {k: v for k, v in plain_dict(cfg).items() if k not in later}
+    return memo(cfg, "_seed_dict", make)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

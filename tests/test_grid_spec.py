@@ -44,8 +44,9 @@ EXPECTED = {
     # 9 dataset blocks x {full, energy, adversarial, vanilla}.
     "ablation": (36, 36),
     "quickstart": (2, 2),
-    # 2 datasets x 2 objectives x (2 generators x 2 SNS radii base + 100 seeds + 100 left-out rows).
-    "consistency": (816, 816),
+    # 2 datasets x 2 objectives x 3 seeds x (2 generators x {plain, sns, control} base (4 points,
+    # 3 jobs) + 100 init seeds + 100 left-out rows).
+    "consistency": (2496, 2472),
 }
 
 _cache: dict[str, object] = {}
@@ -424,3 +425,21 @@ def test_hostile_yaml_is_refused_in_one_line(text, needle):
 def test_long_values_are_truncated_in_messages():
     msg = err("data: {name: " + "x" * 100_000 + "}")
     assert len(msg) < 800 and "characters]..." in msg and msg.startswith("g: data.name: got 'xxx")
+
+
+@pytest.mark.parametrize("name, job_id, seed", [
+    ("quickstart", "43da6bab05a6c532", 1269060133),
+    ("final", "2cb34226505ce26d", 252271381),
+    ("final", "33547dd260d1d19c", 1680159949),
+])
+def test_training_seeds_of_shipped_jobs_are_pinned(name, job_id, seed):
+    """The training seed (initial weights, batch order, CT's draws) of the release that made the
+    committed results: a field added later (``param(since=...)``) must not enter it at its
+    default, or the same job id would train other weights."""
+    assert grid(name).jobs()[job_id].seed == seed
+    from ctgrid.models.config import ModelConfig
+    from ctgrid.data import DataConfig
+    plain = JobConfig(data=DataConfig(name="moons"), model=ModelConfig())
+    spelled = JobConfig(data=DataConfig(name="moons", na="error", stratify=True),
+                        model=ModelConfig(hidden=(), factory=None))
+    assert plain.seed == spelled.seed and plain.job_id == spelled.job_id

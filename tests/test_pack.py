@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -94,6 +95,57 @@ def test_a_run_without_finite_updates_stops_after_the_patience_and_a_pack_member
     assert all(r.diverged for r in both) and both[0].epochs_done < 8       # nothing left: the pack stops
     patient = replace(members[1], training=replace(members[1].training, nonfinite_patience=8))
     assert _solo(moons, patient).diverged is None and _solo(moons, patient).epochs_done == 8
+
+
+def _checkpoint(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def test_a_diverged_member_stops_where_it_stops_alone_and_its_files_equal_its_solo_run(moons, tmp_path):
+    """Patience 2 of 8 epochs: alone the run stops after 2 epochs without a finite update;
+    in a pack it must stop there too — no NaN rows up to the pack's end, no later checkpoint."""
+    members = [replace(m, training=replace(m.training, nepochs=8, nonfinite_patience=2),
+                       checkpoint_path=tmp_path / f"pack{k}.pt") for k, m in enumerate(_members(3))]
+    members[1] = replace(members[1], training=replace(members[1].training, lr=1e30))
+    solo_member = replace(members[1], checkpoint_path=tmp_path / "solo.pt")
+    rows: dict[int, list[dict]] = {0: [], 1: [], 2: []}
+    packed = train_pack(moons, members, progress=lambda k, row: rows[k].append(row))
+    solo_rows: list[dict] = []
+    solo = _solo(moons, solo_member, progress=solo_rows.append)
+    assert solo.diverged and solo.epochs_done == len(solo.history) < 8
+    assert packed[0].epochs_done == packed[2].epochs_done == 8          # the pack went on
+    _same(packed[1], solo)                                              # rows, weights, epochs
+    assert packed[1].diverged == solo.diverged
+    assert [r["epoch"] for r in rows[1]] == [r["epoch"] for r in solo_rows]   # the job log's lines
+    a, b = _checkpoint(members[1].checkpoint_path), _checkpoint(solo_member.checkpoint_path)
+    assert a["epoch"] == b["epoch"] == solo.epochs_done
+    assert a["rng"] == b["rng"] and a["fingerprint"] == b["fingerprint"]
+    _identical(a["model"], b["model"])
+    _identical(a["optimizer"], b["optimizer"])
+    ha = pd.DataFrame(a["history"]).drop(columns=TIMING)
+    hb = pd.DataFrame(b["history"]).drop(columns=TIMING)
+    assert ha.equals(hb)
+    for k in (0, 2):
+        _same(packed[k], _solo(moons, replace(members[k], checkpoint_path=None)))
+    # resumed after the member had stopped (an interrupted pack): it stays stopped
+    again = train_pack(moons, [replace(members[1], checkpoint_path=members[1].checkpoint_path)])
+    _same(again[0], solo)
+
+
+def _identical(a, b) -> None:
+    """Nested state dicts equal bit for bit (NaN where the other has NaN)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _identical(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _identical(x, y)
+    elif isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    else:
+        assert a == b
 
 
 def test_an_interrupted_pack_resumes_like_an_uninterrupted_run_alone_or_packed(moons, tmp_path):

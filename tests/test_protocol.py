@@ -70,6 +70,31 @@ def test_balanced_factuals_give_each_class_n_over_k(n):
     assert bool((grid.target != grid.factual_label).all())
 
 
+@pytest.mark.parametrize("n", [2, 40, 100, 160])
+def test_no_repeated_factual_where_every_class_has_enough_rows(n):
+    """80 rows of each class: any n <= 160 balanced factuals of a run are distinct rows."""
+    ds = tiny_dataset([0, 1] * 80)
+    grid = build_grid(ds, EvaluationConfig(n_runs=5, n_individuals=n, lambda_energy=(1.0, 2.0), test_time=True))
+    for r in range(5):
+        for lam in (0, 1):
+            idx = grid.factual_index[(grid.run == r) & (grid.lambda_index == lam)]
+            assert len(idx) == n and len(set(idx.tolist())) == n
+    short = build_grid(ds, EvaluationConfig(n_runs=1, n_individuals=200, lambda_energy=(1.0,), test_time=True))
+    assert len(set(short.factual_index.tolist())) < 200     # 100 per class of 80 rows: repeats
+
+
+def test_all_factuals_take_every_row_of_the_named_split_once():
+    ds = tiny_dataset([0] * 7 + [1] * 5)
+    val = Dataset(**{**ds.__dict__, "X_val": ds.X_test[:6] + 100, "y_val": ds.y_test[:6] * 0 + 1})
+    grid = build_grid(val, EvaluationConfig(n_runs=2, n_individuals=3, lambda_energy=(1.0,), factuals="all",
+                                            split="validation"))
+    assert grid.split == "validation" and torch.equal(grid.X, val.X_val)
+    assert grid.factual_index.tolist() == list(range(6)) * 2 and grid.individual.tolist() == list(range(6)) * 2
+    assert grid.target.tolist() == [0] * 12                 # the other class of label 1
+    assert build_grid(ds, EvaluationConfig(n_runs=1, lambda_energy=(1.0,), split="test")).split == "test"
+    assert build_grid(ds, EvaluationConfig(n_runs=1, lambda_energy=(1.0,))).split == "train"
+
+
 def test_uniform_factuals_follow_the_rows():
     ds = tiny_dataset([0] * 90 + [1] * 10)
     grid = build_grid(ds, EvaluationConfig(n_runs=20, n_individuals=50, lambda_energy=(1.0,),

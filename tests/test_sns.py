@@ -127,3 +127,44 @@ def test_it_keeps_the_best_iterate_not_the_last():
     start = [[peak + 1e-3, 0.0]]
     out = sns.refine(Bump(), batch(start))
     assert out.counterfactual[0, 0].item() == pytest.approx(start[0][0], abs=1e-6)
+
+
+def test_the_default_settings_reach_the_ball_on_a_linear_model():
+    """Black et al.'s step rule (200 steps of 2 r / 200): the default walks straight up the
+    gradient to the sphere. The former default (100 steps of 1e-3) could move only 0.1."""
+    start = [[0.2, 0.1], [1.0, -0.5]]
+    for sns in (StableNeighborSearch(free(), radius=0.3),
+                make_generator(GeneratorConfig(name="generic", sns_radius=0.3), free()).refine):
+        assert sns.steps == 200 and sns.step_size is None and sns.points == 10
+        moved = sns.refine(linear(), batch(start)).counterfactual - torch.tensor(start)
+        assert moved.norm(dim=1).tolist() == pytest.approx([0.3, 0.3], abs=1e-5)
+        assert (moved / moved.norm(dim=1, keepdim=True)).flatten().tolist() == pytest.approx(
+            [0.6, 0.8, 0.6, 0.8], abs=5e-5)
+    old = StableNeighborSearch(free(), radius=0.3, steps=100, step_size=1e-3, points=16)
+    moved = old.refine(linear(), batch(start)).counterfactual - torch.tensor(start)
+    assert moved.norm(dim=1).tolist() == pytest.approx([0.1, 0.1], abs=1e-5)
+
+
+def test_a_relative_radius_is_a_share_of_the_base_move():
+    """radius 0.8 x the distance from the factual: 0.8 x 0.5 and 0.8 x 1.0 on the two rows."""
+    sns = StableNeighborSearch(free(), radius=0.8, relative=True)
+    start, factual = [[0.3, 0.4], [0.6, 0.8]], [[0.0, 0.0], [0.0, 0.0]]
+    moved = sns.refine(linear(), batch(start, factual)).counterfactual - torch.tensor(start)
+    assert moved.norm(dim=1).tolist() == pytest.approx([0.4, 0.8], abs=1e-5)
+
+
+def test_the_control_moves_as_far_as_sns_straight_along_the_gradient():
+    """On ``Bump`` SNS stops at the integrated score's peak (a move along x_0 of d); the
+    control moves d from the start along the gradient of log p(target) — here also x_0, but
+    on the linear model with a bias it is W/|W| whatever SNS did."""
+    start = [[0.7, 0.0]]
+    sns = StableNeighborSearch(free(), radius=0.5, steps=200, step_size=0.002, points=16)
+    ctrl = StableNeighborSearch(free(), radius=0.5, steps=200, step_size=0.002, points=16, control=True)
+    a = sns.refine(Bump(), batch(start)).counterfactual
+    b = ctrl.refine(Bump(), batch(start)).counterfactual
+    d = (a - torch.tensor(start)).norm().item()
+    assert 0.01 < d < 0.5
+    assert (b - torch.tensor(start)).flatten().tolist() == pytest.approx([d, 0.0], abs=1e-5)
+    lin = StableNeighborSearch(free(), radius=0.2, control=True)
+    moved = lin.refine(linear(bias=0.3), batch([[0.2, 0.1]])).counterfactual - torch.tensor([[0.2, 0.1]])
+    assert moved.flatten().tolist() == pytest.approx([0.6 * 0.2, 0.8 * 0.2], abs=1e-5)

@@ -402,3 +402,18 @@ def test_revise_generator_trains_with_cached_vae(moons_small, tmp_path):
     res = train(moons_small, ModelConfig(), gen, cfg, cache_dir=tmp_path)
     assert list(tmp_path.glob("vae-*.pt")) and res.history["n_ce"].iloc[0] == 30
     assert generator_for(gen, moons_small.constraints, moons_small.X_train, cache_dir=tmp_path)
+
+
+def test_hidden_widths_build_one_layer_per_entry_and_keep_nlayers_networks():
+    from ctgrid.models import ModelConfig, build_model
+    from ctgrid.seeding import torch_generator
+    net = build_model(ModelConfig(hidden=(128, 64, 16)), 24, 2)
+    shapes = [tuple(m.weight.shape) for m in net if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(128, 24), (64, 128), (16, 64), (2, 16)]
+    assert ModelConfig(hidden=(128, 64, 16)).widths == (128, 64, 16) and ModelConfig(nlayers=2).widths == (32, 32)
+    a = build_model(ModelConfig(nlayers=3), 5, 2, generator=torch_generator(1, "init")).state_dict()
+    b = build_model(ModelConfig(hidden=(32, 32, 32)), 5, 2, generator=torch_generator(1, "init")).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    from ctgrid.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.hidden"):
+        ModelConfig(hidden=(16, 0))

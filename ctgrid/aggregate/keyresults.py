@@ -97,7 +97,10 @@ def _per_run(table: pa.Table, keys: dict, only: Any,
         cols["fa"] = fi
         cols["fb"] = pc.multiply(fi, pc.add(pc.cast(table["individual"], pa.float64()), 1.0))
     extra = ["fa", "fb"] if fingerprint else []
-    per_ce = pa.table(cols).group_by([*RUN_KEYS, "individual", "target", "predicted"]).aggregate(
+    ident = ["factual_index"] if "factual_index" in table.column_names else []
+    if ident:
+        cols["factual_index"] = table["factual_index"]
+    per_ce = pa.table(cols).group_by([*RUN_KEYS, "individual", "target", "predicted", *ident]).aggregate(
         [(c, "mean") for c in (*CE_METRICS, *extra)])
     per_ce = per_ce.rename_columns([c.removesuffix("_mean") for c in per_ce.column_names])
     if valid_only:
@@ -110,7 +113,7 @@ def _per_run(table: pa.Table, keys: dict, only: Any,
     out = to_pandas(out.rename_columns([c.rsplit("_", 1)[0] if c.endswith(("_mean", "_sum")) else c
                                         for c in out.column_names]))
     out["value"] = (out["fa"].astype(str) + ":" + out["fb"].astype(str)) if fingerprint else np.nan
-    return out, to_pandas(per_ce.select([*RUN_KEYS, "individual", "target", "predicted", *CE_METRICS]))
+    return out, to_pandas(per_ce.select([*RUN_KEYS, "individual", "target", "predicted", *ident, *CE_METRICS]))
 
 
 def _labels(table: pa.Table, column: str) -> list[str]:
@@ -195,7 +198,8 @@ def _reduce(ctx: _Ctx, key: str, mask_jobs: set, parts: tuple, lam: float | None
         u = u[np.isclose(u["lambda_energy"], lam)]
     o = ctx.opts
     return reduction(u["ct"].to_numpy(), u["bl"].to_numpy(), n_boot=o.bootstrap, confidence=o.confidence,
-                     seed_parts=(o.seed, *parts, key, lam), interval=o.interval)
+                     seed_parts=(o.seed, *parts, key, lam), interval=o.interval,
+                     groups=u["ct_job"].astype(str).to_numpy())
 
 
 def _cost_jobs(group: pd.DataFrame, constrained: pd.DataFrame) -> tuple[set, str]:
@@ -226,12 +230,13 @@ def _row(ctx: _Ctx, g: pd.DataFrame, cons: pd.DataFrame) -> tuple[list[str], lis
               "acc_bl": (bl_acc["acc"], 100), "acc_ct": (ct_acc["acc"], 100),
               "robust_bl": (bl_acc["robust"], 100), "robust_ct": (ct_acc["robust"], 100)}
     n_units = max(r.n for r in red.values())
+    n_pairs = max(r.n_pairs for r in red.values())
     ex = ctx.excluded[ctx.excluded["ct_job"].isin(jobs)]
     n_ind, n_ex = int(ex["n_units"].sum()), int(ex["n_excluded"].sum())
     excl = 100.0 * n_ex / n_ind if n_ind else float("nan")
     cells = [ds_name, setting, *(_cell(red[f"ip@{lam:g}"]) for lam in ctx.lambdas), _cell(red["ip"]),
              _cell(red["ip_star"]), _cell(red["cost"], f" ({cost_src})" if red["cost"].n else ""),
-             *(num(s.mean() * k, 1) for s, k in levels.values()), num(excl, 1), str(n_units)]
+             *(num(s.mean() * k, 1) for s, k in levels.values()), num(excl, 1), str(n_pairs), str(n_units)]
     records = [{"dataset": ds_name, "setting": setting, "quantity": q, **_asdict(r),
                 "note": cost_src if q == "cost" else ""} for q, r in red.items()]
     records += [{"dataset": ds_name, "setting": setting, "quantity": q, "value": s.mean() * k,
@@ -245,7 +250,7 @@ def _row(ctx: _Ctx, g: pd.DataFrame, cons: pd.DataFrame) -> tuple[list[str], lis
 
 def _asdict(r: Reduction) -> dict:
     return {"value": r.pct, "lo": r.lo, "hi": r.hi, "sd": r.sd, "diff": r.diff, "diff_lo": r.diff_lo,
-            "diff_hi": r.diff_hi, "star": r.star, "n": r.n, "n_dropped": r.n_dropped}
+            "diff_hi": r.diff_hi, "star": r.star, "n": r.n, "n_dropped": r.n_dropped, "n_pairs": r.n_pairs}
 
 
 #: below this many paired units a significance star gets a warning note
@@ -274,7 +279,7 @@ def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.Da
         rows.append(cells)
         records += recs
     header = ["Data", "Setting", *(f"IP λ={lam:g}" for lam in lambdas), "IP", "IP*", "Cost",
-              "Val. BL", "Val. CT", "Acc BL", "Acc CT", "Acc* BL", "Acc* CT", "Excl.", "Units"]
+              "Val. BL", "Val. CT", "Acc BL", "Acc CT", "Acc* BL", "Acc* CT", "Excl.", "Pairs", "Units"]
     data = pd.DataFrame.from_records(records)
     reductions = data[data["quantity"] != "excluded_pct"] if len(data) else data
     dropped = int(reductions["n_dropped"].fillna(0).sum()) if "n_dropped" in data else 0
@@ -290,9 +295,16 @@ def key_results(results: Results, pairs: pd.DataFrame, rl: RunLevel, perf: pd.Da
 def _notes(pairs: pd.DataFrame, rl: RunLevel, opts: Any, eps: float | None,
            check: tuple[int, int], dropped: int) -> list[str]:
     conf = f"{100 * opts.confidence:g}%"
-    interval = (f"{conf} percentile bootstrap interval over units ({opts.bootstrap} resamples, seed "
-                f"{opts.seed})" if opts.interval == "bootstrap" else
-                f"{conf} range of the per-unit values (the reference's interval, no resampling)")
+    interval = {
+        "bootstrap": f"{conf} two-stage percentile bootstrap ({opts.bootstrap} resamples, seed {opts.seed}): "
+                     "the model pairs (Pairs: one per training seed and setting) resampled, then the "
+                     "evaluation runs within each drawn pair; estimates are means over pairs of the "
+                     "per-pair means. A row with one pair resamples its runs only: a within-model "
+                     "interval that says nothing about another training seed",
+        "within-model": f"{conf} within-model percentile bootstrap ({opts.bootstrap} resamples, seed "
+                        f"{opts.seed}): the units of all the row's model pairs pooled and resampled, the "
+                        "trained models held fixed (no training-seed variation; --interval within-model)",
+        "runs": f"{conf} range of the per-unit values (the reference's interval, no resampling)"}[opts.interval]
     n_missing = int(pairs["bl_job"].isna().sum())
     notes = [
         "IP/IP*/Cost: % reduction 100·(1 − mean_u CT_u/BL_u) over paired units u = (CT job, "

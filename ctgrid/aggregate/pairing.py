@@ -17,11 +17,17 @@ Headline numbers (docs/deviations.md, M5): ``% reduction = 100 * (1 - mean_u(CT_
 over units ``u`` (pair x run), ``CT_u``/``BL_u`` the per-run means over individuals
 (and over ``lambda_energy`` for aggregated figures).
 
-Intervals, two choices (``interval``):
+Intervals, three choices (``interval``; docs/deviations.md, M13):
 
-- ``"bootstrap"`` (default): percentile bootstrap over units of the statistic itself
-  (``n_boot`` resamples from a seeded generator); the significance star marks an
-  interval of the mean paired difference ``mean_u(CT_u - BL_u)`` that excludes zero.
+- ``"bootstrap"`` (default): the two-stage percentile bootstrap (:mod:`.bootstrap`) — the
+  model pairs (CT job and its baseline: one per training seed and setting) are resampled,
+  then the runs within each drawn pair; the statistic is then the mean over pairs of the
+  per-pair means. With one pair it is the bootstrap over that pair's runs (the
+  within-model interval, unchanged). The significance star marks an interval of the mean
+  paired difference ``CT_u - BL_u`` that excludes zero.
+- ``"within-model"``: the units of every pair pooled and resampled as one sample (ctgrid
+  before issue 24): it treats the trained models as fixed, so it narrows with ``n_runs``
+  and says nothing about another training seed.
 - ``"runs"``: the reference's choice (docs/deviations.md, D8): quantiles of the per-unit
   values themselves (``100 (1 - CT_u/BL_u)`` and ``CT_u - BL_u``), no resampling. It
   reads the spread of single runs, not the uncertainty of their mean.
@@ -36,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from ..seeding import numpy_generator
+from .bootstrap import group_means, percentile, two_stage
 from .load import Results, setting_axes
 
 #: Short names for the labels of CT settings (full ``group.key`` where they would collide).
@@ -141,8 +148,10 @@ def paired_ce_units(pairs: pd.DataFrame, per_ce: pd.DataFrame, *,
 
     ``per_ce``: one row per (``source, job_id, lambda_energy, run, individual``) with
     ``target``, ``predicted`` (the job's class at the factual; null if not recorded) and
-    :data:`CE_QUANTITIES`. Each CT job's rows are joined to its baseline's on (run, λ,
-    individual, target) — the same factual and target by the paired design. With
+    :data:`CE_QUANTITIES`; with a ``factual_index`` column, an individual repeating a factual
+    (and target) of its run is dropped (each distinct factual counted once). Each CT job's
+    rows are joined to its baseline's on (run, λ, individual, target) — the same factual and
+    target by the paired design. With
     ``exclude_predicted`` the rows where either model's ``predicted`` equals the target are
     dropped before the per-run means over individuals.
 
@@ -153,6 +162,8 @@ def paired_ce_units(pairs: pd.DataFrame, per_ce: pd.DataFrame, *,
     keys = ["lambda_energy", "run", "individual", "target"]
     p = pairs.dropna(subset=["bl_job"])[_PAIR_COLS].copy()
     p["bl_source"] = p["bl_source"].astype(int)
+    if "factual_index" in per_ce:   # each distinct factual of a run once (a small class repeats rows)
+        per_ce = per_ce.drop_duplicates(["source", "job_id", "lambda_energy", "run", "factual_index", "target"])
     side = per_ce[["source", "job_id", *keys, "predicted", *CE_QUANTITIES]]
     ct = p.merge(side.rename(columns={"job_id": "ct_job", "predicted": "pred_ct",
                                       **{q: f"ct_{q}" for q in CE_QUANTITIES}}),
@@ -197,32 +208,50 @@ class Reduction:
     star: bool
     n: int             # units used
     n_dropped: int     # units with a zero or non-finite baseline (ratio undefined)
+    n_pairs: int = 1   # model pairs (outer units of the two-stage interval)
 
     @staticmethod
     def empty() -> "Reduction":
         nan = float("nan")
-        return Reduction(nan, nan, nan, nan, nan, nan, nan, False, 0, 0)
+        return Reduction(nan, nan, nan, nan, nan, nan, nan, False, 0, 0, 0)
 
 
 def reduction(ct: np.ndarray, bl: np.ndarray, *, n_boot: int, confidence: float,
-              seed_parts: tuple, interval: str = "bootstrap") -> Reduction:
-    """``100 (1 - mean(ct/bl))`` over paired units, with interval and star (module docstring)."""
+              seed_parts: tuple, interval: str = "bootstrap", groups: np.ndarray | None = None) -> Reduction:
+    """``100 (1 - mean(ct/bl))`` over paired units, with interval and star (module docstring).
+
+    ``groups``: each unit's model pair (e.g. its CT job id); with several, the default interval
+    resamples pairs, then units within each, and the estimates are means of per-pair means."""
     ct, bl = np.asarray(ct, float), np.asarray(bl, float)
     ok = np.isfinite(ct) & np.isfinite(bl)
+    g = (np.zeros(len(ct), dtype=int) if groups is None else np.asarray(groups))[ok]
     ct, bl = ct[ok], bl[ok]
     usable = bl != 0
     ratio, diff = ct[usable] / bl[usable], ct - bl
     if not len(ratio):
         return replace(Reduction.empty(), n_dropped=int((~usable).sum()))
-    pct = 100.0 * (1.0 - ratio.mean())
+    keys = sorted(set(g.tolist()))
     sd = 100.0 * ratio.std(ddof=1) if len(ratio) > 1 else float("nan")
+    sd, n, n_dropped, n_pairs = float(sd), int(len(ratio)), int((~usable).sum()), len(keys)
+    if interval == "bootstrap" and len(keys) > 1:
+        r_groups = [ratio[g[usable] == k] for k in keys]
+        d_groups = [diff[g == k] for k in keys]
+        pct, d_mean = 100.0 * (1.0 - group_means(r_groups)), group_means(d_groups)
+        (lo, hi), (dlo, dhi) = (float("nan"),) * 2, (float("nan"),) * 2
+        if n_boot > 0:
+            rng = numpy_generator("aggregate-bootstrap-pairs", *seed_parts)
+            lo, hi = percentile(100.0 * (1.0 - two_stage(r_groups, n_boot, rng)), confidence)
+            dlo, dhi = percentile(two_stage(d_groups, n_boot, rng), confidence)
+        star = bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0))
+        return Reduction(float(pct), lo, hi, sd, float(d_mean), dlo, dhi, star, n, n_dropped, n_pairs)
+    pct = 100.0 * (1.0 - ratio.mean())
     alpha = (1.0 - confidence) / 2.0
     qs = [alpha, 1.0 - alpha]
     nan2 = (float("nan"), float("nan"))
     if interval == "runs":
         lo, hi = (np.quantile(100.0 * (1.0 - ratio), qs) if len(ratio) > 1 else nan2)
         dlo, dhi = np.quantile(diff, qs) if len(diff) > 1 else nan2
-    elif n_boot > 0 and len(ratio) > 1:
+    elif n_boot > 0 and len(ratio) > 1:   # one pair, or "within-model": the units as one sample
         rng = numpy_generator("aggregate-bootstrap", *seed_parts)
         idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
         lo, hi = np.quantile(100.0 * (1.0 - _boot_ratio(ct, bl, idx)), qs)
@@ -230,8 +259,8 @@ def reduction(ct: np.ndarray, bl: np.ndarray, *, n_boot: int, confidence: float,
     else:
         (lo, hi), (dlo, dhi) = nan2, nan2
     star = bool(np.isfinite(dlo) and (dlo > 0 or dhi < 0))
-    return Reduction(float(pct), float(lo), float(hi), float(sd), float(diff.mean()), float(dlo),
-                     float(dhi), star, int(len(ratio)), int((~usable).sum()))
+    return Reduction(float(pct), float(lo), float(hi), sd, float(diff.mean()), float(dlo), float(dhi), star,
+                     n, n_dropped, n_pairs)
 
 
 def _boot_ratio(ct: np.ndarray, bl: np.ndarray, idx: np.ndarray) -> np.ndarray:

@@ -28,7 +28,9 @@ from .. import __version__, _atomic
 from .._validate import check, param
 from ..errors import ConfigError
 from ..store import ResultStore
-from .consistency import consistency_records, contrast_table, iv_cost_figure, iv_means_figure, iv_table
+from .consistency import consistency_records, iv_table
+from .consistency_figures import iv_cost_figure, iv_means_figure
+from .contrasts import contrast_table
 from .effects import effects_tables
 from .explain import search_table, sensitivity_table
 from .keyresults import key_results, run_level
@@ -48,8 +50,10 @@ class AggregateOptions:
 
     ``valid_only``: keep only valid counterfactuals for IP and cost (the reference's
     choice; biased when validity differs, so off by default). ``interval``:
-    ``"bootstrap"`` (percentile bootstrap of the mean over units, ``bootstrap``
-    resamples) or ``"runs"`` (the reference's quantiles of per-run values).
+    ``"bootstrap"`` (two-stage percentile bootstrap: model pairs / base models, then runs or
+    factuals within each; ``bootstrap`` resamples), ``"within-model"`` (the units of all
+    models pooled, the models held fixed) or ``"runs"`` (the reference's quantiles of per-run
+    values; docs/deviations.md, M13, D8).
     ``pool_settings``: one Table 1 row per dataset pooling all CT settings instead of
     one row per setting. ``exclude_predicted``: compare a BL/CT pair only on individuals
     for which neither model already predicts the target (default; ``False`` keeps all).
@@ -62,7 +66,7 @@ class AggregateOptions:
     bootstrap: int = param(1000, ge=0)
     confidence: float = param(0.99, gt=0, lt=1)
     seed: int = param(0, ge=0)
-    interval: str = param("bootstrap", choices=("bootstrap", "runs"))
+    interval: str = param("bootstrap", choices=("bootstrap", "within-model", "runs"))
     pool_settings: bool = param(False)
     exclude_predicted: bool = param(True)
     figures: bool = param(True)
@@ -125,8 +129,11 @@ def summary_text(results: Results, tables: list[Table], figures: list[Path], not
     run_vers = _run_versions(results)
     if run_vers:
         lines += ["Jobs were run with: " + "; ".join(run_vers) + ".", ""]
-    interval = (f"percentile bootstrap over runs ({opts.bootstrap} resamples, seed {opts.seed})"
-                if opts.interval == "bootstrap" else "quantiles of the per-run values (reference)")
+    interval = {"bootstrap": f"two-stage percentile bootstrap, trained models then runs/factuals "
+                             f"({opts.bootstrap} resamples, seed {opts.seed})",
+                "within-model": f"within-model percentile bootstrap over runs/factuals, models held fixed "
+                                f"({opts.bootstrap} resamples, seed {opts.seed})",
+                "runs": "quantiles of the per-run values (reference)"}[opts.interval]
     lines += [f"Options: counterfactuals {'valid only' if opts.valid_only else 'all'}; intervals: "
               f"{interval}, confidence {opts.confidence:g}; Table 1 rows "
               f"{'pooled per dataset' if opts.pool_settings else 'per CT setting'}.",
@@ -169,8 +176,8 @@ def build_tables(results: Results, opts: AggregateOptions) -> tuple[list[Table],
     tables += [sens] if sens is not None else []
     records = consistency_records(results, opts.data_dir, exclude_predicted=opts.exclude_predicted)
     if not records.empty:
-        tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence),
-                   contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence)]
+        tables += [iv_table(records, n_boot=opts.bootstrap, confidence=opts.confidence, how=opts.interval),
+                   contrast_table(records, n_boot=opts.bootstrap, confidence=opts.confidence, how=opts.interval)]
     return tables, {"pairs": pairs, "run_level": rl, "perf": perf, "consistency": records, "tables": tables,
                     "units": free_units}
 

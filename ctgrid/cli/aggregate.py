@@ -35,9 +35,10 @@ def add_aggregate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N", help="bootstrap resamples (1000)")
     p.add_argument("--confidence", type=float, default=0.99, help="interval level (0.99)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and figure draws (0)")
-    p.add_argument("--interval", choices=("bootstrap", "runs"), default="bootstrap",
-                   help="bootstrap: percentile bootstrap of the mean over runs (default); runs: the "
-                        "reference's quantiles of the per-run values")
+    p.add_argument("--interval", choices=("bootstrap", "within-model", "runs"), default="bootstrap",
+                   help="bootstrap: two-stage percentile bootstrap, trained models (seeds) then runs or "
+                        "factuals within each (default); within-model: runs/factuals of all models "
+                        "pooled, the models held fixed; runs: the reference's quantiles of the per-run values")
     p.add_argument("--pool-settings", action="store_true",
                    help="Table 1: one row per dataset pooling all CT settings (default: one per setting)")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="tables only")

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
     config = write_config(paths.config, job, job.job_id)
     t0 = time.perf_counter()
     with StopFlag() as stop:  # the grid runner's call: the replicate's derived seed
-        result = train(dataset, job.model, job.generator, dataclasses.replace(training, seed=job.seed),
+        result = train(dataset, job.model, job.generator, job.run_training,
                        checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
                        progress=_reporter(training.nepochs), stop=stop)
     record = provenance(seed=job.seed, **data_provenance(job.data))

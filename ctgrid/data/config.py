@@ -83,14 +83,17 @@ class DataConfig:
     domain_nstd: float = param(2.0, gt=0)
     domain: tuple[tuple[float, float], ...] | None = param(None)
     mutability: tuple[tuple[str, str], ...] | str = param(())
-    path: str | None = param(None, doc="table: the CSV / CSV.gz / Parquet file (relative: to the "
+    path: str | None = param(None, since="0.3", doc="table: the CSV / CSV.gz / Parquet file (relative: to the "
                                        "working directory; stored absolute)")
-    sha256: str | None = param(None, doc="table: SHA-256 of the file's bytes (default: computed)")
-    target: str | None = param(None, doc="table: the label column")
-    categorical: tuple[str, ...] = param((), doc="table: columns one-hot encoded")
-    drop: tuple[str, ...] = param((), doc="table: columns left out")
-    na: str = param("error", choices=("error", "drop"), doc="table: rows with missing values")
-    stratify: bool = param(True, doc="table: stratify the test and validation draws by label")
+    sha256: str | None = param(None, since="0.3", doc="table: SHA-256 of the file's bytes (default: "
+                                                         "computed)")
+    target: str | None = param(None, since="0.3", doc="table: the label column")
+    categorical: tuple[str, ...] = param((), since="0.3", doc="table: columns one-hot encoded")
+    drop: tuple[str, ...] = param((), since="0.3", doc="table: columns left out")
+    na: str = param("error", choices=("error", "drop"), since="0.3",
+                    doc="table: rows with missing values")
+    stratify: bool = param(True, since="0.3", doc="table: stratify the test and validation draws "
+                                                  "by label")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mutability", mutability_pairs(self.mutability, "data.mutability"))
@@ -140,11 +143,9 @@ class DataConfig:
         """The plain values that identify the data (job ids, training seeds, packs): every
         field but where the file lies (``path``: a table is identified by its ``sha256``), and
         the table fields only where set (so the built-in datasets' job ids and seeds are those
-        of releases without tables)."""
-        from .._validate import plain_dict
-        fields = type(self).__dataclass_fields__
-        return {k: v for k, v in plain_dict(self).items() if k not in LOCATION_FIELDS
-                and not (k in TABLE_FIELDS and getattr(self, k) == fields[k].default)}
+        of releases without tables: :func:`ctgrid._validate.seed_dict`)."""
+        from .._validate import seed_dict
+        return {k: v for k, v in seed_dict(self).items() if k not in LOCATION_FIELDS}
 
     @property
     def label(self) -> str:

@@ -1,15 +1,19 @@
 """Configuration of the evaluation of trained models (docs/deviations.md, M4, R10)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
-from .._validate import check, param
+from .._validate import check, memo, param
 from .._mutability import CATEGORICAL_MODES, mutability_pairs
-from ..generators.config import GENERATORS, STEP_RULES
+from ..generators.config import GENERATORS, SNS_FIELDS, STEP_RULES
 
 #: How factuals are drawn: ``balanced`` (the reference: a class uniformly, then a row of
-#: it; here exactly ``n/k`` or ``n/k + 1`` per class) or ``uniform`` over the split's rows.
-FACTUAL_DRAWS = ("balanced", "uniform")
+#: it; here exactly ``n/k`` or ``n/k + 1`` per class), ``uniform`` over the split's rows, or
+#: ``all`` (every row of the split once, in order; ``n_individuals`` is then the split's size).
+FACTUAL_DRAWS = ("balanced", "uniform", "all")
+#: Splits the factuals can come from (``split``; ``None``: test if ``test_time`` else train).
+SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,9 @@ class EvaluationConfig:
     (paired design; the reference drew them per model). ``mutability`` overrides
     the training constraints at evaluation (``None`` keeps them).
 
-    ``factuals``: class-balanced draws (default, as the reference) or uniform over rows.
+    ``factuals``: class-balanced draws (default, as the reference), uniform over rows, or every
+    row of the split once (``all``). ``split`` names the split the factuals (and IP's reference
+    samples) come from; ``None`` keeps ``test_time``'s choice (test or train).
     ``categorical``: one-hot groups projected after every step (``project``, default: the
     reference reconstructs the encoding at every decode), seen projected by the model with a
     continuous state (``step``), projected once at the end (``final``) or left continuous
@@ -34,7 +40,10 @@ class EvaluationConfig:
     ``ig_rounds`` x ``ig_samples``: integrated-gradients sensitivity to the immutable
     features (``ig_samples`` test rows drawn with replacement, baseline U(-1, 1),
     ``ig_steps`` points, resampled ``ig_rounds`` times), measured only when the
-    evaluation's constraints make some feature immutable. ``save_counterfactuals``: keep the
+    evaluation's constraints make some feature immutable. ``sns_*``: the Stable Neighbor Search
+    stage (:mod:`ctgrid.generators.sns`; on when ``sns_radius > 0``; defaults as Black et al.:
+    200 steps of ``2 radius / 200``, 10 path points; ``sns_relative``: the radius times each
+    counterfactual's L2 move; ``sns_control``: the equal-length control). ``save_counterfactuals``: keep the
     points themselves (``counterfactuals.parquet``), e.g. to re-predict them with retrained
     models (the consistency table of ``ctgrid aggregate``).
     """
@@ -60,6 +69,8 @@ class EvaluationConfig:
     pgd_alpha: float = param(0.01, gt=0)
     mutability: tuple[tuple[str, str], ...] | None = param(None)
     factuals: str = param("balanced", choices=FACTUAL_DRAWS)
+    split: str | None = param(None, choices=SPLITS, doc="the factuals' split (None: test if test_time, "
+                                                        "else train)")
     categorical: str = param("project", choices=CATEGORICAL_MODES)
     step: str = param("sgd", choices=STEP_RULES)
     redundancy: bool = param(True)
@@ -68,11 +79,20 @@ class EvaluationConfig:
     ig_steps: int = param(50, ge=1)
     sns_radius: float = param(0.0, ge=0, doc="refine test-time counterfactuals with Stable Neighbor "
                                              "Search in this L2 radius (0 = off)")
-    sns_steps: int = param(100, ge=1)
-    sns_step_size: float = param(1e-3, gt=0)
-    sns_points: int = param(16, ge=1)
+    sns_steps: int = param(200, ge=1)
+    sns_step_size: float | None = param(None, gt=0, doc="None: 2 x radius / sns_steps (Black et al.)")
+    sns_points: int = param(10, ge=1)
+    sns_relative: bool = param(False, doc="radius = sns_radius x the L2 distance the base search moved")
+    sns_control: bool = param(False, doc="the equal-length control instead of SNS")
     save_counterfactuals: bool = param(False, doc="also write every test-time counterfactual (factual, "
                                                   "counterfactual, target) to counterfactuals.parquet")
+
+    def canonical(self) -> "EvaluationConfig":
+        """This config with the SNS settings reset when the stage is off (``sns_radius`` 0), so
+        a grid crossing them with radius 0 names one job (as :meth:`GeneratorConfig.canonical`)."""
+        if self.sns_radius > 0:
+            return self
+        return memo(self, "_canonical", lambda: replace(self, **{f: _DEFAULTS[f] for f in SNS_FIELDS}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mutability", mutability_pairs(self.mutability, "evaluation.mutability"))
@@ -84,3 +104,6 @@ class EvaluationConfig:
             values = getattr(self, key)
             if len(set(values)) != len(values):
                 raise ConfigError(f"evaluation.{key}: got {list(values)}; values must be distinct")
+
+
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(EvaluationConfig)}

@@ -12,8 +12,9 @@ the pairs are redrawn per run.
 Per run (``evaluation.factuals``): ``balanced`` (default, as the reference) gives every
 class with rows in the split ``n/k`` factuals (``n/k + 1`` for ``n mod k`` classes drawn at
 random) in random order, each a row of its class drawn without replacement (with
-replacement only if the class has too few rows); ``uniform`` draws ``n_individuals`` row
-indices uniformly without replacement. Each factual's target is uniform over the classes
+replacement only if the class has too few rows: the aggregation then counts each distinct
+factual once); ``uniform`` draws ``n_individuals`` row indices uniformly without
+replacement; ``all`` takes every row of the split once, in order. Each factual's target is uniform over the classes
 other than its **true** label — drawn from data only, so BL and CT share it. The reference
 drew it relative to the model's prediction; a factual whose target the model already
 predicts is therefore possible here. Its search does not stop at step 0 (it must reach
@@ -49,10 +50,15 @@ from .config import EvaluationConfig
 CHUNK_ROWS = 65536
 
 
-def split_data(dataset: Dataset, test_time: bool) -> tuple[str, torch.Tensor, torch.Tensor]:
-    """``(split name, X, y)``: the test split for final results, else the training split."""
-    if test_time:
-        return "test", dataset.X_test, dataset.y_test
+def split_data(dataset: Dataset, test_time: bool,
+               split: str | None = None) -> tuple[str, torch.Tensor, torch.Tensor]:
+    """``(split name, X, y)``: ``split`` if given, else the test split for final results
+    (``test_time``) and the training split otherwise."""
+    name = split or ("test" if test_time else "train")
+    if name == "validation":
+        return name, dataset.X_val, dataset.y_val
+    if name == "test":
+        return name, dataset.X_test, dataset.y_test
     return "train", dataset.X_train, dataset.y_train
 
 
@@ -115,6 +121,10 @@ def draw_pairs(identity: tuple, y: torch.Tensor, n_classes: int, n_individuals: 
     if factuals == "balanced":
         gen = torch_generator(*identity, "pairs-balanced", n_individuals, run)
         idx = _balanced_rows(y, n_classes, n_individuals, gen)
+    elif factuals == "all":
+        gen = torch_generator(*identity, "pairs-all", run)
+        idx = torch.arange(y.numel())
+        n_individuals = y.numel()
     elif factuals == "uniform":
         gen = torch_generator(*identity, "pairs", n_individuals, run)
         n = y.numel()
@@ -123,7 +133,7 @@ def draw_pairs(identity: tuple, y: torch.Tensor, n_classes: int, n_individuals: 
         else:
             idx = torch.randint(n, (n_individuals,), generator=gen)
     else:
-        raise ConfigError(f"evaluation.factuals: got {factuals!r}; allowed: balanced, uniform")
+        raise ConfigError(f"evaluation.factuals: got {factuals!r}; allowed: balanced, uniform, all")
     shift = torch.randint(1, n_classes, (n_individuals,), generator=gen)
     return idx, (y[idx] + shift) % n_classes
 
@@ -149,14 +159,14 @@ def _balanced_rows(y: torch.Tensor, n_classes: int, n: int, gen: torch.Generator
 
 def build_grid(dataset: Dataset, config: EvaluationConfig) -> EvaluationGrid:
     """All factual/target pairs of ``n_runs`` runs, crossed with every energy weight."""
-    split, X, y = split_data(dataset, config.test_time)
+    split, X, y = split_data(dataset, config.test_time, config.split)
     if y.numel() == 0:
         raise DataError(f"evaluation: the {split} split of {dataset.name!r} has no rows")
     if dataset.n_classes < 2:
         raise DataError(f"evaluation: {dataset.name!r} has {dataset.n_classes} class; need >= 2")
     identity = data_identity(dataset, split, X, y)
     lambdas = lambda_settings(config)
-    m, L = config.n_individuals, len(lambdas)
+    m, L = (y.numel() if config.factuals == "all" else config.n_individuals), len(lambdas)
     runs, idxs, targets = [], [], []
     for r in range(config.n_runs):
         idx, tgt = draw_pairs(identity, y, dataset.n_classes, m, r, config.factuals)
@@ -179,7 +189,8 @@ def search_config(config: EvaluationConfig, base: GeneratorConfig | None = None)
                    tau=config.tau, maxiter=config.maxiter, lr=config.lr, step=config.step,
                    categorical=config.categorical, sns_radius=config.sns_radius,
                    sns_steps=config.sns_steps, sns_step_size=config.sns_step_size,
-                   sns_points=config.sns_points)
+                   sns_points=config.sns_points, sns_relative=config.sns_relative,
+                   sns_control=config.sns_control)
 
 
 @overload

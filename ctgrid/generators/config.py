@@ -1,7 +1,8 @@
 """Configuration of a counterfactual generator (one engine, several presets)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from .._validate import check, memo, param, reset_unused
 from .._mutability import CATEGORICAL_MODES
@@ -11,6 +12,10 @@ ENERGY_SCHEDULES = ("reference", "reference_exact", "constant")
 #: Step rules: ``sgd`` moves ``lr * grad`` (the reference), ``normalized`` moves ``lr`` in
 #: L2 along the allowed part of the gradient, whatever the model's steepness.
 STEP_RULES = ("sgd", "normalized")
+
+
+#: the Stable Neighbor Search settings (reset to their defaults when ``sns_radius`` is 0)
+SNS_FIELDS = ("sns_steps", "sns_step_size", "sns_points", "sns_relative", "sns_control")
 
 
 @dataclass(frozen=True)
@@ -35,7 +40,10 @@ class GeneratorConfig:
     vectors after every step (``"project"``, the reference's evaluation), the model seeing the
     projected point with a continuous state (``"step"``) or one projection at the end
     (``"final"``). ``sns_radius > 0`` refines every result with Stable Neighbor Search
-    (:mod:`ctgrid.generators.sns`; Black et al. 2022) within that L2 radius.
+    (:mod:`ctgrid.generators.sns`; Black et al. 2022) within that L2 radius (times the base
+    search's L2 move with ``sns_relative``); its defaults are Black et al.'s (200 steps of
+    ``2 radius / 200``, 10 path points); ``sns_control`` replaces the SNS point by the
+    equal-length move along the gradient (docs/deviations.md, M12).
     """
 
     name: str = param("ecco", choices=GENERATORS)
@@ -55,9 +63,12 @@ class GeneratorConfig:
     step: str = param("sgd", choices=STEP_RULES)
     categorical: str = param("none", choices=CATEGORICAL_MODES)
     sns_radius: float = param(0.0, ge=0, doc="Stable Neighbor Search stage: L2 radius (0 = off)")
-    sns_steps: int = param(100, ge=1, doc="SNS gradient-ascent steps")
-    sns_step_size: float = param(1e-3, gt=0, doc="SNS step length (L2)")
-    sns_points: int = param(16, ge=1, doc="SNS points of the integrated-score path")
+    sns_steps: int = param(200, ge=1, doc="SNS gradient-ascent steps")
+    sns_step_size: float | None = param(None, gt=0, doc="SNS step length (L2; None: 2 radius / steps)")
+    sns_points: int = param(10, ge=1, doc="SNS points of the integrated-score path")
+    sns_relative: bool = param(False, doc="SNS radius = sns_radius x the base search's L2 move, per row")
+    sns_control: bool = param(False, doc="replace the SNS point by the equal-length move along the "
+                                         "target's gradient (the control)")
 
     def __post_init__(self) -> None:
         check(self, "generator")
@@ -68,10 +79,13 @@ class GeneratorConfig:
         def reset() -> "GeneratorConfig":
             out = reset_unused(self, {self.name})
             if out.sns_radius == 0:
-                out = replace(out, sns_steps=100, sns_step_size=1e-3, sns_points=16)
+                out = replace(out, **{f: _DEFAULT_SNS[f] for f in SNS_FIELDS})
             return out
         return memo(self, "_canonical", reset)
 
     @property
     def latent(self) -> bool:
         return self.name == "revise"
+
+
+_DEFAULT_SNS: dict[str, Any] = {f.name: f.default for f in fields(GeneratorConfig) if f.name in SNS_FIELDS}

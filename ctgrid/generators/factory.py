@@ -42,7 +42,7 @@ def make_generator(config: GeneratorConfig, constraints: Constraints, *,
         raise ConfigError("generator.name 'revise' needs a VAE: use generator_for(config, X_train, ...)")
     refine = None if config.sns_radius == 0 else StableNeighborSearch(
         constraints, radius=config.sns_radius, steps=config.sns_steps, step_size=config.sns_step_size,
-        points=config.sns_points)
+        points=config.sns_points, relative=config.sns_relative, control=config.sns_control)
     return SearchEngine(constraints, penalties=penalties, lr=config.lr, maxiter=config.maxiter,
                         tau=config.tau, codec=codec if config.name == "revise" else None,
                         step=config.step, categorical=config.categorical, refine=refine)

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from .._validate import build, memo, plain_dict, to_dict, unknown_key
+from .._validate import build, memo, plain_dict, seed_dict, to_dict, unknown_key
 from ..data.config import DataConfig
 from ..evaluation.config import EvaluationConfig
 from ..generators.config import GeneratorConfig
@@ -52,14 +52,15 @@ class JobConfig:
 
         Each config declares which of its fields its generator or objective uses
         (:meth:`TrainingConfig.canonical`, :meth:`GeneratorConfig.canonical`); an objective
-        without counterfactuals ignores the whole generator, a disabled evaluation all of it.
+        without counterfactuals ignores the whole generator, a disabled evaluation all of it,
+        an evaluation without SNS its SNS settings (:meth:`EvaluationConfig.canonical`).
         """
         return memo(self, "_canonical", self._canonical)
 
     def _canonical(self) -> "JobConfig":
         tr = self.training.canonical()
         gen = self.generator.canonical() if tr.needs_counterfactuals else GeneratorConfig()
-        ev = self.evaluation if self.evaluation.enabled else EvaluationConfig(enabled=False)
+        ev = self.evaluation.canonical() if self.evaluation.enabled else EvaluationConfig(enabled=False)
         out = replace(self, generator=gen, training=tr, evaluation=ev)
         out.__dict__["_canonical"] = out   # canonical of canonical: itself
         return out
@@ -86,7 +87,22 @@ class JobConfig:
         weights and batch order; never from rank, order or process count."""
         c = self.canonical()
         return derive_seed("train", json.dumps(c.data.identity(), sort_keys=True),
-                           json.dumps(plain_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
+                           json.dumps(seed_dict(c.model), sort_keys=True), c.training.seed) % (2**31)
+
+    @property
+    def init_seed(self) -> int:
+        """Initialisation seed (``-1`` when ``training.init_seed`` is unset: the training seed's),
+        derived like :attr:`seed` from data, model and ``training.init_seed``."""
+        c = self.canonical()
+        if c.training.init_seed < 0:
+            return -1
+        return derive_seed("init", json.dumps(c.data.identity(), sort_keys=True),
+                           json.dumps(seed_dict(c.model), sort_keys=True), c.training.init_seed) % (2**31)
+
+    @property
+    def run_training(self) -> TrainingConfig:
+        """The training config a run uses: the replicate and initialisation seeds derived."""
+        return replace(self.training, seed=self.seed, init_seed=self.init_seed)
 
     @property
     def name(self) -> str:

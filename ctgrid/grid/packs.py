@@ -6,7 +6,7 @@ epochs, burn-in, ``nce``, shuffling, handling of non-converged counterfactuals),
 optimiser kind, the loss terms in use, and the search's kind and budget (generator
 name, step size and rule, ``maxiter``, categorical handling, REVISE's VAE). Scalars
 may differ inside a pack: the loss weights, learning rate, replicate (seed), the
-adversarial radius and label, and the search's ``tau``, ``lambda_cost`` and
+initialisation seed, the adversarial radius and label, and the search's ``tau``, ``lambda_cost`` and
 ``lambda_energy``.
 
 The partition is a function of the grid alone: groups in the order of their key,
@@ -33,7 +33,7 @@ PACK_MEMORY = 256 * 2**20
 
 #: fields that may differ between the members of one pack
 VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "lr", "seed",
-                        "adv_eps", "adv_label"},
+                        "init_seed", "adv_eps", "adv_label"},
            "generator": {"tau", "lambda_cost", "lambda_energy"}}
 
 
@@ -58,7 +58,7 @@ def member_bytes(job: JobConfig) -> int:
     d = spec.n_features
     n_train = job.data.n_train or spec.n_train
     nce = job.training.nce if job.training.needs_counterfactuals else 0
-    hidden = job.model.nhidden * job.model.nlayers
+    hidden = sum(job.model.widths)
     return 4 * nce * (12 * d + 4 * hidden) + 8 * n_train + 4 * (d + 1) * hidden * 4
 
 

@@ -17,6 +17,10 @@ _FACTORY = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*\Z")
 class ModelConfig:
     """Architecture of the classifier.
 
+    An MLP has ``nlayers`` hidden layers of ``nhidden`` units, or — when ``hidden`` lists
+    widths — one hidden layer per entry (e.g. ``[128, 64, 16]``, Black et al.'s German
+    credit network); ``hidden`` then replaces ``nhidden`` and ``nlayers``.
+
     ``kind: module`` is any torch classifier of the user's: ``factory`` names an importable
     function ``package.module:function`` called as ``function(n_features, n_classes)`` that
     returns an ``nn.Module`` mapping float batches ``(n, d)`` to logits ``(n, k)``
@@ -28,7 +32,15 @@ class ModelConfig:
     nhidden: int = param(32, ge=1, le=65_536)
     nlayers: int = param(1, ge=1, le=100)
     activation: str = param("relu", choices=ACTIVATION_NAMES)
-    factory: str | None = param(None, doc="kind module: 'package.module:function' building the model")
+    factory: str | None = param(None, since="0.3", doc="kind module: 'package.module:function' building "
+                                                       "the model")
+    hidden: tuple[int, ...] = param((), ge=1, le=65_536, since="0.3", doc="MLP hidden widths, one per layer "
+                                                             "(empty: nlayers x nhidden)")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """The MLP's hidden widths."""
+        return self.hidden or (self.nhidden,) * self.nlayers
 
     def __post_init__(self) -> None:
         check(self, "model")
@@ -37,6 +49,8 @@ class ModelConfig:
                               f"an importable 'package.module:function' (n_features, n_classes) -> nn.Module")
         if self.kind != "module" and self.factory is not None:
             raise ConfigError(f"model.factory: got {self.factory!r}; allowed only with model.kind: module")
+        if len(self.hidden) > 100:
+            raise ConfigError(f"model.hidden: got {len(self.hidden)} layers; allowed: at most 100")
 
 
 def check_fits_data(config: ModelConfig, image_data: bool, data_name: str = "") -> None:

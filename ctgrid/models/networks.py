@@ -63,8 +63,9 @@ def _layers(config: ModelConfig, n_features: int, n_classes: int,
         assert image_shape is not None
         return CNN(image_shape, n_classes, config.activation)
     act = ACTIVATIONS[config.activation]
-    layers: list[nn.Module] = [nn.Linear(n_features, config.nhidden), act()]
-    for _ in range(config.nlayers - 1):
-        layers += [nn.Linear(config.nhidden, config.nhidden), act()]
-    layers.append(nn.Linear(config.nhidden, n_classes))
+    widths = (n_features, *config.widths)
+    layers: list[nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), act()]
+    layers.append(nn.Linear(widths[-1], n_classes))
     return nn.Sequential(*layers)

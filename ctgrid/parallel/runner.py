@@ -172,7 +172,7 @@ class _Attempt:
                                  job.model.factory, extra={"job": job_id})
         first = self.jobs[ids[0]]
         dataset = load_dataset(first.data, self.settings.data_dir)
-        members = [PackMember(j.model, j.generator, replace(j.training, seed=j.seed),
+        members = [PackMember(j.model, j.generator, j.run_training,
                               self.role.checkpoint or self.store.job(i).checkpoint)
                    for i, j in self.jobs.items()]
         ran = [0] * len(ids)

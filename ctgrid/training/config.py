@@ -35,6 +35,11 @@ class TrainingConfig:
     (the factual's ground truth; the reference's newest release, v0.1.3) or ``"predicted"``
     (the model's prediction at the factual; earlier releases and the AAAI-era results).
     YAML's bare ``true`` is read as ``"true"``.
+
+    ``seed`` (the replicate) seeds the initialisation, the batch order and the CE draws;
+    ``init_seed >= 0`` takes the initialisation from its own seed instead, everything else
+    from ``seed`` — a retraining that varies only the initialisation, as Black et al.'s RS
+    (docs/deviations.md, M10).
     """
 
     objective: str = param("full", choices=OBJECTIVES)
@@ -53,6 +58,9 @@ class TrainingConfig:
     nonconverged: str = param("replace", choices=("replace", "drop"), only=("ce",))
     adv_label: str = param("true", choices=("true", "predicted"), only=("adv",))
     seed: int = param(0, ge=0)
+    init_seed: int = param(-1, ge=-1, doc="initialisation-only seed: the weights' initialisation comes "
+                                          "from it, batch order and CE draws still from seed (-1: "
+                                          "everything from seed); Black et al.'s RS retrainings")
     nonfinite_patience: int = param(3, ge=1, doc="stop a run as failed after this many consecutive "
                                                  "epochs without a finite update (a diverged run)")
     leave_out: int = param(-1, ge=-1, doc="leave-one-out retraining: drop the leave_out-th row of a "
@@ -63,6 +71,11 @@ class TrainingConfig:
         if self.adv_label is True:  # YAML `adv_label: true`
             object.__setattr__(self, "adv_label", "true")
         check(self, "training")
+
+    @property
+    def weights_seed(self) -> int:
+        """The seed of the weights' initialisation (``init_seed`` if set, else ``seed``)."""
+        return self.seed if self.init_seed < 0 else self.init_seed
 
     @property
     def terms(self) -> tuple[str, ...]:

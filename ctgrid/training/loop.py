@@ -181,6 +181,8 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     shuffle order and CE draws from its own seed, its own checkpoint. Members resuming
     from checkpoints must have finished the same number of epochs. ``progress(k, row)``
     reports member ``k``'s history rows; ``stop`` is checked once per epoch for the pack.
+    A member training gives up on (``diverged``) stops at that epoch as it would alone: no
+    further history rows, checkpoints, progress reports or steps; the others go on.
     """
     check_pack(dataset, members)
     if members[0].training.leave_out >= 0:     # the same initialisation, one training row fewer
@@ -205,33 +207,36 @@ def train_pack(dataset: Dataset, members: Sequence[PackMember], *, cache_dir: Pa
     search = PackSearch(dataset, [m.generator for m in members], cache_dir, wrap_search)
     epochs = PackEpochs(dataset, stack, optimizer, [m.training for m in members], search)
     nepochs = members[0].training.nepochs
-    diverged: list[str | None] = [None] * len(members)
+    diverged = [_gave_up(h, m.training, nepochs) for h, m in zip(histories, members)]
+    for k, why in enumerate(diverged):
+        if why is not None:     # resumed after it had already stopped (an interrupted pack)
+            epochs.stop(k)
     for epoch in range(done.pop() + 1, nepochs + 1):
+        if all(diverged):
+            break
         with module_rng(derive_seed(members[0].training.seed, "module", epoch) if custom else None):
             rows = epochs.run(epoch)
         for k, (m, row) in enumerate(zip(members, rows)):
+            if diverged[k] is not None:   # stopped: recorded no further, exactly as alone
+                continue
             histories[k].append(row)
             if m.checkpoint_path is not None:
                 save_checkpoint(m.checkpoint_path, model=models[k], optimizer=optimizer.state_dict(k),
                                 epoch=epoch, history=histories[k], fp=fps[k], rng=epochs.seeds(k, epoch))
             if progress is not None:
                 progress(k, dict(row))
-            streak = nonfinite_streak(histories[k])
-            if diverged[k] is None and streak >= m.training.nonfinite_patience:
-                diverged[k] = (f"training stopped at epoch {epoch} of {nepochs}: {streak} consecutive "
-                               f"epochs without a finite update (training.nonfinite_patience "
-                               f"{m.training.nonfinite_patience})")
-        if all(diverged):   # a diverged member of a larger pack is carried (its steps skip) to the end
-            break
-        if epoch < nepochs and stop is not None and stop():
-            return [TrainResult(mod, history_frame(h), False, epoch) for mod, h in zip(models, histories)]
+            diverged[k] = _gave_up(histories[k], m.training, nepochs)
+            if diverged[k] is not None:
+                epochs.stop(k)
+        if epoch < nepochs and not all(diverged) and stop is not None and stop():
+            return [TrainResult(mod, history_frame(h), False, len(h)) for mod, h in zip(models, histories)]
     return [TrainResult(mod, history_frame(h), True, len(h), why)
             for mod, h, why in zip(models, histories, diverged)]
 
 
 def _build(member: PackMember, dataset: Dataset) -> nn.Module:
     """A member's initial model, from its own ``init`` seed stream."""
-    gen = torch_generator(member.training.seed, "init")
+    gen = torch_generator(member.training.weights_seed, "init")
     if isinstance(member.model, ModelConfig):
         return build_model(member.model, dataset.n_features, dataset.n_classes,
                            image_shape=dataset.image_shape, generator=gen)
@@ -244,3 +249,14 @@ def _what(model: ModelSpec) -> str:
     if isinstance(model, nn.Module):
         return f"module {type(model).__name__}"
     return f"factory {getattr(model, '__qualname__', type(model).__name__)}"
+
+
+def _gave_up(history: Sequence[dict[str, Any]], config: TrainingConfig, nepochs: int) -> str | None:
+    """Why training gives up on a run after ``history`` (``None``: it goes on): the last
+    ``nonfinite_patience`` epochs had no finite update. A pack member that gives up stops
+    there — no more rows, checkpoints or steps — so its files are those of its run alone."""
+    streak = nonfinite_streak(history)
+    if streak < config.nonfinite_patience:
+        return None
+    return (f"training stopped at epoch {len(history)} of {nepochs}: {streak} consecutive epochs "
+            f"without a finite update (training.nonfinite_patience {config.nonfinite_patience})")

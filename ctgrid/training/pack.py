@@ -14,6 +14,10 @@ A job alone is a pack of one; there is no second training loop. Per epoch:
 
 Timings in the history (``t_ce``, ``t_update``) are the pack's time divided by its
 size: the member's share.
+
+A member that training gave up on (:meth:`PackEpochs.stop`, a diverged run) is *stopped*:
+from then on it has no CE phase and takes no step, so its weights and optimiser state stay
+those of the epoch at which it would have stopped alone.
 """
 from __future__ import annotations
 
@@ -84,6 +88,11 @@ class PackEpochs:
         self.pools = ClassPools(dataset.y_train, dataset.n_classes) if needs else None
         self._terms: dict[tuple[tuple[str, ...], int, int], torch.Tensor] = {}
         self._weights: dict[tuple[tuple[int, ...], tuple[str, ...]], torch.Tensor] = {}
+        self.stopped: set[int] = set()
+
+    def stop(self, k: int) -> None:
+        """Member ``k`` trains no more (no CE phase, no step); its rows are no longer meaningful."""
+        self.stopped.add(k)
 
     def __len__(self) -> int:
         return len(self.cfgs)
@@ -124,7 +133,7 @@ class PackEpochs:
     def _ce_phases(self, epoch: int) -> list[CETuples | None]:
         """Every member's CE tuples of ``epoch`` (``None``: no CE phase in this epoch)."""
         members = [k for k, c in enumerate(self.cfgs)
-                   if c.needs_counterfactuals and epoch > c.burnin_epochs]
+                   if c.needs_counterfactuals and epoch > c.burnin_epochs and k not in self.stopped]
         if not members or self.pools is None:
             return [None] * len(self)
         if self.search is None:
@@ -212,7 +221,9 @@ class PackEpochs:
             finite = torch.isfinite(loss).tolist()
             record = torch.cat([loss[:, None], terms], dim=1).detach()
             for j, k in enumerate(members):
-                if finite[j]:
+                if k in self.stopped:
+                    finite[j] = False      # a stopped member takes no step (and logs none)
+                elif finite[j]:
                     stepped.append(k)
                     log.rows[k].setdefault(b.names, []).append(record[j])
                 else:
