@@ -21,6 +21,10 @@ What the run script does, and why:
   from their checkpoints. Exit 0, 1 (failed jobs) or 2 (bad input) never requeue.
 * In array mode each task runs one process (``srun --ntasks=1 --mpi=none``: a step, so
   the warning signal reaches it) with ``--array-task``/``--array-size``.
+* ``--gpus-per-task N`` goes to every task of the job (one homogeneous step: it works with
+  every MPI plugin, with requeue and with job arrays, which cannot be heterogeneous jobs);
+  Slurm binds each task to its own GPUs, each worker computes on one, and rank 0, the
+  scheduler, leaves its GPU idle (docs/gpu.md, "SLURM").
 """
 from __future__ import annotations
 
@@ -115,6 +119,8 @@ def sbatch_lines(opts: SubmitOptions, *, output: str, aggregate: bool = False) -
     lines += [f"--{k}={v}" for k, v in (("partition", opts.partition), ("account", opts.account)) if v]
     if aggregate:
         return [*lines, f"--output={output}"]
+    if opts.gpus_per_task is not None:   # every task; rank 0 (the scheduler) leaves its own idle
+        lines.append(f"--gpus-per-task={opts.gpus_per_task}")
     if opts.overcommit:
         lines.append("--overcommit")
     if opts.array is not None:
