@@ -5,6 +5,7 @@ what it gives without the option (the CPU results of earlier releases). The same
 CUDA: tests/test_gpu.py (skipped here)."""
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,12 @@ from ctgrid.parallel.settings import RunSettings
 from ctgrid.store import ResultStore
 
 from test_scheduler import ENV, SMALL_EVAL, assert_same_results, run_cli, write_grid
+
+#: tests about a machine without CUDA (this one; a GPU machine runs tests/test_gpu.py)
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="about a machine without CUDA")
+
+#: the figures need matplotlib (not on every GPU machine); without it the tables still aggregate
+NO_FIGURES = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
 
 GRID = textwrap.dedent(f"""\
     name: devgrid
@@ -62,8 +69,8 @@ def test_cuda_is_checked_against_the_devices_this_process_sees():
     assert device_kind("cuda:1", 0) == "cuda" and device_kind("cpu", 8) == "cpu"
 
 
+@no_cuda
 def test_this_machine_resolves_cpu_and_auto_to_the_cpu_and_refuses_cuda():
-    assert not torch.cuda.is_available(), "tests/test_gpu.py covers a machine with CUDA"
     assert resolve_device("cpu") == resolve_device("auto") == torch.device("cpu")
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_device("cuda")
@@ -176,6 +183,7 @@ def _one_error(capsys) -> str:
     return err[0]
 
 
+@no_cuda
 def test_every_command_refuses_cuda_here_with_one_line_and_writes_nothing(tmp_path, capsys, data_dir):
     grid = write_grid(tmp_path, GRID)
     out = tmp_path / "out"
@@ -191,6 +199,7 @@ def test_every_command_refuses_cuda_here_with_one_line_and_writes_nothing(tmp_pa
         assert not out.exists(), argv
 
 
+@no_cuda
 def test_a_cuda_run_stops_before_importing_anything_else_in_a_fresh_process(tmp_path):
     grid = write_grid(tmp_path, GRID)
     proc = subprocess.run([sys.executable, "-m", "ctgrid", "run", str(grid), "--results", str(tmp_path / "r"),
@@ -226,7 +235,8 @@ def test_a_grid_run_with_device_cpu_explicit_equals_the_default_run(tmp_path, ca
     assert {b.job(j).done_record()["device"] for j in b.job_ids()} == {"cpu"}
     # the model-based figures (here the FGSM sweep over the saved models) with --device cpu explicit
     for out, device in (("agg-default", []), ("agg-cpu", ["--device", "cpu"])):
-        assert main(["aggregate", str(a.root), "--out", str(tmp_path / out), "--bootstrap", "50", *device]) == 0
+        assert main(["aggregate", str(a.root), "--out", str(tmp_path / out), "--bootstrap", "50", *device,
+                     *NO_FIGURES]) == 0
     files = sorted(p.relative_to(tmp_path / "agg-default") for p in (tmp_path / "agg-default").rglob("*.csv"))
     assert files and files == sorted(p.relative_to(tmp_path / "agg-cpu") for p in (tmp_path / "agg-cpu").rglob("*.csv"))
     for f in files:

@@ -10,6 +10,7 @@ orders). The training-loop tests need phase 2 (docs/gpu.md) and skip until it la
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -35,6 +36,9 @@ CUDA = torch.device("cuda:0" if SPEC == "cuda" else "cpu")
 cuda_only = pytest.mark.skipif(SPEC != "cuda", reason="about CUDA itself")
 needs_phase_2 = pytest.mark.skipif(not devmod.TRAINING_ON_DEVICE,
                                    reason="the training loop is not device-aware yet (docs/gpu.md, phase 2)")
+
+#: the figures need matplotlib (not on every GPU machine); without it the tables still aggregate
+NO_FIGURES = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
 
 GRID = textwrap.dedent(f"""\
     name: gpugrid
@@ -263,7 +267,7 @@ def test_aggregate_and_the_ct_classifier_on_cuda(tmp_path):
     store = _run(tmp_path, "r", "--device", SPEC)
     for out, device in (("a-cpu", "cpu"), ("a-gpu", SPEC)):
         assert main(["aggregate", str(store.root), "--out", str(tmp_path / out), "--bootstrap", "50",
-                     "--device", device]) == 0
+                     "--device", device, *NO_FIGURES]) == 0
     assert (tmp_path / "a-gpu" / "summary.md").exists()
     pytest.importorskip("sklearn")
     from ctgrid import CTClassifier
