@@ -10,11 +10,9 @@ orders). The training-loop tests need phase 2 (docs/gpu.md) and skip until it la
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 
 import pandas as pd
 import pytest
@@ -25,7 +23,9 @@ from ctgrid.cli import main
 from ctgrid.errors import ConfigError
 from ctgrid.store import ResultStore
 
-from test_scheduler import ENV, SMALL_EVAL
+from test_device import GRID as DEVICE_GRID
+from test_device import NO_FIGURES
+from test_scheduler import ENV
 
 pytestmark = pytest.mark.gpu
 #: the device under test. ``CTGRID_GPU_TESTS_DEVICE=cpu`` runs this file on the CPU: a check of
@@ -37,16 +37,8 @@ cuda_only = pytest.mark.skipif(SPEC != "cuda", reason="about CUDA itself")
 needs_phase_2 = pytest.mark.skipif(not devmod.TRAINING_ON_DEVICE,
                                    reason="the training loop is not device-aware yet (docs/gpu.md, phase 2)")
 
-#: the figures need matplotlib (not on every GPU machine); without it the tables still aggregate
-NO_FIGURES = [] if importlib.util.find_spec("matplotlib") else ["--no-figures"]
-
-GRID = textwrap.dedent(f"""\
-    name: gpugrid
-    data: {{name: moons, n_train: 120, n_val: 20, n_test: 60}}
-    generator: {{name: ecco, maxiter: 10}}
-    training: {{nepochs: 3, nce: 30, objective: [full, vanilla], lambda_reg: [0.1, 0.5]}}
-    {SMALL_EVAL}
-    """)
+#: test_device's small grid of 3 jobs (full and vanilla on moons), under its own name
+GRID = DEVICE_GRID.replace("name: devgrid", "name: gpugrid")
 #: float32 work on another device: agreement to this (relative) accuracy, not bit identity
 RTOL, ATOL = 1e-4, 1e-5
 

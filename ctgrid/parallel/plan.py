@@ -68,3 +68,14 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
     plan.packs = sorted((p for p in packs if p), key=lambda p: (-sum(plan.costs[j] for j in p), p[0]))
     plan.todo = [j for p in plan.packs for j in p]
     return plan
+
+
+def packing_line(device: str, kind: str, pack_size: int) -> str:
+    """The ``--dry-run`` line saying where a run computes and how its packs are sized."""
+    from ..device import TRAINING_ON_DEVICE, device_kind
+    from ..grid.packs import device_bounds
+    shown = f"auto ({device_kind(device)} here)" if device == "auto" else device
+    where = "" if TRAINING_ON_DEVICE or device == "cpu" else \
+        " (training on the CPU until the training loop is device-aware, docs/gpu.md)"
+    memory = device_bounds(kind).pack_memory / 2**20
+    return f"device: {shown}{where}; packs sized for {kind}: at most {pack_size} members and {memory:.0f} MiB each"

@@ -24,7 +24,7 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
-from .plan import Plan, job_cost, make_plan
+from .plan import Plan, job_cost, make_plan, packing_line
 from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
@@ -149,7 +149,7 @@ def print_plan(prep: Prepared, out: TextIO) -> None:
     print(f"{prep.n_points} grid points -> {len(prep.jobs)} jobs: {len(p.done)} done, "
           f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
           f"({len(p.resume)} resume from a checkpoint) in {len(p.packs)} pack(s)", file=out)
-    print(device_line(prep), file=out)
+    print(packing_line(prep.device, prep.kind, prep.pack_size), file=out)
     for n, pack in enumerate(p.packs, 1):
         if len(pack) > 1:
             print(f"  pack {n}: {len(pack)} jobs trained as one batched network", file=out)
@@ -158,21 +158,6 @@ def print_plan(prep: Prepared, out: TextIO) -> None:
             indent = "    " if len(pack) > 1 else "  "
             print(f"{indent}{job_id}  {prep.jobs[job_id].name:<28} cost {p.costs[job_id]:>10.0f}{tag}",
                   file=out)
-
-
-def device_line(prep: Prepared) -> str:
-    """The ``--dry-run`` line saying where the run computes and how its packs are sized."""
-    from ..device import TRAINING_ON_DEVICE
-    from ..grid.packs import device_bounds
-    spec = prep.device
-    if spec == "auto":
-        from ..device import device_kind
-        spec = f"auto ({device_kind(spec)} here)"
-    memory = device_bounds(prep.kind).pack_memory / 2**20
-    where = "" if TRAINING_ON_DEVICE or prep.device == "cpu" else \
-        " (training on the CPU until the training loop is device-aware, docs/gpu.md)"
-    return (f"device: {spec}{where}; packs sized for {prep.kind}: at most {prep.pack_size} members "
-            f"and {memory:.0f} MiB each")
 
 
 def _duration(seconds: float) -> str:
