@@ -127,11 +127,14 @@ def test_an_evaluation_on_cuda_repeats_bit_for_bit_and_agrees_with_the_cpu():
         pd.testing.assert_frame_equal(getattr(gpu[0], part), getattr(gpu[1], part), check_exact=True)
     keys = ["run", "individual", "split", "factual_index", "factual_label", "target", "lambda_energy", "metric"]
     pd.testing.assert_frame_equal(cpu.evaluation[keys], gpu[0].evaluation[keys])   # the same draws
-    close = cpu.evaluation["metric"].isin(["cost", "ip", "ip_star", "energy_differential"])
-    valid = cpu.evaluation["metric"] == "validity"
-    assert (cpu.evaluation.loc[valid, "value"] == gpu[0].evaluation.loc[valid, "value"]).mean() >= 0.9
-    torch.testing.assert_close(torch.tensor(gpu[0].evaluation.loc[close, "value"].to_numpy()),
-                               torch.tensor(cpu.evaluation.loc[close, "value"].to_numpy()), rtol=1e-2, atol=1e-3)
+    # a search is a chain of threshold decisions (converged or not at each step): a float32
+    # difference can move a row's stop by a step, so rows agree mostly, means closely
+    for metric in ("validity", "cost", "ip", "ip_star", "energy_differential"):
+        rows = cpu.evaluation["metric"] == metric
+        a, b = (e.evaluation.loc[rows, "value"].to_numpy() for e in (cpu, gpu[0]))
+        near = abs(a - b) <= 1e-3 + 1e-2 * abs(a)
+        assert near.mean() >= 0.9, (metric, near.mean())
+        assert abs(b.mean() - a.mean()) <= 0.05 * abs(a.mean()) + 1e-6, metric
 
 
 def test_the_metrics_mmd_attacks_and_attributions_on_cuda_agree_with_the_cpu():
@@ -150,7 +153,10 @@ def test_the_metrics_mmd_attacks_and_attributions_on_cuda_agree_with_the_cpu():
                                reference_y=gds.y_train, generator=gen(), n_samples=50, resettable=True)
     for k in a:
         assert b[k].device.type == "cpu"
-        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, equal_nan=True, msg=k)
+        if k in ("validity", "validity_strict", "share_unchanged", "share_resettable"):   # counts: a row
+            assert int((b[k] != a[k]).sum() - (b[k].isnan() & a[k].isnan()).sum()) <= 1, k   # at a boundary may flip
+        else:
+            torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, equal_nan=True, msg=k)
     m_cpu = mmd_test(xc, ds.X_train, n_subsample=30, n_permutations=50, generator=gen(), block_size=16)
     m_gpu = mmd_test(xc.to(CUDA), gds.X_train, n_subsample=30, n_permutations=50, generator=gen(), block_size=16)
     assert abs(m_cpu.mmd2 - m_gpu.mmd2) < 1e-9 and m_cpu.p_value == m_gpu.p_value

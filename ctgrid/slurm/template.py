@@ -175,6 +175,8 @@ All arguments are passed to `ctgrid run` (GRID, --results, --data-dir, --shard-s
 Sizing: ntasks = workers + 1 (rank 0 only hands out jobs); with --shard-size K,
   ntasks = 1 + K * groups. Threads per task: $SLURM_CPUS_PER_TASK.
 Memory: ~1-2 GB per task for the synthetic and tabular grids (sbatch --mem-per-cpu=...).
+GPUs: sbatch --gpus-per-task=1 ... --device cuda: each worker computes on its own GPU, rank 0
+  leaves its GPU idle (docs/gpu.md).
 Time limit: SIGUSR1 120 s before it; each worker finishes its epoch (checkpoint written)
   and the run exits 3; the job then requeues itself (at most MAX_REQUEUES times) and
   the requeued job resumes. Exit 0, 1 (some job failed) and 2 (bad input) never requeue.
