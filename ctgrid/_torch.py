@@ -35,3 +35,32 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def cpu_state(state: Any) -> Any:
+    """``state`` (a state dict, an optimiser's, or any nesting of dicts, lists and tensors) with
+    every tensor on the CPU, for files that must load on a machine without a GPU. A state that is
+    on the CPU already is returned as it is (the very object: the file's bytes stay those of
+    earlier releases); a copied dict keeps a state dict's ``_metadata``."""
+    if not _off_cpu(state):
+        return state
+    if isinstance(state, torch.Tensor):
+        return state.cpu()
+    if isinstance(state, dict):
+        out = type(state)((k, cpu_state(v)) for k, v in state.items())
+        if hasattr(state, "_metadata"):
+            out._metadata = state._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_state(v) for v in state)
+    return state
+
+
+def _off_cpu(state: Any) -> bool:
+    if isinstance(state, torch.Tensor):
+        return state.device.type != "cpu"
+    if isinstance(state, dict):
+        return any(_off_cpu(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_off_cpu(v) for v in state)
+    return False

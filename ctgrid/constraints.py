@@ -61,14 +61,27 @@ class Constraints:
                                   "allowed: one kind for the whole group, 'both' or 'none'")
         # per-feature bounds of an allowed step: 0 where a direction is forbidden, else -/+inf
         inf = float("inf")
-        lo = torch.tensor([-inf if m in ("both", "decrease") else 0.0 for m in self.mutability])
-        hi = torch.tensor([inf if m in ("both", "increase") else 0.0 for m in self.mutability])
+        on = self.lower.device
+        lo = torch.tensor([-inf if m in ("both", "decrease") else 0.0 for m in self.mutability], device=on)
+        hi = torch.tensor([inf if m in ("both", "increase") else 0.0 for m in self.mutability], device=on)
         object.__setattr__(self, "_step_lo", lo)
         object.__setattr__(self, "_step_hi", hi)
 
     @property
     def n_features(self) -> int:
         return self.lower.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.lower.device
+
+    def to(self, device: torch.device | str) -> "Constraints":
+        """These constraints with their bounds on ``device`` (``self`` when already there), so
+        that a search on a GPU does not copy them to it at every step."""
+        device = torch.device(device)
+        if self.lower.device == device:
+            return self
+        return replace(self, lower=self.lower.to(device), upper=self.upper.to(device))
 
     @property
     def is_constrained(self) -> bool:

@@ -31,6 +31,7 @@ except ImportError as exc:   # an optional extra
     raise ImportError(f"ctgrid.CTClassifier needs scikit-learn >= 1.6: pip install 'ctgrid[sklearn]' "
                       f"({exc})") from None
 
+from ._torch import model_device
 from .constraints import Constraints
 from .data.dataset import Dataset
 from .data.table import batch_size as default_batch_size
@@ -108,7 +109,8 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
     ``lambda_energy`` the training-time search's (:class:`~ctgrid.generators.GeneratorConfig`),
     ``nhidden``/``nlayers``/``activation`` the MLP's; ``module`` replaces the MLP by any torch
     classifier (an ``nn.Module`` or a factory ``(n_features, n_classes) -> nn.Module``).
-    ``random_state`` is the replicate seed. Fitted: ``classes_``, ``n_features_in_``
+    ``random_state`` is the replicate seed; ``device`` (``"cpu"``, ``"cuda"``, ``"cuda:N"``,
+    ``"auto"``; :mod:`ctgrid.device`) where the model trains and predicts. Fitted: ``classes_``, ``n_features_in_``
     (``feature_names_in_`` for data frames), ``model_``, ``history_``, ``dataset_``.
     """
 
@@ -118,14 +120,15 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
                  adv_eps: float = 0.3, generator: str = "ecco", tau: float = 0.75, maxiter: int = 30,
                  lambda_energy: float = 5.0, nhidden: int = 32, nlayers: int = 1, activation: str = "relu",
                  module: Any = None, categorical: Any = (), mutability: Any = None,
-                 domain_nstd: float = 2.0, standardize: bool = True, random_state: int = 0):
+                 domain_nstd: float = 2.0, standardize: bool = True, random_state: int = 0,
+                 device: str = "cpu"):
         self.objective, self.nepochs, self.burnin, self.nce = objective, nepochs, burnin, nce
         self.batch_size, self.lr, self.lambda_clf, self.lambda_div = batch_size, lr, lambda_clf, lambda_div
         self.lambda_reg, self.lambda_adv, self.adv_eps = lambda_reg, lambda_adv, adv_eps
         self.generator, self.tau, self.maxiter, self.lambda_energy = generator, tau, maxiter, lambda_energy
         self.nhidden, self.nlayers, self.activation, self.module = nhidden, nlayers, activation, module
         self.categorical, self.mutability, self.domain_nstd = categorical, mutability, domain_nstd
-        self.standardize, self.random_state = standardize, random_state
+        self.standardize, self.random_state, self.device = standardize, random_state, device
 
     # ------------------------------------------------------------------ fitting
     def _categorical_positions(self, n_columns: int) -> list[int]:
@@ -155,7 +158,8 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
         names = [str(n) for n in getattr(self, "feature_names_in_", [f"x{j}" for j in range(arr.shape[1])])]
         self._encoder = _Encoder(arr, self._categorical_positions(arr.shape[1]), names, self.standardize)
         self.dataset_ = self._dataset(self._encoder.transform(arr), codes.astype(np.int64))
-        result = train(self.dataset_, self._model_spec(), self._generator_config(), self._training_config())
+        result = train(self.dataset_, self._model_spec(), self._generator_config(), self._training_config(),
+                       device=self.device)
         if result.diverged is not None:
             raise RuntimeError(f"CTClassifier: {result.diverged}")
         self.model_, self.history_ = result.model.eval(), result.history
@@ -199,7 +203,7 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
         """Class probabilities ``(n, n_classes)`` in the order of ``classes_``."""
         x = self._inputs(X)             # first: it checks that the estimator is fitted
         logits = predict_logits(self.model_, x)
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return torch.softmax(logits.double(), dim=1).cpu().numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of every row (labels from ``classes_``)."""
@@ -221,12 +225,13 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
                                                    != labels).any():
             raise ValueError(f"target: got {target!r}; allowed: labels of classes_ {list(self.classes_)}")
         gen = search_config(config or EvaluationConfig(), self._generator_config())
-        engine = make_generator(gen, self.dataset_.constraints, lambda_energy=float(lambda_energy))
+        device = model_device(self.model_)
+        engine = make_generator(gen, self.dataset_.constraints.to(device), lambda_energy=float(lambda_energy))
         t = torch.from_numpy(index.astype(np.int64))
-        found = engine.search(self.model_, x, t)
+        found = engine.search(self.model_, x.to(device), t.to(device))
         out = self.dataset_.decode(found.counterfactual)
-        valid = predict_logits(self.model_, found.counterfactual).argmax(1).numpy() == index
-        return out.assign(target=labels, valid=valid, converged=found.converged.numpy())
+        valid = predict_logits(self.model_, found.counterfactual).argmax(1).cpu().numpy() == index
+        return out.assign(target=labels, valid=valid, converged=found.converged.cpu().numpy())
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -22,6 +22,7 @@ from .store import JobPaths, write_config, write_job_parquet
 __all__ = ["build_trained", "load_trained", "read_model_dir", "write_config", "write_model"]
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from .data.dataset import Dataset
@@ -32,8 +33,11 @@ if TYPE_CHECKING:
 def write_model(paths: JobPaths, job: JobConfig, result: TrainResult,
                 record: dict[str, Any]) -> list[_atomic.Written]:
     """``model.pt`` and ``history.parquet`` of a finished training (``TrainResult``);
-    ``record``: the provenance stored with them (:mod:`ctgrid.provenance`)."""
-    model = _atomic.save_torch(paths.model, {"state_dict": result.model.state_dict(), "job_id": paths.job_id,
+    ``record``: the provenance stored with them (:mod:`ctgrid.provenance`). The weights are
+    written as CPU tensors whatever device holds the model, so ``model.pt`` loads anywhere."""
+    from ._torch import cpu_state
+    model = _atomic.save_torch(paths.model, {"state_dict": cpu_state(result.model.state_dict()),
+                                             "job_id": paths.job_id,
                                              "config": job.canonical().to_dict(), "provenance": record})
     return [model, write_job_parquet(paths.history, result.history, paths.job_id, record)]
 
@@ -70,8 +74,10 @@ def read_model_dir(model_dir: str | Path) -> tuple[JobConfig, dict]:
     return job, state
 
 
-def build_trained(job: JobConfig, state: dict, dataset: Dataset, where: str | Path) -> nn.Module:
-    """The model of ``job`` for ``dataset`` with weights ``state``, in eval mode."""
+def build_trained(job: JobConfig, state: dict, dataset: Dataset, where: str | Path,
+                  device: torch.device | str | None = None) -> nn.Module:
+    """The model of ``job`` for ``dataset`` with weights ``state`` (CPU tensors, as read), in
+    eval mode, on ``device`` (default: the CPU)."""
     from .models import build_model
     model = build_model(job.model, dataset.n_features, dataset.n_classes, image_shape=dataset.image_shape)
     try:
@@ -79,13 +85,15 @@ def build_trained(job: JobConfig, state: dict, dataset: Dataset, where: str | Pa
     except (RuntimeError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise DataError(f"{where}: does not fit the model in config.yaml ({first})") from None
-    return model.eval()
+    return (model if device is None else model.to(device)).eval()
 
 
 def load_trained(model_dir: str | Path, dataset: Dataset | None = None, *,
-                 data_dir: str | Path | None = None) -> tuple[JobConfig, nn.Module]:
-    """``(JobConfig, model)`` of a model directory (its dataset loaded unless given)."""
+                 data_dir: str | Path | None = None,
+                 device: torch.device | str | None = None) -> tuple[JobConfig, nn.Module]:
+    """``(JobConfig, model)`` of a model directory (its dataset loaded unless given), the model
+    on ``device`` (default: the CPU; the file's tensors are read onto the CPU first)."""
     from .data import load_dataset
     job, state = read_model_dir(model_dir)
     data = dataset if dataset is not None else load_dataset(job.data, data_dir)
-    return job, build_trained(job, state, data, Path(model_dir) / "model.pt")
+    return job, build_trained(job, state, data, Path(model_dir) / "model.pt", device)

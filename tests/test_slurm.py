@@ -62,6 +62,11 @@ OPTION_SETS = {
                            run_args=("final", "--results", "/scratch/u/results"),
                            state_dir="/scratch/u/results/final/slurm", ntasks=1, time="90",
                            array=4, requeue=False),
+    # one GPU per task on a GPU partition: each worker computes on its own, rank 0 leaves its idle
+    "gpu": SubmitOptions(job_name="tune", python="/opt/venv/bin/python",
+                         run_args=("tune", "--results", "/scratch/u/results", "--device", "cuda"),
+                         state_dir="/scratch/u/results/tune/slurm", ntasks=5, cpus_per_task=4,
+                         time="04:00:00", partition="gpu", device="cuda", gpus_per_task=1),
 }
 
 
@@ -85,7 +90,7 @@ def test_checked_in_scripts_are_the_template_rendered():
 
 
 def test_the_scripts_are_valid_bash():
-    for text in (render_run(OPTION_SETS["mpi"], comment="x"), render_run(OPTION_SETS["array"], comment="x"),
+    for text in (*(render_run(OPTION_SETS[name], comment="x") for name in sorted(OPTION_SETS)),
                  example_run_script(), example_aggregate_script()):
         assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0
 

@@ -201,6 +201,7 @@ class Results:
     _configs: dict[str, JobConfig] = field(default_factory=dict, repr=False)
     _datasets: dict[Any, Any] = field(default_factory=dict, repr=False)
     _axis_values: dict[int, pd.DataFrame] = field(default_factory=dict, repr=False)
+    device: str = "cpu"   # where the model-based figures compute (datasets and models go there)
 
     @classmethod
     def load(cls, paths: Iterable[str | os.PathLike], *, skip_damaged: bool = False) -> "Results":
@@ -290,13 +291,14 @@ class Results:
         from ..data import load_dataset
         data = self.config(job_id).data
         if data not in self._datasets:
-            self._datasets[data] = load_dataset(data, data_dir)
+            self._datasets[data] = load_dataset(data, data_dir).to(self.device)
         return self._datasets[data]
 
     def model(self, source: int, job_id: str, data_dir: str | os.PathLike | None = None) -> Any:
-        """The job's trained model, in eval mode (its dataset from :meth:`dataset`)."""
+        """The job's trained model, in eval mode, on :attr:`device` (its dataset from :meth:`dataset`)."""
         from ..modeldir import load_trained
-        return load_trained(self.model_path(source, job_id).parent, self.dataset(job_id, data_dir))[1]
+        return load_trained(self.model_path(source, job_id).parent, self.dataset(job_id, data_dir),
+                            device=self.device)[1]
 
 
 def setting_axes(results: Results, source: int, ct_objectives: int) -> tuple[str, ...]:

@@ -42,24 +42,24 @@ def _factuals(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, n_classe
     rng = numpy_generator("aggregate-mnist-figure", seed)
     idx = []
     for c in range(n_classes):
-        ok = torch.nonzero((y == c) & (pred == c)).flatten().numpy()
+        ok = torch.nonzero((y == c) & (pred == c)).flatten().cpu().numpy()
         if not len(ok):
-            ok = torch.nonzero(y == c).flatten().numpy()
+            ok = torch.nonzero(y == c).flatten().cpu().numpy()
         idx.append(int(rng.choice(ok)))
     return X[idx]
 
 
 def _mosaic(model: torch.nn.Module, engine, factuals: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
     k = len(factuals)
-    rows = torch.arange(k).repeat_interleave(k)
-    targets = torch.arange(k).repeat(k)
+    rows = torch.arange(k, device=factuals.device).repeat_interleave(k)
+    targets = torch.arange(k, device=factuals.device).repeat(k)
     batch = engine.search(model, factuals[rows], targets)
     cf = batch.counterfactual.detach().clone()
     same = rows == targets
     cf[same] = factuals[rows[same]]  # the diagonal shows the factual itself
     images = cf.reshape(k, k, *shape)
     h, w = shape
-    return images.permute(0, 2, 1, 3).reshape(k * h, k * w).numpy()
+    return images.permute(0, 2, 1, 3).reshape(k * h, k * w).cpu().numpy()
 
 
 def mnist_grid(results: Results, pairs: pd.DataFrame, out_dir: Path, *,

@@ -58,7 +58,9 @@ class AggregateOptions:
     one row per setting. ``exclude_predicted``: compare a BL/CT pair only on individuals
     for which neither model already predicts the target (default; ``False`` keeps all).
     ``skip_damaged``: leave out done jobs whose files are damaged (listed in the notes)
-    instead of refusing to aggregate (:mod:`ctgrid.integrity`).
+    instead of refusing to aggregate (:mod:`ctgrid.integrity`). ``device``: where the
+    model-based figures compute (MNIST counterfactuals, the FGSM sweep, the consistency
+    re-predictions; :mod:`ctgrid.device`), default the CPU.
     """
 
     formats: tuple[str, ...] = param(FORMATS, choices=FORMATS)
@@ -72,9 +74,12 @@ class AggregateOptions:
     figures: bool = param(True)
     data_dir: str | None = param(None)
     skip_damaged: bool = param(False)
+    device: str = param("cpu")
 
     def __post_init__(self) -> None:
         check(self, "aggregate")
+        from ..device import parse_device
+        object.__setattr__(self, "device", parse_device(self.device, "aggregate.device"))
         if not self.formats:
             raise ConfigError(f"aggregate.formats: got none; allowed: {', '.join(FORMATS)}")
 
@@ -254,7 +259,14 @@ def aggregate(inputs: Sequence[str | os.PathLike], out: str | os.PathLike,
     Returns the written paths (``summary.md`` last).
     """
     opts = opts or AggregateOptions()
+    from ..device import check_device
+    check_device(opts.device)   # before reading anything (cpu: no torch)
     results = Results.load(inputs, skip_damaged=opts.skip_damaged)
+    if opts.device != "cpu":
+        from ..device import configure, resolve_device
+        device = resolve_device(opts.device)
+        configure(device)
+        results.device = str(device)
     tables, parts = build_tables(results, opts)
     out = Path(out)
     written: list[Path] = []

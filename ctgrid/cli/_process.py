@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..parallel.settings import max_threads
 from ..parallel.signals import EXIT_INTERRUPTED, StopFlag
 
-__all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_threads", "check_threads", "default_threads"]
+__all__ = ["EXIT_INTERRUPTED", "StopFlag", "add_device", "add_threads", "check_threads", "default_threads"]
 
 
 def default_threads() -> int:
@@ -37,3 +37,12 @@ def check_threads(value: int | None) -> int | None:
             "--threads (default: $SLURM_CPUS_PER_TASK)"
         raise ConfigError(f"{source}: got {value}; allowed: an integer in 1..{limit}")
     return value
+
+
+def add_device(p: argparse.ArgumentParser, what: str) -> None:
+    """The ``--device`` flag (checked by :func:`ctgrid.device.parse_device` when the command runs,
+    so a typo is the usual one-line error; docs/gpu.md)."""
+    from ..device import DEVICE_HELP
+    p.add_argument("--device", default="cpu", metavar="DEVICE",
+                   help=f"where {what} computes: {DEVICE_HELP} (auto: CUDA if this machine has it, "
+                        f"else the CPU; default cpu). Not part of any job's identity; docs/gpu.md")

@@ -47,18 +47,22 @@ def add_aggregate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPa
                         "summary.md's notes; see ctgrid verify) instead of stopping with exit 2")
     p.add_argument("--data-dir", help="raw data files for sizes and the MNIST figure "
                                       "(default: $CTGRID_DATA)")
+    from ._process import add_device
+    add_device(p, "the model-based figures (MNIST counterfactuals, FGSM sweep, consistency)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     from ..aggregate import AggregateOptions, aggregate
+    from ..device import parse_device
     formats = tuple(f.strip() for f in str(args.format).split(",") if f.strip())
     opts = AggregateOptions(formats=formats, valid_only=args.valid_only, bootstrap=args.bootstrap,
                             confidence=args.confidence, seed=args.seed, interval=args.interval,
                             pool_settings=args.pool_settings, figures=args.figures,
                             exclude_predicted=args.exclude_predicted,
-                            data_dir=args.data_dir, skip_damaged=args.skip_damaged)
+                            data_dir=args.data_dir, skip_damaged=args.skip_damaged,
+                            device=parse_device(args.device))
     if args.out is None and len(args.results) != 1:
         raise ConfigError("--out: required when aggregating several RESULTS directories")
     out = Path(args.out) if args.out else Path(args.results[0]) / "aggregate"

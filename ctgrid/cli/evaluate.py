@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from ..data import DataConfig, Dataset
     from ..grid.job import JobConfig
-from ._process import add_threads, check_threads, default_threads
+from ._process import add_device, add_threads, check_threads, default_threads
 
 _DESCRIPTION = (
     "Evaluate models written by 'ctgrid train' (MODEL_DIR holds config.yaml and model.pt): "
@@ -64,6 +65,7 @@ def add_evaluate_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--pgd-eps", metavar="E1,E2,...", help="PGD budgets ('' for none)")
     p.add_argument("--mmd-length-scale", type=float, help="Gaussian kernel length scale of IP*")
     add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
+    add_device(p, "the evaluation")
     p.set_defaults(func=run)
     return p
 
@@ -121,9 +123,9 @@ def _inputs(args: argparse.Namespace) -> list[_Input]:
     return items
 
 
-def _build(item: _Input, dataset: Dataset) -> nn.Module:
+def _build(item: _Input, dataset: Dataset, device: torch.device) -> nn.Module:
     from ..modeldir import build_trained
-    return build_trained(item.job, item.state_dict, dataset, item.model_dir / "model.pt")
+    return build_trained(item.job, item.state_dict, dataset, item.model_dir / "model.pt", device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -134,15 +136,20 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
     from ..data.config import data_provenance
     from ..evaluation.evaluate import evaluate_model, points_table
+    from ..device import check_device, configure, parse_device, resolve_device
     if check_threads(args.threads) is not None:
         torch.set_num_threads(args.threads)
+    spec = parse_device(args.device)
+    check_device(spec)
     items = _inputs(args)
+    device = resolve_device(spec)
+    configure(device)
     datasets: dict[DataConfig, Dataset] = {}
     models = []
     for item in items:
         if item.job.data not in datasets:
-            datasets[item.job.data] = load_dataset(item.job.data, args.data_dir)
-        models.append(_build(item, datasets[item.job.data]))
+            datasets[item.job.data] = load_dataset(item.job.data, args.data_dir).to(device)
+        models.append(_build(item, datasets[item.job.data], device))
     results = []
     for item, model in zip(items, models):
         # The same test-time search as the grid runner: never the model's training generator,

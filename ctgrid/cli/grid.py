@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ._grid_args import add_overrides, grid_and_overrides
-from ._process import add_threads, check_threads
+from ._process import add_device, add_threads, check_threads
 
 if TYPE_CHECKING:
     from ..parallel.array import ArrayTask
@@ -75,11 +75,13 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=_positive, default=1, metavar="K",
                    help="MPI only: K ranks train each job together, splitting every epoch's "
                         "counterfactual search (needs 1 + K*m ranks; default 1)")
-    p.add_argument("--pack-size", type=_positive, default=16, metavar="K",
+    p.add_argument("--pack-size", type=_positive, default=None, metavar="K",
                    help="train up to K compatible jobs (same data, model, batch grid and search "
                         "budget; different loss weights, learning rates, seeds...) as one batched "
                         "network; each job's results are exactly those it gets alone "
-                        "(default 16; 1 = every job alone; packs of one with --shard-size > 1)")
+                        "(default: the device's, 16 on a CPU; 1 = every job alone; packs of one "
+                        "with --shard-size > 1)")
+    add_device(p, "every job (each MPI worker takes one GPU by its node-local rank; rank 0 none)")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-run failed jobs (by default they are skipped and reported)")
     p.add_argument("--force", action="store_true",
@@ -99,8 +101,10 @@ def run(args: argparse.Namespace) -> int:
     from ..parallel import GridRun, RunSettings, run_grid
     check_threads(args.threads)
     grid, overrides = grid_and_overrides(args, DEFAULT_GRID)
+    from ..device import parse_device
     settings = RunSettings(results=args.results, data_dir=args.data_dir, threads=args.threads,
-                           shard_size=args.shard_size, pack_size=args.pack_size)
+                           shard_size=args.shard_size, pack_size=args.pack_size,
+                           device=parse_device(args.device))
     return run_grid(GridRun(grid, settings, retry_failed=args.retry_failed, force=args.force,
                             dry_run=args.dry_run, overrides=overrides, array=_array_task(args)))
 

@@ -48,6 +48,9 @@ def add_slurm_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     g.add_argument("--setup", action="append", default=[], metavar="LINE",
                    help="a shell line run before ctgrid in the job, e.g. 'module load gcc' "
                         "(repeat for several)")
+    g.add_argument("--gpus-per-task", type=int, default=None, metavar="N",
+                   help="GPUs for every task (#SBATCH --gpus-per-task); needs --device cuda or auto. "
+                        "Each worker computes on one GPU; rank 0 (the scheduler) leaves its own idle")
     g.add_argument("--array", type=int, default=None, metavar="N",
                    help="run as N independent array tasks (no MPI), each a fixed longest-first "
                         "share of the grid's jobs")
@@ -76,8 +79,10 @@ def _run_args(args: argparse.Namespace, grid: str, overrides: tuple[str, ...], r
         out += ["--data-dir", str(Path(args.data_dir).resolve())]
     if args.shard_size != 1:
         out += ["--shard-size", str(args.shard_size)]
-    if args.pack_size != 16:
+    if args.pack_size is not None:
         out += ["--pack-size", str(args.pack_size)]
+    if args.device != "cpu":
+        out += ["--device", args.device]
     out += [flag for flag, on in (("--retry-failed", args.retry_failed), ("--force", args.force)) if on]
     return tuple(out)
 
@@ -88,7 +93,9 @@ def submit(args: argparse.Namespace) -> int:
     from ..slurm.options import DEFAULT_MAX_REQUEUES, SubmitOptions
     from ..slurm.submit import check_path, render, state_dir
     from ..slurm.submit import submit as do_submit
+    from ..device import parse_device
     grid, overrides = grid_and_overrides(args)
+    args.device = parse_device(args.device)
     if args.max_requeues is not None and not args.requeue:
         raise ConfigError("--max-requeues: given with --no-requeue; allowed: one of the two")
     if args.array is not None and args.shard_size != 1:
@@ -104,7 +111,8 @@ def submit(args: argparse.Namespace) -> int:
         cpus_per_task=args.cpus_per_task, time=args.time, mem_per_cpu=args.mem_per_cpu,
         partition=args.partition, account=args.account, setup=tuple(args.setup), array=args.array,
         requeue=args.requeue, max_requeues=DEFAULT_MAX_REQUEUES if args.max_requeues is None
-        else args.max_requeues, overcommit=args.overcommit, sbatch_args=tuple(args.sbatch_args))
+        else args.max_requeues, overcommit=args.overcommit, sbatch_args=tuple(args.sbatch_args),
+        device=args.device, gpus_per_task=args.gpus_per_task)
     agg_args = (str(grid_dir), *(["--data-dir", str(Path(args.data_dir).resolve())]
                                  if args.data_dir else [])) if args.aggregate else None
     command = shlex.join(["ctgrid", "slurm", "submit", *(a for a in args.argv_seen if a != "--dry-run")])

@@ -31,7 +31,7 @@ from ..generators.config import GeneratorConfig
 from ..models.config import ModelConfig
 from ..training.config import TrainingConfig
 from ..parallel.signals import EXIT_FAILED
-from ._process import EXIT_INTERRUPTED, StopFlag, add_threads, check_threads
+from ._process import EXIT_INTERRUPTED, StopFlag, add_device, add_threads, check_threads
 
 GROUPS = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
           "training": TrainingConfig, "evaluation": EvaluationConfig}
@@ -84,6 +84,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="cache of REVISE's VAE (default: none)")
     from ._process import default_threads
     add_threads(p, default_threads(), "$SLURM_CPUS_PER_TASK or 1")
+    add_device(p, "the model")
     p.set_defaults(func=run)
     return p
 
@@ -186,7 +187,10 @@ def run(args: argparse.Namespace) -> int:
     from ..modeldir import write_config, write_model
     from ..provenance import provenance
     from ..store import JobPaths, mark_done, write_job_parquet
+    from ..device import check_device, parse_device
     check_threads(args.threads)
+    device = parse_device(args.device)
+    check_device(device)
     job = JobConfig(**resolve(args)).canonical()
     dataset = load_dataset(job.data, args.data_dir)
     training = job.training
@@ -202,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     with StopFlag() as stop:  # the grid runner's call: the replicate's derived seed
         result = train(dataset, job.model, job.generator, job.run_training,
                        checkpoint_path=paths.checkpoint, cache_dir=args.cache_dir,
-                       progress=_reporter(training.nepochs), stop=stop)
+                       progress=_reporter(training.nepochs), stop=stop, device=device)
     record = provenance(seed=job.seed, **data_provenance(job.data))
     if not result.completed:
         write_job_parquet(paths.history, result.history, job.job_id, record)

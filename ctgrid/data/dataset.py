@@ -12,6 +12,8 @@ from .config import DATASETS, DataConfig
 
 __all__ = ["DATASETS", "DataConfig", "Dataset"]
 
+_SPLITS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
     """A preprocessed dataset: float32 features, int64 labels, three splits.
@@ -40,6 +42,22 @@ class Dataset:
     def n_features(self) -> int:
         return self.X_train.shape[1]
 
+    @property
+    def device(self) -> torch.device:
+        """Where the split tensors are (all on one device; :meth:`to`)."""
+        return self.X_train.device
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """This dataset with every split and the constraints on ``device``, moved once
+        (``self`` when already there: a CPU run keeps its very tensors). Everything computed
+        from the data's content (seeds of the paired draws, checkpoint fingerprints, cache
+        keys) hashes the bytes on the CPU, so it is the same on every device."""
+        device = torch.device(device)
+        if self.X_train.device == device:
+            return self
+        moved = {f: getattr(self, f).to(device) for f in _SPLITS}
+        return replace(self, **moved, constraints=self.constraints.to(device))
+
     def leave_one_out(self, i: int) -> tuple["Dataset", int]:
         """This dataset without one training row — the ``i``-th of a permutation of the
         training rows seeded by their content (so the ``i``-th variant of a grid drops the same
@@ -53,7 +71,8 @@ class Dataset:
                               f"(the training rows of {self.name!r})")
         key = tensor_digest(self.X_train, self.y_train).hexdigest()
         row = int(torch.randperm(n, generator=torch_generator("leave_out", key))[i])
-        keep = torch.cat([torch.arange(row), torch.arange(row + 1, n)])
+        on = self.X_train.device
+        keep = torch.cat([torch.arange(row, device=on), torch.arange(row + 1, n, device=on)])
         return replace(self, X_train=self.X_train[keep], y_train=self.y_train[keep]), row
 
     def decode(self, X: torch.Tensor) -> Any:

@@ -44,6 +44,7 @@ the model, so paired models see identical draws (:mod:`ctgrid.evaluation.grid`).
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from typing import Literal, NamedTuple, Sequence
@@ -101,25 +102,32 @@ def evaluate_model(model: nn.Module, dataset: Dataset, config: EvaluationConfig,
                    generator_config: GeneratorConfig | None = None,
                    cache_dir: str | os.PathLike | None = None,
                    constraints: Constraints | None = None,
-                   chunk_rows: int = CHUNK_ROWS) -> ModelEvaluation:
+                   chunk_rows: int = CHUNK_ROWS,
+                   device: torch.device | str | None = None) -> ModelEvaluation:
     """``(evaluation, performance, counterfactuals)`` of ``model`` on ``dataset`` (module docstring).
 
     ``generator_config`` supplies generator settings the evaluation config does not
     (energy schedule, REVISE VAE sizes; default :class:`GeneratorConfig`); name, cost,
     ``tau``, ``T`` and step come from ``config``. ``cache_dir`` caches REVISE's VAE.
-    ``config.enabled`` is the grid runner's switch and is not consulted here.
+    ``config.enabled`` is the grid runner's switch and is not consulted here. ``device``
+    (``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"auto"``; default: where the model is) is where
+    everything is computed: the data move there once, a model elsewhere is copied there (the
+    caller's stays put); the random draws come from CPU generators whatever the device.
     """
     return evaluate_models([model], dataset, config, generator_config=generator_config,
-                           cache_dir=cache_dir, constraints=constraints, chunk_rows=chunk_rows)[0]
+                           cache_dir=cache_dir, constraints=constraints, chunk_rows=chunk_rows,
+                           device=device)[0]
 
 
 def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: EvaluationConfig, *,
                     generator_config: GeneratorConfig | None = None,
                     cache_dir: str | os.PathLike | None = None,
                     constraints: Constraints | None = None,
-                    chunk_rows: int = CHUNK_ROWS) -> list[ModelEvaluation]:
+                    chunk_rows: int = CHUNK_ROWS,
+                    device: torch.device | str | None = None) -> list[ModelEvaluation]:
     """:func:`evaluate_model` of several models (a pack) under one configuration: their
     test-time searches run as one (each model's result is the one it gets alone)."""
+    models, dataset, constraints = on_device(models, dataset, constraints, device)
     for model in models:
         k = predict_logits(model, dataset.X_train[:1].to(model_device(model))).shape[1]
         if k != dataset.n_classes:
@@ -138,6 +146,23 @@ def evaluate_models(models: Sequence[nn.Module], dataset: Dataset, config: Evalu
         if hint is not None:
             warnings.warn(hint, RuntimeWarning, stacklevel=3)
     return out
+
+
+def on_device(models: Sequence[nn.Module], dataset: Dataset, constraints: Constraints | None,
+              device: torch.device | str | None) -> tuple[list[nn.Module], Dataset, Constraints | None]:
+    """The models, data and constraints of an evaluation on ``device`` (``None``: the first
+    model's). A model elsewhere is copied there; on the CPU nothing moves (the very objects)."""
+    if device is None:
+        if not models:
+            return list(models), dataset, constraints
+        dev = model_device(models[0])
+    else:
+        from ..device import resolve_device
+        dev = resolve_device(str(device))
+    from ..device import configure
+    configure(dev)
+    moved = [m if model_device(m, dev) == dev else copy.deepcopy(m).to(dev) for m in models]
+    return moved, dataset.to(dev), None if constraints is None else constraints.to(dev)
 
 
 def convergence_hint(frame: pd.DataFrame, dataset: Dataset, config: EvaluationConfig) -> str | None:

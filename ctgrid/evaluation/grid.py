@@ -222,8 +222,18 @@ def search_grid(model: nn.Module | Sequence[nn.Module], grid: EvaluationGrid, ge
         n = x.shape[0]
         engine = make_generator(generator, constraints, codec=codec,
                                 lambda_energy=lam[rows].to(device).repeat(K))
-        found = engine.search(RoutedModels(models, [n] * K), x.repeat(K, 1), target.repeat(K))
+        found = engine.search(_routed(models, [n] * K, device), x.repeat(K, 1), target.repeat(K))
         for k, part in enumerate(found.split([n] * K)):
             parts[k].append(part)
     out = [CounterfactualBatch.concat(p) for p in parts]
     return out[0] if isinstance(model, nn.Module) else out
+
+
+def _routed(models: list[nn.Module], sizes: list[int], device: torch.device) -> RoutedModels:
+    """The models of one search as :class:`RoutedModels`, its row bounds on the search's device
+    (RoutedModels makes them on the CPU; ``torch.bucketize`` wants them beside the rows. Phase 2
+    of docs/gpu.md makes RoutedModels place them itself)."""
+    routed = RoutedModels(models, sizes)
+    if routed.bounds.device != device:
+        routed.bounds = routed.bounds.to(device)
+    return routed

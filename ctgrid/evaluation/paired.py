@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from ..constraints import Constraints
@@ -96,10 +97,12 @@ def _performance(bl: pd.DataFrame, ct: pd.DataFrame) -> list[tuple[str, float, f
 def evaluate_pair(baseline: nn.Module, ct: nn.Module, dataset: Dataset, config: EvaluationConfig, *,
                   generator_config: GeneratorConfig | None = None,
                   cache_dir: str | os.PathLike | None = None,
-                  constraints: Constraints | None = None) -> PairedEvaluation:
+                  constraints: Constraints | None = None,
+                  device: torch.device | str | None = None) -> PairedEvaluation:
     """Evaluate a baseline and a CT model of ``dataset`` on the same factuals and targets (one
     search) — what ``ctgrid evaluate BL_DIR CT_DIR`` and the aggregation's Table 1 do, for two
-    models in memory. ``PairedEvaluation.summary()`` gives the key results."""
+    models in memory. ``PairedEvaluation.summary()`` gives the key results. ``device``: as
+    :func:`~ctgrid.evaluation.evaluate_model`'s."""
     bl_eval, ct_eval = evaluate_models([baseline, ct], dataset, config, generator_config=generator_config,
-                                       cache_dir=cache_dir, constraints=constraints)
+                                       cache_dir=cache_dir, constraints=constraints, device=device)
     return PairedEvaluation(bl_eval, ct_eval)

@@ -51,11 +51,16 @@ def make_generator(config: GeneratorConfig, constraints: Constraints, *,
 def codec_for(config: GeneratorConfig, X_train: torch.Tensor, *,
               cache_dir: str | os.PathLike | None = None, seed: int = 0) -> Codec | None:
     """The latent space ``config`` searches in: REVISE's VAE fitted on ``X_train`` (or loaded
-    from ``cache_dir``; the one place it is set up), ``None`` for input-space generators."""
+    from ``cache_dir``; the one place it is set up), ``None`` for input-space generators.
+
+    The VAE is always fitted on the CPU (its draws from a CPU generator, cached as before) and
+    then moved to ``X_train``'s device: a GPU run searches in the very latent space a CPU run
+    does, and one cache serves both."""
     if not config.latent:
         return None
-    return load_or_train_vae(X_train, cache_dir, seed=seed, latent_dim=config.latent_dim,
-                             hidden=config.vae_hidden, epochs=config.vae_epochs)
+    vae = load_or_train_vae(X_train.cpu(), cache_dir, seed=seed, latent_dim=config.latent_dim,
+                            hidden=config.vae_hidden, epochs=config.vae_epochs)
+    return vae if X_train.device.type == "cpu" else vae.to(X_train.device)
 
 
 def generator_for(config: GeneratorConfig, constraints: Constraints, X_train: torch.Tensor, *,

@@ -104,7 +104,7 @@ def load_or_train_vae(X: torch.Tensor, cache_dir: str | os.PathLike | None, *, s
     path = Path(cache_dir) / f"vae-{h.hexdigest()[:16]}.pt"
     if path.exists():
         vae = VAE(X.shape[1], L, H)
-        vae.load_state_dict(torch.load(path, weights_only=True))
+        vae.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return _freeze(vae)
     vae = train_vae(X, latent_dim=L, hidden=H, epochs=epochs, seed=seed)
     save_torch(path, vae.state_dict())

@@ -15,21 +15,60 @@ size (and of the memory bound), chunk sizes differing by at most one. A user's m
 (``model.kind: module``) is a pack of its own. It never
 depends on the number of ranks or on which jobs are done; a run executes, of each
 pack, the members it still has to run.
+
+Both bounds come from the *kind* of device the packs train on (:data:`DEVICE_BOUNDS`; a GPU
+takes much larger packs than a core), never from timings or the memory free at run time, so
+the partition is a function of the grid, the device kind and the stated bounds alone
+(docs/gpu.md). The CPU's bounds are those of every release before devices existed.
 """
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Mapping
 
 from .._validate import plain_dict
 from ..training.config import weights
 from .job import JobConfig
 
-#: the default cap on members per pack (``ctgrid run --pack-size``)
+#: the default cap on members per pack on a CPU (``ctgrid run --pack-size``)
 DEFAULT_PACK_SIZE = 16
-#: rough bound on the extra memory of one pack's members on a rank (bytes)
+#: rough bound on the extra memory of one pack's members on a CPU rank (bytes)
 PACK_MEMORY = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class DeviceBounds:
+    """The pack bounds of one device kind: the default cap on members (``--pack-size`` not
+    given), the rough bound on one pack's member memory (:func:`member_bytes`, summed) and
+    the most values (members x rows x features) one joint evaluation search may hold
+    (:func:`ctgrid.parallel.runner.evaluate_jointly`)."""
+
+    pack_size: int
+    pack_memory: int
+    joint_evaluation: int
+
+
+#: per device kind (docs/gpu.md, "Packs"): a GPU's memory holds far more members and its
+#: kernels only fill up with many of them (HFTA); 8 GiB leaves a 16 GiB card room for the
+#: evaluation and a second rank. Unmeasured until a GPU run (bench_gpu.py prints the
+#: throughput at 45, 135 and 1000 members).
+DEVICE_BOUNDS = {"cpu": DeviceBounds(DEFAULT_PACK_SIZE, PACK_MEMORY, 2**21),
+                 "cuda": DeviceBounds(256, 8 * 2**30, 2**25)}
+
+
+def device_bounds(kind: str) -> DeviceBounds:
+    """The :class:`DeviceBounds` of device kind ``kind`` (``"cpu"`` or ``"cuda"``)."""
+    try:
+        return DEVICE_BOUNDS[kind]
+    except KeyError:
+        raise ValueError(f"device kind: got {kind!r}; allowed: {', '.join(DEVICE_BOUNDS)}") from None
+
+
+def default_pack_size(kind: str = "cpu") -> int:
+    """The default cap on members per pack on device kind ``kind``."""
+    return device_bounds(kind).pack_size
 
 #: fields that may differ between the members of one pack
 VARYING = {"training": {"lambda_clf", "lambda_div", "lambda_reg", "lambda_adv", "lr", "seed",
@@ -62,20 +101,23 @@ def member_bytes(job: JobConfig) -> int:
     return 4 * nce * (12 * d + 4 * hidden) + 8 * n_train + 4 * (d + 1) * hidden * 4
 
 
-def make_packs(jobs: Mapping[str, JobConfig], pack_size: int = DEFAULT_PACK_SIZE) -> list[list[str]]:
-    """The grid's jobs as packs (lists of job ids), see the module docstring.
+def make_packs(jobs: Mapping[str, JobConfig], pack_size: int = DEFAULT_PACK_SIZE,
+               kind: str = "cpu") -> list[list[str]]:
+    """The grid's jobs as packs (lists of job ids), see the module docstring; ``kind`` is the
+    device kind whose memory bound applies (:data:`DEVICE_BOUNDS`).
 
     ``pack_size = 1`` gives one pack per job (each job trains alone).
     """
     if pack_size < 1:
         raise ValueError(f"pack_size must be >= 1, got {pack_size}")
+    memory = device_bounds(kind).pack_memory
     groups: dict[str, list[str]] = {}
     for job_id, job in jobs.items():
         groups.setdefault(pack_key(job), []).append(job_id)
     packs: list[list[str]] = []
     for key in sorted(groups):
         ids = sorted(groups[key])
-        cap = max(1, min(pack_size, PACK_MEMORY // max(1, member_bytes(jobs[ids[0]]))))
+        cap = max(1, min(pack_size, memory // max(1, member_bytes(jobs[ids[0]]))))
         n_packs = math.ceil(len(ids) / cap)
         packs += [ids[(i * len(ids)) // n_packs:((i + 1) * len(ids)) // n_packs] for i in range(n_packs)]
     return packs

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Union
 import torch
 from torch import nn
 
-from .._torch import eval_mode, tensor_digest
+from .._torch import eval_mode, model_device, tensor_digest
 from ..errors import ConfigError
 from .config import ModelConfig
 
@@ -65,13 +65,13 @@ def build_custom(model: ModelSpec, n_features: int, n_classes: int,
 
 def check_module(module: nn.Module, n_features: int, n_classes: int) -> nn.Module:
     """``module`` if it maps a float batch ``(2, n_features)`` to finite-shaped logits
-    ``(2, n_classes)`` on the CPU; ConfigError saying what it did instead."""
+    ``(2, n_classes)`` on its own device; ConfigError saying what it did instead."""
     what = type(module).__name__
     if not any(True for _ in module.parameters()):
         raise ConfigError(f"model: {what} has no parameters to train")
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]), eval_mode(module):
-            out = module(torch.zeros(2, n_features))
+            out = module(torch.zeros(2, n_features, device=model_device(module)))
     except Exception as exc:  # noqa: BLE001 - any failure of a user's forward is bad input
         raise ConfigError(f"model: {what} fails on a batch of shape (2, {n_features}) "
                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None

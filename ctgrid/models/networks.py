@@ -30,12 +30,21 @@ class CNN(nn.Module):
 
 def build_model(config: ModelConfig, n_features: int, n_classes: int, *,
                 image_shape: tuple[int, int] | None = None,
-                generator: torch.Generator | None = None) -> nn.Module:
+                generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> nn.Module:
     """Build a model with Glorot-uniform weights drawn from ``generator`` (seed 0 if None).
 
     Layers are constructed under ``torch.random.fork_rng`` so the global RNG is never
-    consumed (their default initialisation is overwritten anyway).
+    consumed (their default initialisation is overwritten anyway). The weights are drawn on
+    the CPU (``generator`` is a CPU generator) and the model is then moved to ``device``
+    (default: it stays on the CPU), so every device starts from the same weights.
     """
+    model = _initialised(config, n_features, n_classes, image_shape, generator)
+    return model if device is None else model.to(device)
+
+
+def _initialised(config: ModelConfig, n_features: int, n_classes: int,
+                 image_shape: tuple[int, int] | None, generator: torch.Generator | None) -> nn.Module:
     check_fits_data(config, image_shape is not None)
     if config.kind == "module":   # a user's factory (ctgrid.models.custom): its own initialisation
         from .custom import build_custom

@@ -61,11 +61,13 @@ class ArrayTask:
         return f"{RUN_PREFIX}{self.index}.json"
 
 
-def shares(jobs: Mapping[str, JobConfig], pack_size: int, size: int) -> list[list[list[str]]]:
-    """Every task's packs: longest-processing-time-first over the grid's packs."""
+def shares(jobs: Mapping[str, JobConfig], pack_size: int, size: int,
+           kind: str = "cpu") -> list[list[list[str]]]:
+    """Every task's packs: longest-processing-time-first over the grid's packs (sized for
+    device kind ``kind``)."""
     from ..grid.packs import make_packs
     costs = {j: job_cost(job) for j, job in jobs.items()}
-    packs = sorted(make_packs(jobs, pack_size), key=lambda p: (-sum(costs[j] for j in p), p[0]))
+    packs = sorted(make_packs(jobs, pack_size, kind), key=lambda p: (-sum(costs[j] for j in p), p[0]))
     load = [0.0] * size
     out: list[list[list[str]]] = [[] for _ in range(size)]
     for pack in packs:
@@ -75,9 +77,9 @@ def shares(jobs: Mapping[str, JobConfig], pack_size: int, size: int) -> list[lis
     return out
 
 
-def share(jobs: Mapping[str, JobConfig], pack_size: int, task: ArrayTask) -> set[str]:
+def share(jobs: Mapping[str, JobConfig], pack_size: int, task: ArrayTask, kind: str = "cpu") -> set[str]:
     """The job ids of ``task``'s share."""
-    return {j for pack in shares(jobs, pack_size, task.size)[task.index] for j in pack}
+    return {j for pack in shares(jobs, pack_size, task.size, kind)[task.index] for j in pack}
 
 
 def restrict(jobs: Mapping[str, JobConfig], plan: Plan, mine: set[str]) -> tuple[dict[str, JobConfig], Plan]:

@@ -150,14 +150,25 @@ class Worker:
         self.rank = comm.Get_rank()
         self.root_interrupt = RootInterrupt(comm)
         self.sharded = group is not None and group.Get_size() > 1
+        self._device: str | None = None
+
+    @property
+    def device(self) -> str:
+        """This worker's device, resolved at its first job (after rank 0's checks passed:
+        a machine without the CUDA asked for is reported once, by rank 0)."""
+        if self._device is None:
+            from .gpus import process_device
+            self._device = process_device(self.run.settings.device, rank=self.rank,
+                                          size=self.comm.Get_size())
+        return self._device
 
     def role(self, local: Callable[[], bool], *, leader: bool = True,
              checkpoint: Path | None = None) -> Role:
         """This rank's part in its next job (alone, or leader / member of a sharded group)."""
         if not self.sharded:
-            return Role(self.rank, stop=local)
+            return Role(self.rank, stop=local, device=self.device)
         return Role(self.rank, leader, checkpoint, stop=group_stop(self.group, local), local_stop=local,
-                    wrap_search=ShardedGenerate.wrapper(self.group, leader=leader))
+                    wrap_search=ShardedGenerate.wrapper(self.group, leader=leader), device=self.device)
 
     def _reply(self) -> tuple:
         while True:

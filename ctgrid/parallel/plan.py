@@ -33,10 +33,11 @@ def job_cost(job: JobConfig) -> float:
 
 
 def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,
-              pack_size: int = 1) -> Plan:
+              pack_size: int = 1, kind: str = "cpu") -> Plan:
     """Skip done (and, unless ``retry_failed``, failed) jobs; the rest as packs of the grid's
-    partition (:func:`ctgrid.grid.packs.make_packs`), longest expected first. A done job whose
-    files fail the size check (:func:`ctgrid.integrity.check_job`) runs again (``damaged``)."""
+    partition (:func:`ctgrid.grid.packs.make_packs` for device kind ``kind``), longest expected
+    first. A done job whose files fail the size check (:func:`ctgrid.integrity.check_job`)
+    runs again (``damaged``)."""
     from ..grid.packs import make_packs
     from ..integrity import check_job
     plan = Plan(todo=[])
@@ -63,7 +64,18 @@ def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed
             if store.job(job_id).checkpoint.exists():
                 plan.resume.add(job_id)
     plan.costs = {j: job_cost(jobs[j]) for j in run}
-    packs = [[j for j in pack if j in run] for pack in make_packs(jobs, pack_size)]
+    packs = [[j for j in pack if j in run] for pack in make_packs(jobs, pack_size, kind)]
     plan.packs = sorted((p for p in packs if p), key=lambda p: (-sum(plan.costs[j] for j in p), p[0]))
     plan.todo = [j for p in plan.packs for j in p]
     return plan
+
+
+def packing_line(device: str, kind: str, pack_size: int) -> str:
+    """The ``--dry-run`` line saying where a run computes and how its packs are sized."""
+    from ..device import TRAINING_ON_DEVICE, device_kind
+    from ..grid.packs import device_bounds
+    shown = f"auto ({device_kind(device)} here)" if device == "auto" else device
+    where = "" if TRAINING_ON_DEVICE or device == "cpu" else \
+        " (training on the CPU until the training loop is device-aware, docs/gpu.md)"
+    memory = device_bounds(kind).pack_memory / 2**20
+    return f"device: {shown}{where}; packs sized for {kind}: at most {pack_size} members and {memory:.0f} MiB each"

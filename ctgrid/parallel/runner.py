@@ -105,7 +105,8 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, job: JobConfig, cache_dir
 
 
 #: members of a pack are evaluated in one search while (members x grid rows x features)
-#: stays under this many values (the paper's synthetic grids; big ones go one by one)
+#: stays under this many values on a CPU (the paper's synthetic grids; big ones go one by
+#: one); per device kind in :data:`ctgrid.grid.packs.DEVICE_BOUNDS`
 JOINT_EVALUATION_VALUES = 2**21
 
 
@@ -117,7 +118,9 @@ def evaluate_jointly(models: list[torch.nn.Module], dataset: Dataset, job: JobCo
     from ..evaluation.grid import CHUNK_ROWS, lambda_settings
     ev = job.evaluation
     rows = min(CHUNK_ROWS, ev.n_runs * ev.n_individuals * len(lambda_settings(ev)))
-    if len(models) < 2 or not ev.enabled or len(models) * rows * dataset.n_features > JOINT_EVALUATION_VALUES:
+    from ..grid.packs import device_bounds
+    limit = device_bounds(dataset.device.type).joint_evaluation
+    if len(models) < 2 or not ev.enabled or len(models) * rows * dataset.n_features > limit:
         return None
     return [tuple(e) for e in evaluate_models(models, dataset, ev, cache_dir=cache_dir)]
 
@@ -164,14 +167,19 @@ class _Attempt:
                 if config is not None:
                     self.configs[job_id] = config
         for job_id, job in self.jobs.items():
-            self.logger.info("job %s (%s) on rank %d of %s, seed %d%s", job_id, job.name,
+            self.logger.info("job %s (%s) on rank %d of %s, seed %d%s%s", job_id, job.name,
                              self.role.rank, socket.gethostname(), job.seed,
-                             f", in a pack of {len(ids)}" if len(ids) > 1 else "", extra={"job": job_id})
+                             f", in a pack of {len(ids)}" if len(ids) > 1 else "",
+                             "" if self.role.device == "cpu" else f", on {self.role.device}",
+                             extra={"job": job_id})
             if job.model.kind == "module":
                 self.logger.info("model: the user's factory %s; it trains alone (not in a pack)",
                                  job.model.factory, extra={"job": job_id})
         first = self.jobs[ids[0]]
-        dataset = load_dataset(first.data, self.settings.data_dir)
+        from ..device import configure, training_device
+        device = torch.device(self.role.device)
+        configure(device)
+        dataset = load_dataset(first.data, self.settings.data_dir).to(device)
         members = [PackMember(j.model, j.generator, j.run_training,
                               self.role.checkpoint or self.store.job(i).checkpoint)
                    for i, j in self.jobs.items()]
@@ -181,8 +189,10 @@ class _Attempt:
             ran[k] += 1
             self.logger.info(_epoch_line(row), extra={"job": ids[k]})
 
-        results = train_pack(dataset, members, cache_dir=self.store.cache_dir, progress=progress,
-                             stop=self.role.stop, wrap_search=self.role.wrap_search)
+        results = train_pack(dataset.to(training_device(device)), members, cache_dir=self.store.cache_dir,
+                             progress=progress, stop=self.role.stop, wrap_search=self.role.wrap_search)
+        for result in results:   # evaluated where the data are (a no-op where it trained)
+            result.model.to(device)
         return dataset, results, results[0].epochs_done - ran[0]
 
     def finish(self, job_id: str, dataset: Dataset, result: TrainResult, resumed: int,
@@ -213,7 +223,7 @@ class _Attempt:
             "train_seconds": t_train, "eval_seconds": seconds - t_train,
             "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.role.rank,
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
-            "pack_size": len(self.jobs), "threads": self.settings.threads,
+            "pack_size": len(self.jobs), "threads": self.settings.threads, "device": self.role.device,
             "data_summary": dataset.summary(), "ctgrid_version": __version__,
             "versions": record["versions"], "provenance": record,
             "warning": warning}, files)

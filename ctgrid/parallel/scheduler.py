@@ -24,7 +24,7 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
-from .plan import Plan, job_cost, make_plan
+from .plan import Plan, job_cost, make_plan, packing_line
 from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
@@ -58,6 +58,9 @@ class Prepared:
     lock: RunLock | ArrayLock | None
     n_points: int = 0
     run_file: str = "run.json"   # live state for ``ctgrid status`` (array tasks: one each)
+    kind: str = "cpu"            # the device kind the packs are sized for
+    pack_size: int = 16          # their cap on members
+    device: str = "cpu"          # the --device value
 
     def release(self) -> None:
         if self.lock is not None:
@@ -83,12 +86,16 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
 
 def prepare(run: GridRun) -> Prepared:
     """Load and check the grid, lock and initialise its results directory, plan the run."""
+    from ..device import check_device
     from ..grid import load_grid
+    check_device(run.settings.device)   # before anything is read or written (cpu: no torch)
     grid = load_grid(run.grid, run.overrides)
     store = ResultStore.for_grid(run.settings.results, grid.name)
     jobs = grid.jobs()
     preflight(jobs, run.settings.data_dir)
-    pack_size = run.settings.pack_size if run.settings.shard_size == 1 else 1
+    from ..device import pack_kind
+    kind = pack_kind(run.settings.device)
+    pack_size = run.settings.pack_cap(kind)
     if run.dry_run:   # refuse exactly what the real run would refuse, writing nothing
         from .monitor import live_holder
         holder = live_holder(store)
@@ -97,13 +104,13 @@ def prepare(run: GridRun) -> Prepared:
                              f"wait for it or use --results elsewhere")
         store.check_grid(grid, force=run.force)
         store.check_writable()
-        return _prepared(run, store, jobs, pack_size, None, len(grid))
+        return _prepared(run, store, jobs, (kind, pack_size), None, len(grid))
     store.check_grid(grid, force=run.force)   # refuse another grid's directory before creating .lock
     from .array import acquire
     lock = acquire(store, run.array)
     try:
         store.initialise(grid, force=run.force)
-        prep = _prepared(run, store, jobs, pack_size, lock, len(grid))
+        prep = _prepared(run, store, jobs, (kind, pack_size), lock, len(grid))
         for job_id in prep.plan.damaged:   # no longer done: a kill before its re-run leaves it pending
             store.job(job_id).set_aside_done()
         return prep
@@ -112,15 +119,19 @@ def prepare(run: GridRun) -> Prepared:
         raise
 
 
-def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], pack_size: int,
+def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], packing: tuple[str, int],
               lock: RunLock | ArrayLock | None, n_points: int) -> Prepared:
-    """The plan of ``run``: the whole grid's, or cut down to its array task's share."""
-    plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size)
+    """The plan of ``run``: the whole grid's, or cut down to its array task's share;
+    ``packing``: the device kind the packs are sized for and their cap on members."""
+    kind, pack_size = packing
+    plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size, kind=kind)
     if run.array is None:
-        return Prepared(store, jobs, plan, lock, n_points)
+        return Prepared(store, jobs, plan, lock, n_points, kind=kind, pack_size=pack_size,
+                        device=run.settings.device)
     from .array import restrict, share
-    mine, cut = restrict(jobs, plan, share(jobs, pack_size, run.array))
-    return Prepared(store, mine, cut, lock, n_points, run.array.run_file)
+    mine, cut = restrict(jobs, plan, share(jobs, pack_size, run.array, kind))
+    return Prepared(store, mine, cut, lock, n_points, run.array.run_file, kind=kind, pack_size=pack_size,
+                    device=run.settings.device)
 
 
 def print_damaged(plan: Plan, out: TextIO, dry: bool = False) -> None:
@@ -138,6 +149,7 @@ def print_plan(prep: Prepared, out: TextIO) -> None:
     print(f"{prep.n_points} grid points -> {len(prep.jobs)} jobs: {len(p.done)} done, "
           f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
           f"({len(p.resume)} resume from a checkpoint) in {len(p.packs)} pack(s)", file=out)
+    print(packing_line(prep.device, prep.kind, prep.pack_size), file=out)
     for n, pack in enumerate(p.packs, 1):
         if len(pack) > 1:
             print(f"  pack {n}: {len(pack)} jobs trained as one batched network", file=out)
@@ -356,15 +368,18 @@ def run_serial(run: GridRun, stop: StopFlag, out: TextIO) -> int:
                           f"(mpiexec/srun with 1 + k*m ranks), allowed here: 1")
 
     def loop(prep: Prepared, progress: Progress) -> None:
+        from .gpus import process_device
         from .runner import run_pack, warm_up   # torch: only when jobs run (not for --dry-run)
         warm_up()
+        device = process_device(run.settings.device)
         for pack in prep.plan.packs:
             if stop():
                 progress.interrupted = True
                 return
             for job_id in pack:
                 progress.started(job_id, 0)
-            outcomes = run_pack(prep.store, {j: prep.jobs[j] for j in pack}, run.settings, Role(stop=stop))
+            outcomes = run_pack(prep.store, {j: prep.jobs[j] for j in pack}, run.settings,
+                                Role(stop=stop, device=device))
             for outcome in outcomes:
                 progress.finished(outcome)
             if progress.io_stop or any(o.status == "interrupted" for o in outcomes):

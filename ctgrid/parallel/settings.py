@@ -18,13 +18,28 @@ def _never() -> bool:
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What every rank needs to run jobs (the same on all ranks: it comes from the command line)."""
+    """What every rank needs to run jobs (the same on all ranks: it comes from the command line).
+
+    None of it is part of a job's identity: the same job id gives the same results whatever
+    the threads, the packing or (on the CPU) the ranks. ``device`` is the ``--device`` value
+    (:mod:`ctgrid.device`); each rank resolves it to its own device
+    (:func:`ctgrid.parallel.gpus.rank_device`). ``pack_size`` ``None`` is the default of the
+    device kind the packs train on (:func:`ctgrid.grid.packs.default_pack_size`: 16 on a CPU).
+    """
 
     results: Path
     data_dir: str | None = None
     threads: int = 1
     shard_size: int = 1
-    pack_size: int = 16    # ctgrid.grid.packs.DEFAULT_PACK_SIZE (1 with shard_size > 1)
+    pack_size: int | None = None   # None: the device kind's default (1 with shard_size > 1)
+    device: str = "cpu"
+
+    def pack_cap(self, kind: str) -> int:
+        """The cap on members per pack for packs trained on device kind ``kind``."""
+        if self.shard_size > 1:
+            return 1
+        from ..grid.packs import default_pack_size
+        return self.pack_size if self.pack_size is not None else default_pack_size(kind)
 
 
 @dataclass
@@ -53,7 +68,8 @@ class Role:
     A sharded group's leader and members all train the job (``stop`` is then a
     collective over the group and ``wrap_search`` splits the CE search over it); only
     the ``leader`` writes into the results, a member trains from ``checkpoint``, its
-    private copy of the leader's.
+    private copy of the leader's. ``device`` is where this rank computes (rank 0 of an MPI
+    run never holds a GPU: it only schedules).
     """
 
     rank: int = 0
@@ -62,6 +78,7 @@ class Role:
     stop: Callable[[], bool] = _never               # between epochs
     local_stop: Callable[[], bool] | None = None    # before the evaluation (default: stop)
     wrap_search: SearchWrapper | None = None
+    device: str = "cpu"   # this rank's device, resolved ("cpu", "cuda:I"): gpus.rank_device
 
 
 def max_threads() -> int:

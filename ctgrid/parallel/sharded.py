@@ -104,7 +104,8 @@ class ShardedGenerate:
     def _gather(self, part: CounterfactualBatch, bounds: list[tuple[int, int]]) -> torch.Tensor:
         """Every rank's rows ``[counterfactual, nascent, converged, steps]`` in the order of the
         factuals, by one buffer ``Allgatherv`` in the points' dtype (float32: flags and step
-        counts below 2**24 travel exactly; float64 points travel as float64)."""
+        counts below 2**24 travel exactly; float64 points travel as float64), on the device of
+        the points (the buffers themselves travel through host memory)."""
         from mpi4py import MPI
         width = 2 * part.counterfactual.shape[1] + 2
         dtype = torch.float64 if part.counterfactual.dtype == torch.float64 else torch.float32
@@ -115,7 +116,8 @@ class ShardedGenerate:
         recv = np.empty(sum(counts), dtype=send.dtype)
         kind = MPI.DOUBLE if dtype == torch.float64 else MPI.FLOAT
         self.group.Allgatherv([send, kind], [recv, counts, None, kind])
-        return torch.from_numpy(recv.reshape(-1, width))
+        out = torch.from_numpy(recv.reshape(-1, width))
+        return out if part.counterfactual.device.type == "cpu" else out.to(part.counterfactual.device)
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, str | None]:

@@ -67,6 +67,8 @@ class SubmitOptions:
     max_requeues: int = DEFAULT_MAX_REQUEUES
     overcommit: bool = False
     sbatch_args: tuple[str, ...] = field(default=())   # after ``--``: given to sbatch as they are
+    device: str = "cpu"                 # ctgrid run --device (also in run_args)
+    gpus_per_task: int | None = None    # #SBATCH --gpus-per-task (every task; rank 0 leaves its idle)
 
     def __post_init__(self) -> None:
         _positive("--ntasks", self.ntasks)
@@ -106,6 +108,27 @@ class SubmitOptions:
                                   f"--setup (repeat the option for several)")
         if self.max_requeues < 0:
             raise ConfigError(f"--max-requeues: got {self.max_requeues}; allowed: an integer >= 0")
+        self._check_gpus()
+
+    def _check_gpus(self) -> None:
+        """``--device`` and ``--gpus-per-task`` must agree: CUDA needs GPUs in the allocation
+        (``--gpus-per-task``, or sbatch's own ``--gres=gpu``/``--gpus*`` after ``--``), and GPUs
+        for a CPU run would sit idle."""
+        from ..device import parse_device
+        device = parse_device(self.device)
+        if self.gpus_per_task is not None:
+            _positive("--gpus-per-task", self.gpus_per_task)
+            if device == "cpu":
+                raise ConfigError(f"--gpus-per-task: got {self.gpus_per_task} with --device cpu; allowed: "
+                                  f"--device cuda (or auto) with GPUs, or no --gpus-per-task")
+        by_sbatch = any(a.startswith(("--gres=gpu", "--gpus", "-G")) for a in self.sbatch_args)
+        if device.startswith("cuda") and self.gpus_per_task is None and not by_sbatch:
+            raise ConfigError(f"--device: got {device!r} without GPUs in the allocation; allowed: "
+                              f"--gpus-per-task N (or sbatch's --gres=gpu:N after --), or --device cpu|auto")
+        index = device.partition(":")[2]
+        if index and self.gpus_per_task is not None and int(index) >= self.gpus_per_task:
+            raise ConfigError(f"--device: got {device!r} but each task sees {self.gpus_per_task} GPU(s) "
+                              f"(--gpus-per-task); allowed: cuda:0..cuda:{self.gpus_per_task - 1} or cuda")
 
     @property
     def requeues(self) -> int:

@@ -80,8 +80,12 @@ def preflight(opts: SubmitOptions, env: Mapping[str, str] = os.environ) -> str:
 
     Raises :class:`ConfigError` naming the interpreter or the refused input."""
     cmd = [opts.python, "-m", "ctgrid", "run", *opts.run_args, "--dry-run"]
+    job_env = launcher_free_env(env)
+    if opts.device != "cpu":   # a login node has no GPU: plan for the compute nodes' (docs/gpu.md)
+        from ..device import NO_CHECK_VAR
+        job_env[NO_CHECK_VAR] = "1"
     try:
-        proc = subprocess.run(cmd, env=launcher_free_env(env), capture_output=True, text=True,
+        proc = subprocess.run(cmd, env=job_env, capture_output=True, text=True,
                               timeout=PREFLIGHT_TIMEOUT, stdin=subprocess.DEVNULL)
     except OSError as exc:
         raise ConfigError(f"--python: cannot run {opts.python!r} ({exc.strerror or exc}); allowed: "

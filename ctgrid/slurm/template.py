@@ -21,6 +21,10 @@ What the run script does, and why:
   from their checkpoints. Exit 0, 1 (failed jobs) or 2 (bad input) never requeue.
 * In array mode each task runs one process (``srun --ntasks=1 --mpi=none``: a step, so
   the warning signal reaches it) with ``--array-task``/``--array-size``.
+* ``--gpus-per-task N`` goes to every task of the job (one homogeneous step: it works with
+  every MPI plugin, with requeue and with job arrays, which cannot be heterogeneous jobs);
+  Slurm binds each task to its own GPUs, each worker computes on one, and rank 0, the
+  scheduler, leaves its GPU idle (docs/gpu.md, "SLURM").
 """
 from __future__ import annotations
 
@@ -115,6 +119,8 @@ def sbatch_lines(opts: SubmitOptions, *, output: str, aggregate: bool = False) -
     lines += [f"--{k}={v}" for k, v in (("partition", opts.partition), ("account", opts.account)) if v]
     if aggregate:
         return [*lines, f"--output={output}"]
+    if opts.gpus_per_task is not None:   # every task; rank 0 (the scheduler) leaves its own idle
+        lines.append(f"--gpus-per-task={opts.gpus_per_task}")
     if opts.overcommit:
         lines.append("--overcommit")
     if opts.array is not None:
@@ -169,6 +175,8 @@ All arguments are passed to `ctgrid run` (GRID, --results, --data-dir, --shard-s
 Sizing: ntasks = workers + 1 (rank 0 only hands out jobs); with --shard-size K,
   ntasks = 1 + K * groups. Threads per task: $SLURM_CPUS_PER_TASK.
 Memory: ~1-2 GB per task for the synthetic and tabular grids (sbatch --mem-per-cpu=...).
+GPUs: sbatch --gpus-per-task=1 ... --device cuda: each worker computes on its own GPU, rank 0
+  leaves its GPU idle (docs/gpu.md).
 Time limit: SIGUSR1 120 s before it; each worker finishes its epoch (checkpoint written)
   and the run exits 3; the job then requeues itself (at most MAX_REQUEUES times) and
   the requeued job resumes. Exit 0, 1 (some job failed) and 2 (bad input) never requeue.

@@ -7,7 +7,8 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .config import OBJECTIVES, OBJECTIVE_TERMS, TrainingConfig
-    from .loop import HISTORY_COLUMNS, TrainResult, train, validate
+    from .loop import HISTORY_COLUMNS, TrainResult, validate
+    from .ondevice import train
 
 _EXPORTS = {
     "OBJECTIVES": ".config",
@@ -15,7 +16,7 @@ _EXPORTS = {
     "TrainingConfig": ".config",
     "HISTORY_COLUMNS": ".loop",
     "TrainResult": ".loop",
-    "train": ".loop",
+    "train": ".ondevice",
     "validate": ".loop",
 }
 __all__ = ["HISTORY_COLUMNS", "OBJECTIVES", "OBJECTIVE_TERMS", "TrainResult", "TrainingConfig", "train",

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .._atomic import save_torch
-from .._torch import tensor_digest
+from .._torch import cpu_state, tensor_digest
 from .._validate import to_dict
 from ..data import Dataset
 from ..errors import ConfigError
@@ -40,9 +40,10 @@ def fingerprint(dataset: Dataset, *configs: Any) -> dict[str, Any]:
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: dict[str, Any], epoch: int,
                     history: list[dict[str, Any]], fp: dict[str, Any], rng: dict[str, int]) -> None:
-    """Atomically write the state after ``epoch`` finished epochs (``optimizer``: its state dict)."""
-    save_torch(path, {"version": VERSION, "epoch": epoch, "model": model.state_dict(),
-                      "optimizer": optimizer, "history": history,
+    """Atomically write the state after ``epoch`` finished epochs (``optimizer``: its state dict),
+    with CPU tensors whatever device trained (:func:`load_checkpoint` maps to the CPU)."""
+    save_torch(path, {"version": VERSION, "epoch": epoch, "model": cpu_state(model.state_dict()),
+                      "optimizer": cpu_state(optimizer), "history": history,
                       "fingerprint": fp, "rng": rng})
 
 
