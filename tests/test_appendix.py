@@ -242,3 +242,29 @@ def test_maturity_splits_panels_by_nepochs_when_two_other_axes_take_the_lines(tm
     assert len(data) == 8 * 2 and (data["n"] == 1).all()      # every job its own line, epochs 2 and 3
     for (tau, lam, nepochs), s in share.items():
         assert data.loc[(nepochs, tau, lam, 2), "mean"] == pytest.approx(s)
+
+
+def test_per_parameter_table_averages_and_resamples_the_seeds_of_a_setting(tmp_path):
+    """Two training seeds per setting (``repeats``): a setting's value is the mean of its seeds',
+    and its interval resamples the seeds first (runs within a seed agree here, so the interval
+    spans exactly the seeds' values)."""
+    root = tmp_path / "results" / "seeds"
+    ratios = {(0.1, 0): 0.5, (0.1, 1): 0.7, (0.5, 0): 0.9, (0.5, 1): 0.9}   # % reduction 50, 30, 10, 10
+    points = []
+    for (lam, seed), ratio in ratios.items():
+        for objective in ("full", "vanilla"):
+            cfg = JobConfig(training=TrainingConfig(objective=objective, lambda_reg=lam, nepochs=3, seed=seed),
+                            evaluation=EvaluationConfig(lambda_energy=(0.5,), n_runs=3, n_individuals=2))
+            ct = objective == "full"
+            jid = write_job(root, cfg, (ratio,) * 3 if ct else None, 2.0, 0.5 if ct else None)
+            points.append({"point": len(points), "job_id": jid, "training.lambda_reg": lam,
+                           "training.seed": seed, "training.objective": objective})
+    pd.DataFrame(points).to_parquet(root / "jobs.parquet", index=False)
+    (root / "grid.yaml").write_text("name: seeds\n")
+    e = effects(root, bootstrap=400)
+    low = e.loc[("lambda_reg", "0.1", "ip")]
+    assert low["mean"] == pytest.approx(40.0) and low["n_settings"] == 1
+    assert low["lo"] == pytest.approx(30.0) and low["hi"] == pytest.approx(50.0)
+    high = e.loc[("lambda_reg", "0.5", "ip")]
+    assert high["lo"] == pytest.approx(10.0) and high["hi"] == pytest.approx(10.0)
+    assert e.loc[("all", "all settings", "ip"), "mean"] == pytest.approx(25.0)

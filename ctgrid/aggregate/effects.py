@@ -10,8 +10,9 @@ together with
 
 - an interval for that mean: percentile bootstrap over the evaluation runs,
   resampled within each setting independently (the settings are the grid's fixed
-  design; one training seed each, so it holds the evaluation's noise, not the
-  training seed's);
+  design; with one training seed each it holds the evaluation's noise, not the
+  training seed's; where a setting has several seeds — ``repeats`` — they are
+  averaged and resampled first, then each drawn seed's runs);
 - the standard deviation across the settings (how much the other parameters
   matter) and how many settings have CT lower than its baseline.
 
@@ -86,6 +87,27 @@ def _cell(s: dict[str, Any]) -> str:
     return f"{num(s['mean'], 1)}{interval}"
 
 
+def settings_of(jobs: pd.DataFrame, values: pd.DataFrame, axes: list[str], *, n_boot: int, seed: int,
+                metric: str) -> pd.DataFrame:
+    """:func:`job_reductions` rows collapsed to one per setting (equal values on every setting
+    axis): the replicates of a setting (its training seeds) are averaged, and its bootstrap is
+    two-stage — the seeds resampled, then each drawn seed's runs (its ``boot`` column). With
+    one seed per setting the rows are the jobs'. Columns: the axes, ``pct``, ``boot``, ``n_seeds``."""
+    frame = jobs.join(values[axes], on="ct_job")
+    out = []
+    for _, g in frame.groupby(axes, dropna=False, sort=False):
+        boots = np.vstack(g["boot"].to_list()) if n_boot else np.empty((len(g), 0))
+        if len(g) > 1 and n_boot:
+            pick = numpy_generator("aggregate-effects-seeds", seed, metric, *sorted(g["ct_job"])).integers(
+                0, len(g), size=(n_boot, len(g)))
+            boot = boots[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+        else:
+            boot = boots.mean(axis=0)
+        out.append({**{a: g[a].iloc[0] for a in axes}, "pct": float(g["pct"].mean()), "boot": boot,
+                    "n_seeds": len(g)})
+    return pd.DataFrame(out, columns=[*axes, "pct", "boot", "n_seeds"])
+
+
 def effects_tables(results: Results, units: dict[str, pd.DataFrame], *, n_boot: int, confidence: float,
                    seed: int) -> list[Table]:
     """One table per results directory with varied setting axes (module docstring).
@@ -101,18 +123,19 @@ def effects_tables(results: Results, units: dict[str, pd.DataFrame], *, n_boot: 
         if not axes:
             continue
         values = results.axis_values(src.index)
-        rows, records = [], []
+        rows, records, seeds = [], [], set()
         mine = {m: per_job[m][per_job[m]["source"] == src.index] for m in METRICS}
         for d in sorted(set(mine["ip"]["dataset"]) | set(mine["cost"]["dataset"])):
-            jobs = {m: mine[m][mine[m]["dataset"] == d] for m in METRICS}
-            groups = [("all", "all settings", {m: jobs[m] for m in METRICS})]
+            sets = {m: settings_of(mine[m][mine[m]["dataset"] == d], values, axes, n_boot=n_boot, seed=seed,
+                                   metric=m) for m in METRICS}
+            seeds |= set(sets["ip"]["n_seeds"])
+            groups = [("all", "all settings", sets)]
             for axis in axes:
-                level = {m: values.reindex(jobs[m]["ct_job"])[axis].to_numpy() for m in METRICS}
-                if values.reindex(jobs["ip"]["ct_job"])[axis].nunique() < 2:
+                if sets["ip"][axis].nunique() < 2:
                     continue   # constant within this dataset (a per-dataset subgrid value)
-                for v in _levels(values.reindex(jobs["ip"]["ct_job"])[axis]):
+                for v in _levels(sets["ip"][axis]):
                     groups.append((SHORT.get(axis, axis), _label(v),
-                                   {m: jobs[m][level[m] == v] for m in METRICS}))
+                                   {m: sets[m][sets[m][axis] == v] for m in METRICS}))
             for param, value, sel in groups:
                 stats = {m: summarise(sel[m], confidence) for m in METRICS}
                 rows.append([d, param, value, str(stats["ip"]["n_settings"]),
@@ -120,21 +143,31 @@ def effects_tables(results: Results, units: dict[str, pd.DataFrame], *, n_boot: 
                                                             f"{stats[m]['n_lower']}/{stats[m]['n_settings']}"))])
                 records += [{"dataset": d, "parameter": param, "value": value, "metric": m, **stats[m]}
                             for m in METRICS]
-        conf = f"{100 * confidence:g}%"
-        notes = [f"Grid {src.name}: per dataset and value of each varied parameter, the mean over the CT "
-                 "settings with that value of each setting's % reduction vs its baseline, 100·(1 − mean_run "
-                 "CT_run/BL_run) (Table 1's entry); positive = CT lower. Settings weigh equally.",
-                 f"[lo, hi]: {conf} percentile bootstrap of that mean over the evaluation runs, resampled "
-                 f"within each setting ({n_boot} resamples): the evaluation's noise for this fixed design "
-                 "of settings, one training seed each — not the training seed's variation.",
-                 "sd: standard deviation of the settings' values (the spread the other parameters cause); "
-                 "lower: settings whose CT model has the lower mean (IP or cost) / settings.",
-                 "A job that ignores a parameter (several of its values map to one job, e.g. λ_energy for "
-                 "Generic and REVISE) is left out of that parameter's rows; 'all settings' counts every "
-                 "CT job once."]
-        header = ["Data", "Parameter", "Value", "Settings", "IP", "IP sd", "IP lower", "Cost", "Cost sd",
-                  "Cost lower"]
         tables.append(Table(f"effects_{src.name}", f"Average outcomes across hyper-parameters, grid "
                             f"{src.name}: % reduction of IP and cost vs BL per parameter value",
-                            header, rows, notes, pd.DataFrame.from_records(records), n_text=3))
+                            _HEADER, rows, _notes(src.name, n_boot, confidence, seeds),
+                            pd.DataFrame.from_records(records), n_text=3))
     return tables
+
+
+_HEADER = ["Data", "Parameter", "Value", "Settings", "IP", "IP sd", "IP lower", "Cost", "Cost sd", "Cost lower"]
+
+
+def _notes(grid: str, n_boot: int, confidence: float, seeds: set[int]) -> list[str]:
+    conf = f"{100 * confidence:g}%"
+    if seeds <= {1}:
+        unit = ("resampled within each setting: the evaluation's noise for this fixed design of settings, "
+                "one training seed each — not the training seed's variation")
+    else:
+        unit = (f"two-stage: each setting's training seeds ({', '.join(map(str, sorted(seeds)))} per setting) "
+                "resampled, then the evaluation runs of each drawn seed")
+    return [f"Grid {grid}: per dataset and value of each varied parameter, the mean over the CT settings with "
+            "that value of each setting's % reduction vs its baseline, 100·(1 − mean_run CT_run/BL_run) (Table "
+            "1's entry; a setting's training seeds averaged); positive = CT lower. Settings weigh equally.",
+            f"[lo, hi]: {conf} percentile bootstrap of that mean over the evaluation runs ({n_boot} resamples), "
+            f"{unit}.",
+            "sd: standard deviation of the settings' values (the spread the other parameters cause); "
+            "lower: settings whose CT model has the lower mean (IP or cost) / settings.",
+            "A job that ignores a parameter (several of its values map to one job, e.g. λ_energy for "
+            "Generic and REVISE) is left out of that parameter's rows; 'all settings' counts every "
+            "CT setting once."]
