@@ -293,3 +293,28 @@ def test_expand_of_a_table_grid_reads_the_file_without_torch(hand, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "training.nce: got 500" in proc.stderr
+
+
+def test_a_list_of_column_names_in_a_grid_is_one_value_and_a_list_of_lists_an_axis(hand, tmp_path):
+    """``categorical: [colour, age]`` names two columns of ONE job (it used to expand into two
+    jobs, one per column); an axis of column lists is a list of lists. The same for ``drop``
+    and for a command-line override; one name is a list of one."""
+    from ctgrid.grid import load_grid
+
+    base = {"name": "table", "path": str(hand), "target": "default"}
+
+    def jobs(data: dict, *overrides: str) -> list[JobConfig]:
+        grid = tmp_path / "g.yaml"
+        grid.write_text(f"name: g\ndata: {json.dumps(data)}\ntraining: {{objective: vanilla}}\n")
+        return list(load_grid(grid, overrides))
+
+    def columns(grid: list[JobConfig]) -> list[tuple]:
+        return sorted((j.data.categorical, j.data.drop) for j in grid)
+
+    assert columns(jobs({**base, "categorical": ["colour", "age"], "drop": ["id"]})) == [
+        (("colour", "age"), ("id",))]
+    assert columns(jobs({**base, "categorical": [["colour"], ["colour", "age"]], "drop": [["id"], []]})) == [
+        (("colour",), ()), (("colour",), ("id",)), (("colour", "age"), ()), (("colour", "age"), ("id",))]
+    assert columns(jobs(base, "data.categorical=[colour, age]", "data.drop=[id]")) == [(("colour", "age"), ("id",))]
+    assert [j.job_id for j in jobs({**base, "categorical": "colour", "drop": "id"})] == \
+        [j.job_id for j in jobs({**base, "categorical": ["colour"], "drop": ["id"]})]

@@ -39,6 +39,14 @@ def _field_depths(group: str) -> dict[str, int]:
     return {name: _depth(hints[name]) for name in hints}
 
 
+@lru_cache(maxsize=None)
+def _name_lists(group: str) -> frozenset[str]:
+    """The fields that hold a list of names (``tuple[str, ...]``: ``data.categorical``,
+    ``data.drop``): a flat list of strings there is one value (the columns), not an axis."""
+    hints = typing.get_type_hints(GROUPS[group])
+    return frozenset(name for name, tp in hints.items() if tp == tuple[str, ...])
+
+
 def _nested(x: Any, k: int) -> bool:
     """``x`` is a scalar (k = 0) or a k-level list of scalars."""
     if k == 0:
@@ -52,16 +60,18 @@ def _is_one_value(v: Any, depth: int) -> bool:
         isinstance(v, list) and all(_nested(x, depth - 1) for x in v))
 
 
-def _axis(value: Any, depth: int, where: str) -> tuple:
+def _axis(value: Any, depth: int, where: str, names: bool = False) -> tuple:
     """The values of one grid key: a list is an axis, anything else one value.
 
     For list-typed fields (``depth >= 1``: ``evaluation.lambda_energy``, ``data.domain``,
     ``data.mutability``, ...) a list is an axis only when each element is itself a
     complete value (a list, mapping, string or null); ``[]`` is then the empty value.
+    For a list of names (``names``: ``data.categorical: [purpose, home]``) a flat list of
+    strings is one value; an axis of them is a list of lists (``[[purpose], [purpose, home]]``).
     """
     if depth == 0 and isinstance(value, dict) and "range" in value:
         return _range_axis(value, where)
-    if not isinstance(value, list):
+    if not isinstance(value, list) or (names and all(isinstance(v, str) for v in value)):
         return (value,)
     if depth == 0 or (value and all(_is_one_value(v, depth) for v in value)):
         if not value:
@@ -109,9 +119,9 @@ def parse_block(mapping: dict, where: str) -> Block:
             continue
         if not isinstance(params, dict):
             raise ConfigError(f"{where}{group}: expected a mapping of parameters, got {params!r}")
-        depths = _field_depths(group)
+        depths, names = _field_depths(group), _name_lists(group)
         for key, value in params.items():
             if key not in depths:
                 raise unknown_key(str(key), list(depths), f"{where}{group}")
-            out[f"{group}.{key}"] = _axis(value, depths[key], f"{where}{group}.{key}")
+            out[f"{group}.{key}"] = _axis(value, depths[key], f"{where}{group}.{key}", key in names)
     return out
