@@ -218,7 +218,9 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
         with energy weight ``lambda_energy``, under the fitted domain and mutability. Returns
         one row per input row in the input's units and categories, plus ``target``, ``valid``
         (the model predicts the target there) and ``converged`` (``tau`` reached)."""
-        x = self._inputs(X)
+        raw = np.asarray(validate_data(self, X, reset=False, dtype=None if self.categorical else "numeric",
+                                       ensure_all_finite=True))
+        x = torch.from_numpy(self._encoder.transform(raw))
         labels = np.resize(np.asarray(target, dtype=self.classes_.dtype), len(x))
         index = np.searchsorted(self.classes_, labels)
         if (index >= len(self.classes_)).any() or (self.classes_[np.minimum(index, len(self.classes_) - 1)]
@@ -229,9 +231,27 @@ class CTClassifier(ClassifierMixin, BaseEstimator):
         engine = make_generator(gen, self.dataset_.constraints.to(device), lambda_energy=float(lambda_energy))
         t = torch.from_numpy(index.astype(np.int64))
         found = engine.search(self.model_, x.to(device), t.to(device))
-        out = self.dataset_.decode(found.counterfactual)
+        out = self._unmoved_as_given(self.dataset_.decode(found.counterfactual), raw, x, found.counterfactual.cpu())
         valid = predict_logits(self.model_, found.counterfactual).argmax(1).cpu().numpy() == index
         return out.assign(target=labels, valid=valid, converged=found.converged.cpu().numpy())
+
+    def _unmoved_as_given(self, out: pd.DataFrame, raw: np.ndarray, x: torch.Tensor,
+                          cf: torch.Tensor) -> pd.DataFrame:
+        """A numeric feature the search left where it was (an immutable one, or one it did not
+        move) keeps the input's value exactly: ``decode``'s ``z * std + mean`` would round it
+        (an age of 28 read back as 27.999999)."""
+        if raw.shape[1] != out.shape[1]:
+            return out
+        grouped = {i for g in self.dataset_.categorical_groups for i in g}
+        kept = {self.dataset_.feature_names[i]: i for i in range(cf.shape[1]) if i not in grouped}
+        for k, name in enumerate(out.columns):
+            i = kept.get(name)
+            if i is not None:
+                same = (cf[:, i] == x[:, i]).numpy()
+                column = out[name].to_numpy(dtype=np.float64, copy=True)
+                column[same] = raw[same, k].astype(np.float64)
+                out[name] = column
+        return out
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
