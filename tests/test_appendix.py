@@ -268,3 +268,29 @@ def test_per_parameter_table_averages_and_resamples_the_seeds_of_a_setting(tmp_p
     high = e.loc[("lambda_reg", "0.5", "ip")]
     assert high["lo"] == pytest.approx(10.0) and high["hi"] == pytest.approx(10.0)
     assert e.loc[("all", "all settings", "ip"), "mean"] == pytest.approx(25.0)
+
+
+def test_parameters_that_change_only_with_the_dataset_are_no_outcome_axes(tmp_path):
+    """A final grid (one setting per dataset, its τ, λ_reg and λ_energy set per dataset) gets one
+    box per dataset, not per-dataset figures whose panels each hold one box."""
+    from ctgrid.data import DataConfig
+    root = tmp_path / "results" / "final"
+    per_data = {"moons": (0.9, 0.25, 1.0), "circles": (0.5, 0.5, 5.0)}
+    points = []
+    for name, (tau, lr, le) in per_data.items():
+        for objective in ("full", "vanilla"):
+            cfg = JobConfig(data=DataConfig(name=name),
+                            generator=GeneratorConfig(name="ecco", tau=tau, lambda_energy=le),
+                            training=TrainingConfig(objective=objective, lambda_reg=lr, nepochs=3),
+                            evaluation=EvaluationConfig(lambda_energy=(0.5,), n_runs=3, n_individuals=2))
+            ct = objective == "full"
+            jid = write_job(root, cfg, (0.5, 0.6, 0.7) if ct else None, 1.0 if ct else 2.0, 0.5 if ct else None)
+            points.append({"point": len(points), "job_id": jid, "data.name": name, "generator.tau": tau,
+                           "generator.lambda_energy": le, "training.lambda_reg": lr,
+                           "training.objective": objective})
+    pd.DataFrame(points).to_parquet(root / "jobs.parquet", index=False)
+    (root / "grid.yaml").write_text("name: final\ntraining: {objective: [full, vanilla]}\n")
+    out = tmp_path / "agg"
+    assert main(["aggregate", str(root), "--out", str(out), "--bootstrap", "0", "--format", "md"]) == 0
+    figs = {p.name for p in (out / "figures").glob("outcomes_*.png")}
+    assert figs == {"outcomes_ip.png", "outcomes_cost.png"}

@@ -52,11 +52,14 @@ def _text(v: Any) -> str:
 
 
 def source_axes(results: Results, source: int, units: pd.DataFrame) -> list[str]:
-    """The source's setting axes that take 2..MAX_LEVELS values among the CT jobs of ``units``."""
+    """The source's setting axes that take 2..MAX_LEVELS values among the CT jobs of ``units``
+    and change within at least one dataset (not only from one dataset to the next)."""
     values = results.axis_values(source)
     axes = [a for a in setting_axes(results, source, units["objective"].nunique()) if a in values]
-    v = values.reindex(units["ct_job"].unique())
-    return [a for a in axes if 2 <= v[a].nunique() <= MAX_LEVELS]
+    jobs = units.drop_duplicates("ct_job")
+    v = values.reindex(jobs["ct_job"]).assign(dataset=jobs["dataset"].to_numpy())
+    within = v.groupby("dataset")   # an axis that only changes with the dataset (final's tau) is no axis
+    return [a for a in axes if 2 <= v[a].nunique() <= MAX_LEVELS and within[a].nunique().max() >= 2]
 
 
 def outcome_figures(results: Results, units: dict[str, pd.DataFrame], metric: str, out_dir: Path,
