@@ -311,5 +311,13 @@ class RoutedModels(nn.Module):
     def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         member = torch.bucketize(rows, self.bounds, right=True)     # rows are sorted
         counts = torch.bincount(member, minlength=len(self.members)).tolist()
-        parts = [m(seg) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
+        parts = [m(_aligned(seg)) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _aligned(rows: torch.Tensor) -> torch.Tensor:
+    """``rows``, copied when the view does not start on a 64-byte boundary: for some layer
+    shapes (e.g. 30 -> 8) MKL's GEMM gives other last bits for an input at another 16-byte
+    offset, and a member's rows split from the batch start wherever the rows before end —
+    its search alone reads freshly allocated (aligned) rows."""
+    return rows if rows.data_ptr() % 64 == 0 else rows.clone()
