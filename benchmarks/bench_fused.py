@@ -8,6 +8,16 @@ epochs (solo: ``train`` K times; fused: one ``train_pack``); the figure is
 vanilla objective (no CE phase) and the share of the fused CT time spent in the CE
 phase (``t_ce``).
 
+The distance to the limit: the matmul FLOPs of each fused case (forward and backward, the
+search included) are counted once by ``torch.utils.flop_counter.FlopCounterMode`` in an
+untimed run of the same pack, and a single-core float32 matmul peak is measured in the same
+process (``fused_matmul_peak_gflops``: a 1024 x 1024 x 1024 ``torch.mm``, best of 5).
+``fused_roofline_<data>_<K>`` = (counted FLOPs / peak) / fused seconds: 1.0 would be the
+arithmetic lower bound (every FLOP at peak, nothing else costing time);
+``fused_lower_bound_ms_<data>_<K>`` is that bound per model-epoch. Element-wise work
+(activations, softmax, masks) is not counted, so the fraction is an upper bound on how
+close the arithmetic's own limit is.
+
 Usage: python benchmarks/bench_fused.py [--epochs N] [--data-dir DIR] [--quick]
 Prints ``BENCH <name> <value> <unit>`` lines.
 """
@@ -43,13 +53,33 @@ def members(k: int, objective: str, epochs: int, **kw) -> list[PackMember]:
     return out
 
 
+def matmul_peak(n: int = 1024, reps: int = 5) -> float:
+    """FLOP/s of a float32 ``n x n x n`` matmul on this process's thread(s), best of ``reps``."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    c = torch.mm(a, b)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def counted_flops(dataset, ms: list[PackMember]) -> int:
+    """The matmul FLOPs (forward and backward) of one ``train_pack`` of ``ms``, counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        train_pack(dataset, ms)
+    return int(counter.get_total_flops())
+
+
 def timed(fn) -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
 
 
-def compare(name: str, dataset, k: int, objective: str, epochs: int, **kw) -> None:
+def compare(name: str, dataset, k: int, objective: str, epochs: int, peak: float, **kw) -> None:
     ms = members(k, objective, epochs, **kw)
     warm = [replace(m, training=replace(m.training, nepochs=1)) for m in ms[:2]]
     train_pack(dataset, warm)                       # first-call costs out of both timings
@@ -59,6 +89,9 @@ def compare(name: str, dataset, k: int, objective: str, epochs: int, **kw) -> No
     tag = "" if objective == "full" else "_vanilla"
     print(f"BENCH fused_speedup{tag}_{name}_{k} {solo / fused:.1f} x", flush=True)
     print(f"BENCH fused_model_epoch_ms{tag}_{name}_{k} {1000 * fused / (k * epochs):.2f} ms", flush=True)
+    flops = counted_flops(dataset, ms)
+    print(f"BENCH fused_roofline{tag}_{name}_{k} {flops / peak / fused:.3f} fraction", flush=True)
+    print(f"BENCH fused_lower_bound_ms{tag}_{name}_{k} {1000 * flops / peak / (k * epochs):.3f} ms", flush=True)
     if objective == "full":
         share = sum(float(r.history["t_ce"].sum()) for r in results) / fused
         print(f"BENCH fused_ce_share_{name}_{k} {share:.2f} fraction", flush=True)
@@ -72,17 +105,19 @@ def main() -> None:
     ap.add_argument("--skip-moons", action="store_true", help="adult and MNIST only")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    peak = matmul_peak()
+    print(f"BENCH fused_matmul_peak_gflops {peak / 1e9:.1f} GFLOP/s", flush=True)
     moons = load_dataset(DataConfig(name="moons"))
     sizes = (8, 45) if args.quick else (1, 8, 45, 135)
     for k in () if args.skip_moons else sizes:
-        compare("moons", moons, k, "vanilla", args.epochs, batch_size=30)
-        compare("moons", moons, k, "full", args.epochs, batch_size=30, nce=1000, tau=0.9)
+        compare("moons", moons, k, "vanilla", args.epochs, peak, batch_size=30)
+        compare("moons", moons, k, "full", args.epochs, peak, batch_size=30, nce=1000, tau=0.9)
     if not args.quick:
         adult = load_dataset(DataConfig(name="adult"), args.data_dir)
         for k in (8, 45):
-            compare("adult", adult, k, "full", 1, batch_size=1000, nce=5000)
+            compare("adult", adult, k, "full", 1, peak, batch_size=1000, nce=5000)
         mnist = load_dataset(DataConfig(name="mnist"), args.data_dir)
-        compare("mnist", mnist, 4, "full", 1, batch_size=128, nce=1000)
+        compare("mnist", mnist, 4, "full", 1, peak, batch_size=128, nce=1000)
     print(f"BENCH rss_mb_fused {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -296,6 +296,7 @@ def test_a_launcher_of_another_mpi_than_mpi4py_loads_is_one_error_line_and_exit_
 
 
 #: one long job and two short ones: with two workers one is soon done and waits for the other
+#: (300 epochs: the long job is still running when the test's signal comes)
 UNEVEN = textwrap.dedent(f"""\
     name: uneven
     data: {{name: moons, n_train: 200, n_val: 40, n_test: 60}}
@@ -303,7 +304,7 @@ UNEVEN = textwrap.dedent(f"""\
     training: {{nce: 80}}
     {SMALL_EVAL}
     subgrids:
-      - training: {{objective: full, nepochs: 30, lambda_reg: 0.25}}
+      - training: {{objective: full, nepochs: 300, lambda_reg: 0.25}}
       - training: {{objective: full, nepochs: 2, lambda_reg: 0.5}}
       - training: {{objective: vanilla, nepochs: 2}}
     """)

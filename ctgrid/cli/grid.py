@@ -81,6 +81,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "network; each job's results are exactly those it gets alone "
                         "(default: the device's, 16 on a CPU; 1 = every job alone; packs of one "
                         "with --shard-size > 1)")
+    p.add_argument("--no-tail-split", dest="tail_split", action="store_false",
+                   help="keep every pack whole at the end of an MPI run (by default the packs that "
+                        "would run while other workers idle are split in halves; a job's results "
+                        "are the same either way)")
     add_device(p, "every job (each MPI worker takes one GPU by its node-local rank; rank 0 none)")
     p.add_argument("--retry-failed", action="store_true",
                    help="re-run failed jobs (by default they are skipped and reported)")
@@ -106,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                            shard_size=args.shard_size, pack_size=args.pack_size,
                            device=parse_device(args.device))
     return run_grid(GridRun(grid, settings, retry_failed=args.retry_failed, force=args.force,
-                            dry_run=args.dry_run, overrides=overrides, array=_array_task(args)))
+                            dry_run=args.dry_run, overrides=overrides, array=_array_task(args),
+                            tail_split=args.tail_split))
 
 
 def _array_task(args: argparse.Namespace) -> ArrayTask | None:

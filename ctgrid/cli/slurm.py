@@ -83,7 +83,8 @@ def _run_args(args: argparse.Namespace, grid: str, overrides: tuple[str, ...], r
         out += ["--pack-size", str(args.pack_size)]
     if args.device != "cpu":
         out += ["--device", args.device]
-    out += [flag for flag, on in (("--retry-failed", args.retry_failed), ("--force", args.force)) if on]
+    out += [flag for flag, on in (("--retry-failed", args.retry_failed), ("--force", args.force),
+                                  ("--no-tail-split", not args.tail_split)) if on]
     return tuple(out)
 
 

@@ -25,6 +25,11 @@ from ..training.config import TrainingConfig
 GROUPS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "generator": GeneratorConfig,
                            "training": TrainingConfig, "evaluation": EvaluationConfig}
 
+#: a search step's cost relative to ECCo's / Generic's, per generator (REVISE also decodes
+#: through its VAE), in :meth:`JobConfig.expected_cost_parts`
+SEARCH_COST = {"revise": 1.5}
+
+
 @dataclass(frozen=True)
 class JobConfig:
     """Everything one training + evaluation needs; built once from YAML or flags."""
@@ -112,22 +117,29 @@ class JobConfig:
         return f"{self.data.label}-{tr.objective}{gen}"
 
     def expected_cost(self) -> float:
-        """A rough relative cost, for longest-expected-first ordering (sizes from the
-        dataset registry where the config leaves them to the dataset)."""
+        """A rough relative cost of the job run alone, for longest-expected-first ordering
+        (:meth:`expected_cost_parts` summed)."""
+        return sum(self.expected_cost_parts())
+
+    def expected_cost_parts(self) -> tuple[float, float]:
+        """``(training, evaluation)``: the rough relative costs of training the job alone and of
+        evaluating it (sizes from the dataset registry where the config leaves them to the
+        dataset). A fused pack shares much of the training part between its members
+        (:func:`ctgrid.grid.packs.member_costs`), never the evaluation part."""
         from ..data.loaders import data_spec
         tr, gen = self.training, self.generator
         spec = data_spec(self.data)
         n_train = self.data.n_train or spec.n_train
         batch = tr.batch_size or spec.batch_size
-        cost = tr.nepochs * (n_train / batch) * 1.0
+        train = tr.nepochs * (n_train / batch) * 1.0
         if tr.needs_counterfactuals:
             ce_epochs = tr.nepochs - tr.burnin_epochs
-            factor = 1.5 if gen.name == "revise" else 1.0
-            cost += ce_epochs * tr.nce * gen.maxiter * factor / 300.0
+            train += ce_epochs * tr.nce * gen.maxiter * SEARCH_COST.get(gen.name, 1.0) / 300.0
+        evaluation = 0.0
         if self.evaluation.enabled:
             ev = self.evaluation
-            cost += len(ev.lambda_energy) * ev.n_runs * ev.n_individuals * ev.maxiter / 300.0
-        return cost
+            evaluation = len(ev.lambda_energy) * ev.n_runs * ev.n_individuals * ev.maxiter / 300.0
+        return train, evaluation
 
 
 def _non_default(job: JobConfig) -> dict[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from .._validate import plain_dict
 from ..training.config import weights
@@ -99,6 +99,30 @@ def member_bytes(job: JobConfig) -> int:
     nce = job.training.nce if job.training.needs_counterfactuals else 0
     hidden = sum(job.model.widths)
     return 4 * nce * (12 * d + 4 * hidden) + 8 * n_train + 4 * (d + 1) * hidden * 4
+
+
+#: what each member of a fused pack costs of the training a solo run of it costs (the rest of
+#: a solo run's time, the per-step overhead, is shared by the pack): by the search a member's
+#: training runs (``plain``: none). Calibrated on this project's CPU with the penalties grid on
+#: moons, packs of 9 and 12 against its ``--pack-size 1`` run (README, "Measured performance"):
+#: a member of 12 trained in 0.19 of its solo time with ECCo or Generic, 0.26 with REVISE.
+PACK_MARGINAL = {"plain": 0.07, "search": 0.12, "revise": 0.2}
+
+
+def member_costs(pack: Sequence[JobConfig]) -> list[float]:
+    """Each member's expected share of its pack's cost, in the units of
+    :meth:`JobConfig.expected_cost` (the scheduler's cost model: its order, ETA and the tail's
+    split, :func:`ctgrid.parallel.plan.balance`): the training part times ``f + (1 - f) / K``
+    for a pack of ``K`` (``f``: :data:`PACK_MARGINAL`), plus the evaluation part, which every
+    member runs for itself. A pack of one costs its job's :meth:`~JobConfig.expected_cost`."""
+    k = len(pack)
+    out = []
+    for job in pack:
+        train, evaluation = job.expected_cost_parts()
+        search = job.generator.name if job.generator.name in PACK_MARGINAL else "search"
+        f = PACK_MARGINAL[search if job.training.needs_counterfactuals else "plain"]
+        out.append(train * (f + (1.0 - f) / k) + evaluation)
+    return out
 
 
 def make_packs(jobs: Mapping[str, JobConfig], pack_size: int = DEFAULT_PACK_SIZE,

@@ -29,7 +29,7 @@ from ..errors import ConfigError, StoreError
 from ..store import ResultStore, RunLock, now, unwritable
 
 from .monitor import LOCK_PREFIX, RUN_PREFIX, live_tasks
-from .plan import Plan, job_cost
+from .plan import Plan, longest_first, pack_costs
 
 if TYPE_CHECKING:
     from ..grid.job import JobConfig
@@ -64,10 +64,11 @@ class ArrayTask:
 def shares(jobs: Mapping[str, JobConfig], pack_size: int, size: int,
            kind: str = "cpu") -> list[list[list[str]]]:
     """Every task's packs: longest-processing-time-first over the grid's packs (sized for
-    device kind ``kind``)."""
+    device kind ``kind``; their costs from the pack-aware model, :func:`.plan.pack_costs`)."""
     from ..grid.packs import make_packs
-    costs = {j: job_cost(job) for j, job in jobs.items()}
-    packs = sorted(make_packs(jobs, pack_size, kind), key=lambda p: (-sum(costs[j] for j in p), p[0]))
+    packs = make_packs(jobs, pack_size, kind)
+    costs = pack_costs(jobs, packs)
+    packs = longest_first(packs, costs)
     load = [0.0] * size
     out: list[list[list[str]]] = [[] for _ in range(size)]
     for pack in packs:

@@ -24,7 +24,7 @@ from ..errors import ConfigError, CTGridError, DataError, StoreError
 from ..store import ResultStore, RunLock, now
 from .array import ArrayLock, ArrayTask
 from .monitor import eta_seconds, heartbeat_text, write_run_file
-from .plan import Plan, job_cost, make_plan, packing_line
+from .plan import Plan, balance, job_cost, make_plan, packing_line
 from .settings import JobOutcome, Role, RunSettings
 from .signals import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_IO, EXIT_OK, EXIT_USAGE, StopFlag
 
@@ -46,6 +46,7 @@ class GridRun:
     dry_run: bool = False
     overrides: tuple[str, ...] = ()   # ``group.key=VALUE`` from the command line
     array: ArrayTask | None = None    # run only this array task's share (:mod:`.array`)
+    tail_split: bool = True           # split the packs at the end for the workers (:func:`.plan.balance`)
 
 
 @dataclass
@@ -84,8 +85,9 @@ def preflight(jobs: Mapping[str, JobConfig], data_dir: str | None) -> None:
     check_features(jobs, data_dir, read_every_dataset=True)
 
 
-def prepare(run: GridRun) -> Prepared:
-    """Load and check the grid, lock and initialise its results directory, plan the run."""
+def prepare(run: GridRun, workers: int = 1) -> Prepared:
+    """Load and check the grid, lock and initialise its results directory, plan the run for
+    ``workers`` workers (worker ranks, or sharded groups: the tail's split depends on it)."""
     from ..device import check_device
     from ..grid import load_grid
     check_device(run.settings.device)   # before anything is read or written (cpu: no torch)
@@ -104,13 +106,13 @@ def prepare(run: GridRun) -> Prepared:
                              f"wait for it or use --results elsewhere")
         store.check_grid(grid, force=run.force)
         store.check_writable()
-        return _prepared(run, store, jobs, (kind, pack_size), None, len(grid))
+        return _prepared(run, store, jobs, (kind, pack_size, workers), None, len(grid))
     store.check_grid(grid, force=run.force)   # refuse another grid's directory before creating .lock
     from .array import acquire
     lock = acquire(store, run.array)
     try:
         store.initialise(grid, force=run.force)
-        prep = _prepared(run, store, jobs, (kind, pack_size), lock, len(grid))
+        prep = _prepared(run, store, jobs, (kind, pack_size, workers), lock, len(grid))
         for job_id in prep.plan.damaged:   # no longer done: a kill before its re-run leaves it pending
             store.job(job_id).set_aside_done()
         return prep
@@ -119,18 +121,21 @@ def prepare(run: GridRun) -> Prepared:
         raise
 
 
-def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], packing: tuple[str, int],
+def _prepared(run: GridRun, store: ResultStore, jobs: dict[str, JobConfig], packing: tuple[str, int, int],
               lock: RunLock | ArrayLock | None, n_points: int) -> Prepared:
-    """The plan of ``run``: the whole grid's, or cut down to its array task's share;
-    ``packing``: the device kind the packs are sized for and their cap on members."""
-    kind, pack_size = packing
+    """The plan of ``run``: the whole grid's, or cut down to its array task's share, its tail
+    split for the workers (unless ``--no-tail-split``); ``packing``: the device kind the packs
+    are sized for, their cap on members and the number of workers."""
+    kind, pack_size, workers = packing
     plan = make_plan(store, jobs, retry_failed=run.retry_failed, pack_size=pack_size, kind=kind)
-    if run.array is None:
-        return Prepared(store, jobs, plan, lock, n_points, kind=kind, pack_size=pack_size,
-                        device=run.settings.device)
-    from .array import restrict, share
-    mine, cut = restrict(jobs, plan, share(jobs, pack_size, run.array, kind))
-    return Prepared(store, mine, cut, lock, n_points, run.array.run_file, kind=kind, pack_size=pack_size,
+    run_file = "run.json"
+    if run.array is not None:
+        from .array import restrict, share
+        jobs, plan = restrict(jobs, plan, share(jobs, pack_size, run.array, kind))
+        run_file = run.array.run_file
+    if run.tail_split:
+        plan = balance(plan, jobs, workers)
+    return Prepared(store, jobs, plan, lock, n_points, run_file, kind=kind, pack_size=pack_size,
                     device=run.settings.device)
 
 
@@ -332,7 +337,7 @@ def drive(run: GridRun, out: TextIO, n_workers: int, loop: Callable[[Prepared, P
     """
     answer = answer_workers or (lambda code: None)
     try:
-        prep = prepare(run)
+        prep = prepare(run, n_workers)
     except CTGridError:
         answer(EXIT_USAGE)
         raise
