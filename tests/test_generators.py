@@ -525,3 +525,22 @@ def test_a_pack_member_searches_as_alone_whatever_its_rows_alignment():
         assert torch.equal(joint.counterfactual[start:start + n], alone.counterfactual)
         assert torch.equal(joint.steps[start:start + n], alone.steps)
         start += n
+
+
+@pytest.mark.parametrize("classes", [2, 10])
+def test_reaches_decides_every_row_as_the_row_wise_softmax_even_exactly_at_tau(classes):
+    """Each row's tau is its own row-wise probability (must reach) or the next float above it
+    (must not): the fast class-major softmax alone gets some of these wrong by a last bit."""
+    from ctgrid.generators.engine import reaches
+    gen = torch.Generator().manual_seed(classes)
+    logits = torch.randn(50_000, classes, generator=gen) * torch.logspace(-3, 1, 50_000)[:, None]
+    target = torch.randint(0, classes, (50_000,), generator=gen)
+    exact = logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
+    fast = logits.t().contiguous().softmax(dim=0).gather(0, target[None, :]).squeeze(0)
+    assert not torch.equal(fast, exact), "the two kernels differ somewhere (else this tests nothing)"
+    above = torch.nextafter(exact, torch.full_like(exact, 2.0))
+    assert reaches(logits, target, exact).all()
+    assert not reaches(logits, target, above).any()
+    for tau in (0.5, 0.75, float(exact[7]), float(above[7])):   # scalar thresholds
+        assert torch.equal(reaches(logits, target, tau), exact >= tau)
+    assert torch.equal(reaches(logits[:10], target[:10], 0.6), exact[:10] >= 0.6)   # few rows
