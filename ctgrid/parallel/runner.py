@@ -207,8 +207,10 @@ class _Attempt:
         else:
             tables, t_eval_s = evaluated
         record = provenance(seed=job.seed, **data_provenance(job.data))
+        t_write = time.perf_counter()
         written = _write_results(self.store.job(job_id), job, result, tables, record)
-        seconds = t_train + t_eval_s
+        t_write_s = time.perf_counter() - t_write
+        seconds = t_train + t_eval_s + t_write_s   # the job's time: its share of the pack, its evaluation and files
         warning = divergence_warning(result.history)
         self.logger.info("done in %.1fs (train %.1fs)", seconds, t_train, extra={"job": job_id})
         if warning:   # the log is complete before done.json: a kill after it loses no line
@@ -220,7 +222,7 @@ class _Attempt:
         files = [self.configs[job_id], *written] if job_id in self.configs else written
         self.store.mark_done(job_id, {
             "name": job.name, "started": self.started, "seconds": seconds,
-            "train_seconds": t_train, "eval_seconds": seconds - t_train,
+            "train_seconds": t_train, "eval_seconds": t_eval_s, "write_seconds": t_write_s,
             "epochs": result.epochs_done, "resumed_from_epoch": resumed, "rank": self.role.rank,
             "host": socket.gethostname(), "shard_size": self.settings.shard_size,
             "pack_size": len(self.jobs), "threads": self.settings.threads, "device": self.role.device,
