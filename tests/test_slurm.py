@@ -209,6 +209,15 @@ def test_dry_run_prints_both_scripts_and_writes_and_submits_nothing(tmp_path, fa
     assert not (tmp_path / "results").exists() and not fake_sbatch.exists()
 
 
+def test_the_run_options_reach_the_script(tmp_path, fake_sbatch, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GRID)
+    assert submit(grid, tmp_path / "results", "--pack-size", "4", "--no-tail-split", "--retry-failed",
+                  "--dry-run") == 0
+    assert (f"ctgrid run {grid} --results {tmp_path / 'results'} --pack-size 4 --retry-failed "
+            f"--no-tail-split") in capsys.readouterr().out
+
+
 def test_submit_writes_the_script_and_submits_it_with_a_dependent_aggregation(tmp_path, fake_sbatch, capsys):
     grid = tmp_path / "grid.yaml"
     grid.write_text(GRID)
