@@ -35,6 +35,7 @@ class Plan:
     resume: set[str] = field(default_factory=set)         # in todo, with a checkpoint
     costs: dict[str, float] = field(default_factory=dict)
     damaged: dict[str, str] = field(default_factory=dict)  # in todo: was done, files damaged -> which
+    splits: int = 0                                       # packs split in halves for the tail (balance)
 
 
 def job_cost(job: JobConfig) -> float:
@@ -78,8 +79,8 @@ def balance(plan: Plan, jobs: Mapping[str, JobConfig], workers: int, gain: float
         return plan
     packs, costs = [list(p) for p in plan.packs], dict(plan.costs)
     times = schedule(packs, costs, workers)
-    best = (max(end for _, end in times), packs, costs)
-    for _ in range(4 * workers):
+    best = (max(end for _, end in times), packs, costs, 0)
+    for n in range(1, 4 * workers + 1):
         even = sum(costs[j] for p in packs for j in p) / workers
         tail = [i for i, (_, end) in enumerate(times) if end > even and len(packs[i]) > 1]
         if not tail:
@@ -92,10 +93,10 @@ def balance(plan: Plan, jobs: Mapping[str, JobConfig], workers: int, gain: float
         times = schedule(packs, costs, workers)
         span = max(end for _, end in times)
         if span < best[0] * (1.0 - gain):
-            best = (span, packs, costs)
-    _, packs, costs = best
+            best = (span, packs, costs, n)
+    _, packs, costs, splits = best
     return Plan(todo=[j for p in packs for j in p], packs=packs, done=plan.done, failed=plan.failed,
-                resume=plan.resume, costs=costs, damaged=plan.damaged)
+                resume=plan.resume, costs=costs, damaged=plan.damaged, splits=splits)
 
 
 def make_plan(store: ResultStore, jobs: Mapping[str, JobConfig], *, retry_failed: bool,

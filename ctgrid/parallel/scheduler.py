@@ -155,6 +155,9 @@ def print_plan(prep: Prepared, out: TextIO) -> None:
           f"{len(p.failed)} failed (skipped; --retry-failed re-runs them), {len(p.todo)} to run "
           f"({len(p.resume)} resume from a checkpoint) in {len(p.packs)} pack(s)", file=out)
     print(packing_line(prep.device, prep.kind, prep.pack_size), file=out)
+    if p.splits:
+        print(f"tail split for the workers: {p.splits} pack(s) split in halves at the end of the run "
+              f"(a job's results are the same; --no-tail-split keeps them whole)", file=out)
     for n, pack in enumerate(p.packs, 1):
         if len(pack) > 1:
             print(f"  pack {n}: {len(pack)} jobs trained as one batched network", file=out)
