@@ -312,9 +312,27 @@ def _at(value: float | torch.Tensor, rows: torch.Tensor) -> float | torch.Tensor
     return value[rows] if isinstance(value, torch.Tensor) else value
 
 
+#: a search's model sees at least this many rows: below it MKL's GEMM can give a row other
+#: last bits than the same row in a larger batch (784 -> 32 and 32 -> 2 for every M < 16;
+#: docs/DEVELOPING.md), so a row's search would depend on how many rows are still searched
+#: beside it — a sharded slice would not match its job's unsharded search
+MIN_ROWS = 16
+
+
 def forward_rows(model: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``model(x)``, or for a model that routes rows (:class:`RoutedModels`) ``model(x, rows)``."""
-    return model(x, rows) if getattr(model, "routes_rows", False) else model(x)
+    """``model(x)``, or for a model that routes rows (:class:`RoutedModels`) ``model(x, rows)``;
+    a plain model computes fewer than :data:`MIN_ROWS` rows padded with zero rows."""
+    return model(x, rows) if getattr(model, "routes_rows", False) else _padded(model, x)
+
+
+def _padded(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` computed on at least :data:`MIN_ROWS` rows (zero rows appended and their
+    outputs dropped): every row's result is then that of any larger batch, for gradients too
+    (the padded rows carry zero gradient)."""
+    n = x.shape[0]
+    if n >= MIN_ROWS or n == 0:
+        return model(x)
+    return model(torch.cat([x, x.new_zeros((MIN_ROWS - n, *x.shape[1:]))]))[:n]
 
 
 class RoutedModels(nn.Module):
@@ -337,7 +355,7 @@ class RoutedModels(nn.Module):
     def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         member = torch.bucketize(rows, self.bounds, right=True)     # rows are sorted
         counts = torch.bincount(member, minlength=len(self.members)).tolist()
-        parts = [m(_aligned(seg)) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
+        parts = [_padded(m, _aligned(seg)) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
         return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
