@@ -117,6 +117,17 @@ def test_shards_are_contiguous_cover_all_rows_and_differ_by_at_most_one(n, k):
     assert max(sizes) - min(sizes) <= 1
 
 
+@pytest.mark.parametrize("n,rates,sizes", [(1000, [1.0, 1.0], [500, 500]), (1000, [3.0, 1.0], [750, 250]),
+                                             (10, [1.0, 2.0, 2.0], [2, 4, 4]), (5, [1e9, 1.0, 1.0], [3, 1, 1]),
+                                             (2, [1.0, 5.0, 1.0], [0, 1, 1]), (9, [0.0, 1.0], [4, 5])])
+def test_weighted_shards_follow_the_rates_contiguously_each_rank_a_row_where_rows_allow(n, rates, sizes):
+    from ctgrid.parallel.sharded import weighted_bounds
+    bounds = weighted_bounds(n, rates)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert [hi - lo for lo, hi in bounds] == sizes
+
+
 def test_exit_codes():
     assert exit_code(3, 3, False) == EXIT_OK == 0
     assert exit_code(2, 3, False) == EXIT_FAILED == 1

@@ -3,7 +3,8 @@
 Every rank of the group runs the same training (same seed, same data, same
 deterministic updates), so the models stay identical without sending weights.
 In every CT epoch the training calls the ``generate`` hook built here: each rank
-searches the counterfactuals of its contiguous slice of the epoch's factuals and
+searches the counterfactuals of its contiguous slice of the epoch's factuals (sized by each
+rank's speed in the previous epoch's search: :func:`weighted_bounds`) and
 one buffer ``Allgatherv`` on the group's communicator (after a tiny ``allgather`` of
 error flags) gives every rank the full :class:`~ctgrid.generators.CounterfactualBatch`,
 in the order of the factuals.
@@ -41,6 +42,23 @@ def shard_bounds(n: int, k: int, r: int) -> tuple[int, int]:
     return (r * n) // k, ((r + 1) * n) // k
 
 
+def weighted_bounds(n: int, rates: list[float]) -> list[tuple[int, int]]:
+    """Contiguous rows ``[lo, hi)`` of each rank among ``n``, in proportion to ``rates`` (each
+    rank's measured rows per second; equal rates give :func:`shard_bounds`), every rank at
+    least one row while ``n`` allows. A function of its arguments only: every rank of a group
+    computes the same bounds from the same allgathered rates."""
+    k = len(rates)
+    if n < k or not all(r > 0 for r in rates) or len(set(rates)) == 1:
+        return [shard_bounds(n, k, r) for r in range(k)]
+    total = sum(rates)
+    cuts, acc = [0], 0.0
+    for r in rates[:-1]:
+        acc += r
+        cuts.append(min(max(int(round(n * acc / total)), cuts[-1] + 1), n - (k - len(cuts))))
+    cuts.append(n)
+    return list(zip(cuts, cuts[1:]))
+
+
 class ShardedGenerate:
     """The training's ``generate(model, x, target, **kw)`` hook on ``group``: the search of
     the engine ``build()`` returns, split over the group's ranks.
@@ -55,6 +73,9 @@ class ShardedGenerate:
         #: seconds this rank spent searching its slice, waiting for the group's slowest rank
         #: (the error-flag allgather) and transferring the counterfactuals (Allgatherv)
         self.seconds = {"search": 0.0, "wait": 0.0, "transfer": 0.0}
+        #: every rank's rows per second in the last search (allgathered): the next slices'
+        #: sizes (a rank on a slower or busier core gets fewer rows); ``None``: equal slices
+        self.rates: list[float] | None = None
 
     @classmethod
     def wrapper(cls, group: Any, *, leader: bool) -> Callable[[Callable[[], SearchEngine]], ShardedGenerate]:
@@ -83,17 +104,22 @@ class ShardedGenerate:
                  **kw: Any) -> CounterfactualBatch:
         engine = self.engine()
         size, rank = self.group.Get_size(), self.group.Get_rank()
-        lo, hi = shard_bounds(len(x), size, rank)
-        t0 = time.perf_counter()
-        part, error = _attempt(lambda: engine.search(model, x[lo:hi], target[lo:hi], **kw))
+        bounds = weighted_bounds(len(x), self.rates or [1.0] * size)
+        lo, hi = bounds[rank]
+        t0 = time.perf_counter()   # the slice copied: a fresh, aligned tensor, as the whole batch is
+        part, error = _attempt(lambda: engine.search(model, x[lo:hi].clone(), target[lo:hi], **kw))
         t1 = time.perf_counter()
-        errors = [(r, e) for r, e in enumerate(self.group.allgather(error)) if e is not None]
+        rate = (hi - lo) / (t1 - t0) if hi > lo and t1 > t0 else 0.0
+        reports = self.group.allgather((error, rate))
         t2 = time.perf_counter()
+        errors = [(r, e) for r, (e, _) in enumerate(reports) if e is not None]
         if errors:
             r, err = errors[0]
             raise JobFailedError(f"counterfactual search failed on group rank {r}: {err}")
         assert part is not None
-        gathered = self._gather(part, [shard_bounds(len(x), size, r) for r in range(size)])
+        new = [rt for _, rt in reports]   # smoothed: one epoch's draw of hard rows is noise
+        self.rates = new if self.rates is None else [(a + b) / 2 for a, b in zip(self.rates, new)]
+        gathered = self._gather(part, bounds)
         self.seconds["search"] += t1 - t0
         self.seconds["wait"] += t2 - t1
         self.seconds["transfer"] += time.perf_counter() - t2
