@@ -297,14 +297,18 @@ def reaches(logits: torch.Tensor, target: torch.Tensor, tau: float | torch.Tenso
     by itself): the decisions are the row-wise kernel's, bit for bit."""
     z = logits.detach()
     if z.dim() != 2 or z.shape[1] > 16 or z.shape[0] < 64:
-        return z.softmax(dim=1).gather(1, target[:, None]).squeeze(1) >= tau
+        return _row_wise_probability(z, target) >= tau
     p = z.t().contiguous().softmax(dim=0).gather(0, target[None, :]).squeeze(0)
     out = p >= tau
     near = torch.nonzero((p - tau).abs() <= NEAR_TAU).squeeze(1)
     if near.numel():
-        exact = z[near].softmax(dim=1).gather(1, target[near, None]).squeeze(1)
-        out[near] = exact >= (tau[near] if isinstance(tau, torch.Tensor) else tau)
+        out[near] = _row_wise_probability(z[near], target[near]) >= _at(tau, near)
     return out
+
+
+def _row_wise_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each row's softmax probability of class ``target``, by torch's row-wise kernel."""
+    return logits.softmax(dim=1).gather(1, target[:, None]).squeeze(1)
 
 
 def _at(value: float | torch.Tensor, rows: torch.Tensor) -> float | torch.Tensor:

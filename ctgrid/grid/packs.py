@@ -119,8 +119,8 @@ def member_costs(pack: Sequence[JobConfig]) -> list[float]:
     out = []
     for job in pack:
         train, evaluation = job.expected_cost_parts()
-        search = job.generator.name if job.generator.name in PACK_MARGINAL else "search"
-        f = PACK_MARGINAL[search if job.training.needs_counterfactuals else "plain"]
+        f = PACK_MARGINAL.get(job.generator.name, PACK_MARGINAL["search"]) \
+            if job.training.needs_counterfactuals else PACK_MARGINAL["plain"]
         out.append(train * (f + (1.0 - f) / k) + evaluation)
     return out
 
