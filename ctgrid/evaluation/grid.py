@@ -231,7 +231,7 @@ def search_grid(model: nn.Module | Sequence[nn.Module], grid: EvaluationGrid, ge
 
 def _routed(models: list[nn.Module], sizes: list[int], device: torch.device) -> RoutedModels:
     """The models of one search as :class:`RoutedModels`, its row bounds on the search's device
-    (RoutedModels makes them on the CPU; ``torch.bucketize`` wants them beside the rows. Phase 2
+    (RoutedModels makes them on the CPU; ``torch.searchsorted`` wants them beside the rows. Phase 2
     of docs/gpu.md makes RoutedModels place them itself)."""
     routed = RoutedModels(models, sizes)
     if routed.bounds.device != device:

@@ -8,7 +8,8 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .config import GENERATORS, GeneratorConfig
-    from .engine import Codec, CounterfactualBatch, RoutedModels, SearchEngine, frozen
+    from .engine import Codec, CounterfactualBatch, SearchEngine, frozen
+    from .routed import RoutedModels
     from .sns import StableNeighborSearch
     from .vae import VAE, load_or_train_vae, train_vae
     from .factory import codec_for, generator_for, make_generator
@@ -19,7 +20,7 @@ _EXPORTS = {
     "GeneratorConfig": ".config",
     "SearchEngine": ".engine",
     "CounterfactualBatch": ".engine",
-    "RoutedModels": ".engine",
+    "RoutedModels": ".routed",
     "Codec": ".engine",
     "frozen": ".engine",
     "StableNeighborSearch": ".sns",

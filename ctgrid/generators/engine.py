@@ -19,7 +19,6 @@ converged only if it still reaches ``tau``).
 from __future__ import annotations
 
 import contextlib
-import itertools
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
@@ -337,35 +336,3 @@ def _padded(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if n >= MIN_ROWS or n == 0:
         return model(x)
     return model(torch.cat([x, x.new_zeros((MIN_ROWS - n, *x.shape[1:]))]))[:n]
-
-
-class RoutedModels(nn.Module):
-    """Several models searched as one batch: rows ``[offsets[k], offsets[k+1])`` of the
-    searched batch belong to ``models[k]``.
-
-    Each active row goes through its own model, member by member, with exactly the
-    shapes a search of that member alone has (its active rows), so the search of each
-    member is the one it gets alone; everything else in the search step (penalties,
-    constraints, convergence, compaction) runs once for all members.
-    """
-
-    routes_rows = True
-
-    def __init__(self, models: Sequence[nn.Module], sizes: Sequence[int]):
-        super().__init__()
-        self.members = nn.ModuleList(models)
-        self.bounds = torch.tensor(list(itertools.accumulate(sizes)))[:-1]
-
-    def forward(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        member = torch.bucketize(rows, self.bounds, right=True)     # rows are sorted
-        counts = torch.bincount(member, minlength=len(self.members)).tolist()
-        parts = [_padded(m, _aligned(seg)) for m, seg, c in zip(self.members, x.split(counts), counts) if c]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
-
-
-def _aligned(rows: torch.Tensor) -> torch.Tensor:
-    """``rows``, copied when the view does not start on a 64-byte boundary: for some layer
-    shapes (e.g. 30 -> 8) MKL's GEMM gives other last bits for an input at another 16-byte
-    offset, and a member's rows split from the batch start wherever the rows before end —
-    its search alone reads freshly allocated (aligned) rows."""
-    return rows if rows.data_ptr() % 64 == 0 else rows.clone()
