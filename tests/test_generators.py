@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ctgrid.constraints import Constraints
@@ -525,6 +526,43 @@ def test_a_pack_member_searches_as_alone_whatever_its_rows_alignment():
         assert torch.equal(joint.counterfactual[start:start + n], alone.counterfactual)
         assert torch.equal(joint.steps[start:start + n], alone.steps)
         start += n
+
+
+def _ce_and_grad(fn, logits, target, upstream):
+    z = logits.clone().requires_grad_(True)
+    loss = fn(z, target)
+    (grad,) = torch.autograd.grad((loss * upstream).sum(), z)
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5, 8])
+def test_cross_entropy_rows_has_the_bits_of_torch_cross_entropy_forward_and_backward(classes):
+    """The search's cross-entropy in the class-major layout (rows padded to full vectors) against
+    ``F.cross_entropy``, every bit, for batch sizes around and far past the vector width; without
+    the padding the rows past the last full vector differ (the control)."""
+    from ctgrid.generators.engine import cross_entropy_rows as fast
+    cross_entropy_rows = lambda z, t: fast(z, t, min_rows=0)  # noqa: E731   (the layout at every size)
+    gen = torch.Generator().manual_seed(classes)
+    torch_ce = lambda z, t: F.cross_entropy(z, t, reduction="none")  # noqa: E731
+    unpadded = lambda z, t: -z.t().log_softmax(dim=0).gather(0, t[None]).squeeze(0)  # noqa: E731
+    control = 0
+    for n in [*range(1, 130), 1000, 45_007, 200_003]:
+        for scale in (0.01, 3.0, 50.0):
+            logits = torch.randn(n, classes, generator=gen) * scale
+            target = torch.randint(0, classes, (n,), generator=gen)
+            upstream = torch.randn(n, generator=gen)
+            want = _ce_and_grad(torch_ce, logits, target, upstream)
+            got = _ce_and_grad(cross_entropy_rows, logits, target, upstream)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (n, scale)
+            if n < 130:
+                other = _ce_and_grad(unpadded, logits, target, upstream)
+                control += int(not (torch.equal(other[0], want[0]) and torch.equal(other[1], want[1])))
+    assert control > 0, "the unpadded layout differs somewhere (else the padding is not tested)"
+    double = torch.randn(300, classes, dtype=torch.float64, generator=gen)
+    t = torch.randint(0, classes, (300,), generator=gen)
+    ones = torch.ones(300, dtype=torch.float64)
+    assert all(torch.equal(a, b) for a, b in zip(_ce_and_grad(cross_entropy_rows, double, t, ones),
+                                                 _ce_and_grad(torch_ce, double, t, ones)))
 
 
 @pytest.mark.parametrize("classes", [2, 10])

@@ -193,7 +193,7 @@ class SearchEngine:
     def _objective(self, x_cf: torch.Tensor, factual: torch.Tensor, gap: torch.Tensor,
                    target: torch.Tensor, logits: torch.Tensor, step: int, maxiter: int,
                    rows: torch.Tensor | None = None) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, reduction="none")
+        loss = cross_entropy_rows(logits, target)
         if self.penalties:  # rows: positions in the caller's batch (per-row penalty weights)
             st = SearchState(x_cf=x_cf, factual=factual, gap=gap, target=target, logits=logits,
                              step=step, maxiter=maxiter, rows=rows)
@@ -303,6 +303,40 @@ def reaches(logits: torch.Tensor, target: torch.Tensor, tau: float | torch.Tenso
     if near.numel():
         out[near] = _row_wise_probability(z[near], target[near]) >= _at(tau, near)
     return out
+
+
+#: classes up to which :func:`cross_entropy_rows` takes the class-major layout (one vector of
+#: lanes holds a row's classes on every CPU torch vectorises for, so both kernels sum them in
+#: the same order)
+CLASS_MAJOR_CLASSES = 8
+#: rows from which the class-major layout is faster (measured here: equal at ~2,000 rows of two
+#: classes, 3.5x at 45,000); both give the same bits, so this only decides the speed
+CLASS_MAJOR_ROWS = 2048
+#: the class-major layout's rows are padded to a multiple of this many: every vector full
+_LANES = 64
+
+
+def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, *,
+                       min_rows: int = CLASS_MAJOR_ROWS) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, reduction="none")``, the same bits forward and
+    backward, faster for many rows of few classes on the CPU.
+
+    torch's log-softmax over the last dimension runs one short loop per row (1.1 ms forward,
+    0.8 ms backward at 45,000 rows of two classes). Over dim 0 of the transpose it vectorises
+    across rows with the same operations in the same order (max; the sum of ``exp(x - max)``
+    class by class; ``x - max - log(sum)``; backward ``g - exp(out) * sum(g)``), except that
+    elements past the last full vector go through the scalar ``std::exp`` instead of the
+    vectorised one — so the rows are padded to a multiple of :data:`_LANES` and every element
+    takes the vectorised path (``tests/test_generators.py`` checks the bits against
+    ``F.cross_entropy`` for 2-8 classes and 1-200,003 rows, forward and backward). Fewer than
+    ``min_rows`` rows, other devices, dtypes or class counts: ``F.cross_entropy`` itself."""
+    n, c = logits.shape
+    if (n < max(min_rows, 1) or logits.device.type != "cpu" or not 2 <= c <= CLASS_MAJOR_CLASSES
+            or logits.dtype not in (torch.float32, torch.float64)):
+        return F.cross_entropy(logits, target, reduction="none")
+    cols = logits.new_zeros(c, -(-n // _LANES) * _LANES)
+    cols[:, :n] = logits.t()
+    return -cols.log_softmax(dim=0)[:, :n].gather(0, target[None, :]).squeeze(0)
 
 
 def _row_wise_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
