@@ -10,7 +10,10 @@ two ranks form one group as in ``ctgrid run --shard-size 2``). Printed:
 - ``sharded_wait_share_<data>``: the share spent waiting for the slower rank (its slice
   of the search took longer: rows converge at different steps).
 
-Usage: python benchmarks/bench_sharded.py [--epochs N] [--data-dir DIR]
+Each figure is the median of ``--repeats`` pairs of runs (1 rank, then 2 ranks, alternating:
+this VM's speed drifts between runs); the first epoch (which builds the engine) is left out
+of every figure. Usage: python benchmarks/bench_sharded.py [--epochs N] [--repeats N]
+[--case mnist|adult] [--data-dir DIR]
 Prints ``BENCH <name> <value> <unit>`` lines.
 """
 from __future__ import annotations
@@ -19,6 +22,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,15 +47,28 @@ def worker(name: str, epochs: int, data_dir: str, out: Path) -> None:
     ds = load_dataset(DataConfig(name=name), data_dir)
     hooks: list[ShardedGenerate] = []
 
+    class Timed(ShardedGenerate):
+        """Keeps each call's seconds: the first epoch (which builds the engine) is left out
+        of the shares, as it is of ``t_ce``."""
+
+        calls: list[dict] = []
+
+        def __call__(self, *a, **kw):
+            before = dict(self.seconds)
+            out = super().__call__(*a, **kw)
+            self.calls.append({k: self.seconds[k] - before[k] for k in before})
+            return out
+
     def wrap(build):
-        hooks.append(ShardedGenerate(comm, build, leader=comm.Get_rank() == 0))
+        hooks.append(Timed(comm, build, leader=comm.Get_rank() == 0))
         return hooks[-1]
 
     cfg = TrainingConfig(objective="full", nepochs=epochs, seed=1, **CASES[name])
     result = train(ds, ModelConfig(), GeneratorConfig(name="ecco", maxiter=30), cfg, wrap_search=wrap)
     if comm.Get_rank() == 0:
         t_ce = float(result.history["t_ce"].iloc[1:].sum())     # epoch 1 builds the engine
-        out.write_text(json.dumps({"t_ce": t_ce, **hooks[0].seconds}))
+        later = hooks[0].calls[1:]
+        out.write_text(json.dumps({"t_ce": t_ce, **{k: sum(c[k] for c in later) for k in hooks[0].seconds}}))
 
 
 def run(n: int, name: str, epochs: int, data_dir: str) -> dict:
@@ -69,18 +86,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
+    ap.add_argument("--repeats", type=int, default=3, help="pairs of runs (1 rank, 2 ranks); medians printed")
+    ap.add_argument("--case", action="append", choices=sorted(CASES), help="only this data set (repeatable)")
     ap.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker(args.worker, args.epochs, args.data_dir, args.out)
         return
-    for name in CASES:
-        one, two = (run(n, name, args.epochs, args.data_dir) for n in (1, 2))
-        print(f"BENCH sharded_ce_speedup_{name} {one['t_ce'] / two['t_ce']:.2f} x", flush=True)
-        print(f"BENCH sharded_comm_share_{name} {two['transfer'] / two['t_ce']:.3f} fraction", flush=True)
-        print(f"BENCH sharded_wait_share_{name} {two['wait'] / two['t_ce']:.3f} fraction", flush=True)
-
+    for name in args.case or sorted(CASES, reverse=True):
+        pairs = []
+        for i in range(args.repeats):   # alternating, so a slow moment of the machine hits both sides
+            one, two = (run(n, name, args.epochs, args.data_dir) for n in (1, 2))
+            pairs.append((one["t_ce"] / two["t_ce"], two["transfer"] / two["t_ce"], two["wait"] / two["t_ce"]))
+            print(f"# {name} run {i + 1}: CE {one['t_ce']:.2f} s on 1 rank, {two['t_ce']:.2f} s on 2: "
+                  f"{pairs[-1][0]:.2f}x, transfer {pairs[-1][1]:.3f}, waiting {pairs[-1][2]:.3f}", flush=True)
+        speedup, comm, wait = (statistics.median(col) for col in zip(*pairs))
+        print(f"BENCH sharded_ce_speedup_{name} {speedup:.2f} x", flush=True)
+        print(f"BENCH sharded_comm_share_{name} {comm:.3f} fraction", flush=True)
+        print(f"BENCH sharded_wait_share_{name} {wait:.3f} fraction", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -377,3 +377,35 @@ def test_sbatch_script_runs_the_grid_on_a_local_slurm_cluster(grid, reference, t
             found = subprocess.run(["pgrep", "-u", "munge", "-x", "munged"], capture_output=True, text=True)
             for pid in found.stdout.split():
                 os.kill(int(pid), signal.SIGTERM)
+
+
+def test_rank_0_schedules_without_importing_torch(tmp_path):
+    """Rank 0 never imports torch (the workers import it meanwhile, on every core; rank 0
+    stays ~300 MB smaller on a node it shares with workers): a hook on rank 0 writes where an
+    import of torch came from."""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(textwrap.dedent("""\
+        name: torchfree
+        data: {name: moons, n_train: 100, n_val: 20, n_test: 40}
+        training: {objective: vanilla, nepochs: [1, 2]}
+        evaluation: {enabled: false}
+        """))
+    marker = tmp_path / "rank0-imported-torch.txt"
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(textwrap.dedent(f"""\
+        import os, runpy, sys, traceback
+        class Hook:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" and os.environ.get("PMI_RANK") == "0":
+                    open({str(marker)!r}, "w").write("".join(traceback.format_stack()))
+                return None
+        sys.meta_path.insert(0, Hook())
+        sys.argv = ["ctgrid", *sys.argv[1:]]
+        runpy.run_module("ctgrid", run_name="__main__")
+        """))
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(wrapper), "run", str(grid),
+                           "--results", str(tmp_path / "results")], env=ENV, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert ResultStore(tmp_path / "results" / "torchfree").status().counts["done"] == 2
+    assert not marker.exists(), marker.read_text()

@@ -38,9 +38,8 @@ from typing import Any, Callable, TextIO
 from ..errors import ConfigError, CTGridError
 from ..store import ResultStore
 from .launcher import check_library, check_world, launcher_rank, under_mpi_launcher  # noqa: F401
-from .runner import JobOutcome, Role, run_job, run_pack, torch_threads, warm_up
 from .scheduler import GridRun, Prepared, Progress, drive, run_serial
-from .sharded import ShardedGenerate, group_stop, private_checkpoint, read_checkpoint
+from .settings import JobOutcome, Role
 from .signals import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, StopFlag, either
 
 #: rank 0's sleep between polls (seconds)
@@ -167,6 +166,7 @@ class Worker:
         """This rank's part in its next job (alone, or leader / member of a sharded group)."""
         if not self.sharded:
             return Role(self.rank, stop=local, device=self.device)
+        from .sharded import ShardedGenerate, group_stop
         return Role(self.rank, leader, checkpoint, stop=group_stop(self.group, local), local_stop=local,
                     wrap_search=ShardedGenerate.wrapper(self.group, leader=leader), device=self.device)
 
@@ -179,6 +179,8 @@ class Worker:
 
     def lead(self) -> int:
         """Request packs from rank 0 until told to stop; run each (with the group)."""
+        from .runner import run_pack
+        from .sharded import read_checkpoint
         outcomes: list[JobOutcome] = []
         local = either(self.stop, self.root_interrupt)
         while True:
@@ -207,6 +209,8 @@ class Worker:
 
     def follow(self) -> int:
         """A group member: train the leader's jobs from the leader's checkpoint; write nothing."""
+        from .runner import run_job
+        from .sharded import private_checkpoint
         while True:
             msg = poll_recv(self.group, 0, TAG_GROUP, MEMBER_POLL)
             if msg[0] == "stop":
@@ -275,6 +279,7 @@ def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
             raise
         return EXIT_USAGE
     if size == 1:   # one rank: it runs the jobs itself
+        from .runner import torch_threads
         torch_threads(run.settings.threads)
         return run_serial(run, stop, out)
     scheduler = None
@@ -282,10 +287,10 @@ def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
         group = None
         if shard > 1:
             group = comm.Split(MPI.UNDEFINED if rank == 0 else (rank - 1) // shard, rank)
-        if rank == 0:
-            torch_threads(1)
+        if rank == 0:   # torch-free: the workers import torch meanwhile, on every core
             scheduler = Scheduler(comm, run, stop, list(range(1, size, shard)), out)
             return scheduler.serve()
+        from .runner import torch_threads, warm_up
         torch_threads(run.settings.threads)
         warm_up()
         worker = Worker(comm, group, run, stop)
