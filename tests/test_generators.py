@@ -16,6 +16,7 @@ from torch import nn
 from ctgrid.constraints import Constraints
 from ctgrid.errors import ConfigError
 from ctgrid.generators import GeneratorConfig, generator_for, make_generator, train_vae
+from ctgrid.generators.engine import CLASS_MAJOR_CLASSES, target_log_probs
 from ctgrid.generators.penalties import energy_decay
 
 D, K = 5, 3
@@ -582,6 +583,31 @@ def test_reaches_decides_every_row_as_the_row_wise_softmax_even_exactly_at_tau(c
     for tau in (0.5, 0.75, float(exact[7]), float(above[7])):   # scalar thresholds
         assert torch.equal(reaches(logits, target, tau), exact >= tau)
     assert torch.equal(reaches(logits[:10], target[:10], 0.6), exact[:10] >= 0.6)   # few rows
+    if classes <= CLASS_MAJOR_CLASSES:   # from the search's own log-probabilities (its cross-entropy's)
+        log_p = target_log_probs(logits, target)
+        assert not torch.equal(log_p.exp(), exact), "exp(log p) differs somewhere (else nothing is tested)"
+        assert reaches(logits, target, exact, log_p=log_p).all()
+        assert not reaches(logits, target, above, log_p=log_p).any()
+        for tau in (0.5, 0.75, float(exact[7]), float(above[7])):
+            assert torch.equal(reaches(logits, target, tau, log_p=log_p), exact >= tau)
+
+
+def test_per_row_settings_follow_the_rows_through_every_compaction():
+    """``_Rows.at``: a per-factual value gathered once and compacted with the rows equals
+    indexing the value at the active rows after any sequence of compactions."""
+    from ctgrid.generators.engine import _Rows
+    gen = torch.Generator().manual_seed(3)
+    n = 500
+    rows = _Rows(torch.randn(n, 2, generator=gen), torch.randn(n, 2, generator=gen), torch.zeros(n, dtype=torch.long))
+    tau, weights = torch.rand(n, generator=gen), torch.rand(n, generator=gen, dtype=torch.float64)
+    assert rows.at(0.5) == 0.5
+    for _ in range(6):
+        assert torch.equal(rows.at(tau), tau[rows.idx]) and torch.equal(rows.at(weights), weights[rows.idx])
+        go_on = torch.nonzero(torch.rand(len(rows.idx), generator=gen) < 0.7).squeeze(1)
+        rows.keep(go_on, rows.state)
+    other = tau.clone()   # a new tensor is gathered afresh, not served another one's rows
+    other[rows.idx] += 1
+    assert torch.equal(rows.at(other), tau[rows.idx] + 1)
 
 
 @pytest.mark.parametrize("generator", ["generic", "ecco"])

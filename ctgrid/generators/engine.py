@@ -19,8 +19,9 @@ converged only if it still reaches ``tau``).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Protocol, Sequence, overload
 
 import torch
 import torch.nn.functional as F
@@ -102,16 +103,34 @@ class _Rows:
         self.nascent = factual
         n = factual.shape[0]
         self.idx = torch.arange(n, device=factual.device)
+        self._at: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.out = CounterfactualBatch(factual, target, torch.empty_like(factual),
                                        torch.zeros(n, dtype=torch.bool, device=factual.device),
                                        torch.zeros(n, dtype=torch.long, device=factual.device),
                                        torch.empty_like(factual))
 
+    @overload
+    def at(self, value: torch.Tensor) -> torch.Tensor: ...
+
+    @overload
+    def at(self, value: float | torch.Tensor) -> float | torch.Tensor: ...
+
+    def at(self, value: float | torch.Tensor) -> float | torch.Tensor:
+        """A per-factual setting at the active rows (``value[idx]``; a scalar applies to every
+        row), gathered once and then compacted with the rows (:meth:`keep`)."""
+        if not isinstance(value, torch.Tensor):
+            return value
+        hit = self._at.get(id(value))
+        if hit is None or hit[0] is not value:
+            hit = self._at[id(value)] = (value, value[self.idx])
+        return hit[1]
+
     def track_nascent(self, x_now: torch.Tensor, near: torch.Tensor) -> None:
         """The nascent point is the last one within the eps-ball: take ``x_now`` where ``near``."""
-        if bool(near.all()):
+        k = int(near.sum())   # one reduction for both tests (all / some)
+        if k == near.numel():
             self.nascent = x_now
-        elif bool(near.any()):
+        elif k:
             self.nascent = torch.where(near[:, None], x_now, self.nascent)
 
     def finish(self, x_now: torch.Tensor, done: torch.Tensor, step: int,
@@ -122,9 +141,10 @@ class _Rows:
         when every row goes on; an empty tensor when none is left.
         """
         sel: slice | torch.Tensor
-        if last or bool(done.all()):
+        k = 0 if last else int(done.sum())   # one reduction for both tests (all / some)
+        if last or k == done.numel():
             at, sel, go_on = self.idx, slice(None), self.idx[:0]
-        elif bool(done.any()):
+        elif k:
             fin = done.nonzero().squeeze(1)
             at, sel, go_on = self.idx.index_select(0, fin), fin, (~done).nonzero().squeeze(1)
         else:
@@ -142,6 +162,7 @@ class _Rows:
         self.target = self.target.index_select(0, rows)
         self.nascent = self.nascent.index_select(0, rows)
         self.idx = self.idx.index_select(0, rows)
+        self._at = {k: (v, kept.index_select(0, rows)) for k, (v, kept) in self._at.items()}
 
 
 class SearchEngine:
@@ -192,13 +213,16 @@ class SearchEngine:
 
     def _objective(self, x_cf: torch.Tensor, factual: torch.Tensor, gap: torch.Tensor,
                    target: torch.Tensor, logits: torch.Tensor, step: int, maxiter: int,
-                   rows: torch.Tensor | None = None) -> torch.Tensor:
-        loss = cross_entropy_rows(logits, target)
+                   rows: torch.Tensor | None = None,
+                   at: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   log_p: torch.Tensor | None = None) -> torch.Tensor:
+        # log_p: the rows' log-probabilities of their targets, when the step computed them
+        loss = cross_entropy_rows(logits, target) if log_p is None else -log_p
         if self.penalties:  # rows: positions in the caller's batch (per-row penalty weights)
             st = SearchState(x_cf=x_cf, factual=factual, gap=gap, target=target, logits=logits,
-                             step=step, maxiter=maxiter, rows=rows)
-            for weight, pen in self.penalties:
-                loss = loss + weight * pen(st)
+                             step=step, maxiter=maxiter, rows=rows, at=at)
+            for weight, pen in self.penalties:   # 1.0 * x is x: a per-row weight's term as it is
+                loss = loss + (pen(st) if weight == 1.0 else weight * pen(st))
         return loss
 
     def _step(self, state: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -208,7 +232,7 @@ class SearchEngine:
         a forbidden direction is reset (mutability wins over the domain for a factual
         outside it); clamped values are exact, so points never leave the domain.
         """
-        if not bool(torch.isfinite(grad.sum())):  # one cheap reduction instead of a rewrite
+        if not math.isfinite(grad.sum().item()):  # one cheap reduction instead of a rewrite
             grad = torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
         if self.step_rule == "normalized":
             grad = self._unit_direction(grad)
@@ -264,11 +288,14 @@ class SearchEngine:
                 logits = forward_rows(model, xa, rows.idx)
                 x_now = xa.detach()
                 gap = (xa - rows.factual).abs()
-                rows.track_nascent(x_now, gap.detach().amax(dim=1) <= _at(nascent_eps, rows.idx))
-                go_on = rows.finish(x_now, reaches(logits, rows.target, _at(tau, rows.idx)), t, last=t == T)
+                rows.track_nascent(x_now, gap.detach().amax(dim=1) <= rows.at(nascent_eps))
+                log_p = target_log_probs(logits, rows.target)   # the CE's and the stop test's
+                done = reaches(logits, rows.target, rows.at(tau), log_p=log_p)
+                go_on = rows.finish(x_now, done, t, last=t == T)
                 if go_on is not None and go_on.numel() == 0:
                     break
-                loss = self._objective(xa, rows.factual, gap, rows.target, logits, t, T, rows.idx)
+                loss = self._objective(xa, rows.factual, gap, rows.target, logits, t, T, rows.idx,
+                                       rows.at, log_p)
                 (grad,) = torch.autograd.grad(loss.sum(), s)
                 new = self._step(s.detach(), grad)
                 if go_on is None:
@@ -284,7 +311,8 @@ class SearchEngine:
 NEAR_TAU = 1e-5
 
 
-def reaches(logits: torch.Tensor, target: torch.Tensor, tau: float | torch.Tensor) -> torch.Tensor:
+def reaches(logits: torch.Tensor, target: torch.Tensor, tau: float | torch.Tensor, *,
+            log_p: torch.Tensor | None = None) -> torch.Tensor:
     """Per row, whether the softmax probability of class ``target`` reaches ``tau`` — decided
     exactly as ``logits.softmax(dim=1)`` decides it, several times faster for few classes.
 
@@ -293,11 +321,17 @@ def reaches(logits: torch.Tensor, target: torch.Tensor, tau: float | torch.Tenso
     over dim 0) vectorises across rows but may differ from it in the last bits. So the fast
     probability decides every row farther than :data:`NEAR_TAU` from ``tau``, and the rows
     nearer are decided again by the row-wise kernel, on those rows only (it computes each row
-    by itself): the decisions are the row-wise kernel's, bit for bit."""
+    by itself): the decisions are the row-wise kernel's, bit for bit. ``log_p``: each row's
+    log-probability of its target from :func:`target_log_probs` (the search step's
+    cross-entropy needs it anyway); its ``exp`` is as near the row-wise probability (a few
+    ulps) and replaces the class-major softmax."""
     z = logits.detach()
-    if z.dim() != 2 or z.shape[1] > 16 or z.shape[0] < 64:
+    if log_p is not None:
+        p = log_p.detach().exp()
+    elif z.dim() != 2 or z.shape[1] > 16 or z.shape[0] < 64:
         return _row_wise_probability(z, target) >= tau
-    p = z.t().contiguous().softmax(dim=0).gather(0, target[None, :]).squeeze(0)
+    else:
+        p = z.t().contiguous().softmax(dim=0).gather(0, target[None, :]).squeeze(0)
     out = p >= tau
     near = torch.nonzero((p - tau).abs() <= NEAR_TAU).squeeze(1)
     if near.numel():
@@ -319,7 +353,17 @@ _LANES = 64
 def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, *,
                        min_rows: int = CLASS_MAJOR_ROWS) -> torch.Tensor:
     """``F.cross_entropy(logits, target, reduction="none")``, the same bits forward and
-    backward, faster for many rows of few classes on the CPU.
+    backward, faster for many rows of few classes on the CPU (:func:`target_log_probs`)."""
+    log_p = target_log_probs(logits, target, min_rows=min_rows)
+    return F.cross_entropy(logits, target, reduction="none") if log_p is None else -log_p
+
+
+def target_log_probs(logits: torch.Tensor, target: torch.Tensor, *,
+                     min_rows: int = CLASS_MAJOR_ROWS) -> torch.Tensor | None:
+    """Each row's log-softmax probability of class ``target`` — the negation of
+    ``F.cross_entropy(logits, target, reduction="none")``, the same bits forward and backward —
+    by the class-major layout; ``None`` where that layout does not apply or is slower (fewer
+    than ``min_rows`` rows, other devices, dtypes or class counts: use ``F.cross_entropy``).
 
     torch's log-softmax over the last dimension runs one short loop per row (1.1 ms forward,
     0.8 ms backward at 45,000 rows of two classes). Over dim 0 of the transpose it vectorises
@@ -328,15 +372,14 @@ def cross_entropy_rows(logits: torch.Tensor, target: torch.Tensor, *,
     elements past the last full vector go through the scalar ``std::exp`` instead of the
     vectorised one — so the rows are padded to a multiple of :data:`_LANES` and every element
     takes the vectorised path (``tests/test_generators.py`` checks the bits against
-    ``F.cross_entropy`` for 2-8 classes and 1-200,003 rows, forward and backward). Fewer than
-    ``min_rows`` rows, other devices, dtypes or class counts: ``F.cross_entropy`` itself."""
+    ``F.cross_entropy`` for 2-8 classes and 1-200,003 rows, forward and backward)."""
     n, c = logits.shape
     if (n < max(min_rows, 1) or logits.device.type != "cpu" or not 2 <= c <= CLASS_MAJOR_CLASSES
             or logits.dtype not in (torch.float32, torch.float64)):
-        return F.cross_entropy(logits, target, reduction="none")
+        return None
     cols = logits.new_zeros(c, -(-n // _LANES) * _LANES)
     cols[:, :n] = logits.t()
-    return -cols.log_softmax(dim=0)[:, :n].gather(0, target[None, :]).squeeze(0)
+    return cols.log_softmax(dim=0)[:, :n].gather(0, target[None, :]).squeeze(0)
 
 
 def _row_wise_probability(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -24,6 +25,9 @@ class SearchState:
     step: int
     maxiter: int
     rows: torch.Tensor | None = None  # (n,) indices of these rows in the searched batch
+    #: ``at(values)``: ``values[rows]`` for a per-factual ``(N,)`` tensor, kept compacted with
+    #: the rows (one gather per compaction, not per step); ``None``: index ``rows`` directly
+    at: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 def per_row(weights: torch.Tensor, penalty):
@@ -32,10 +36,17 @@ def per_row(weights: torch.Tensor, penalty):
     Lets one search serve several settings at once (e.g. every test-time
     ``lambda_energy``); rows are independent, so this equals separate searches.
     """
+    converted: dict[tuple, torch.Tensor] = {}
+
     def weighted(state: SearchState) -> torch.Tensor:
         if state.rows is None:
             raise ValueError("per-row penalty weights need SearchState.rows")
-        return weights.to(state.logits)[state.rows] * penalty(state)
+        like = state.logits
+        key = (like.dtype, like.device)
+        if key not in converted:   # one tensor per dtype and device: ``at`` keeps it compacted
+            converted[key] = weights.to(like)
+        w = converted[key]
+        return (state.at(w) if state.at is not None else w[state.rows]) * penalty(state)
     return weighted
 
 
