@@ -11,7 +11,9 @@ phase (``t_ce``).
 The distance to the limit: the matmul FLOPs of each fused case (forward and backward, the
 search included) are counted once by ``torch.utils.flop_counter.FlopCounterMode`` in an
 untimed run of the same pack, and a single-core float32 matmul peak is measured in the same
-process (``fused_matmul_peak_gflops``: a 1024 x 1024 x 1024 ``torch.mm``, best of 5).
+process (``fused_matmul_peak_gflops``: a 1024 x 1024 x 1024 ``torch.mm``, best of 5; again before
+every fused run). Each case runs solo and fused ``--repeats`` times, alternating (this VM's speed
+drifts by tens of percent between minutes), and prints the medians.
 ``fused_roofline_<data>_<K>`` = (counted FLOPs / peak) / fused seconds: 1.0 would be the
 arithmetic lower bound (every FLOP at peak, nothing else costing time);
 ``fused_lower_bound_ms_<data>_<K>`` is that bound per model-epoch. Element-wise work
@@ -27,6 +29,7 @@ import argparse
 from dataclasses import replace
 import os
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -97,28 +100,38 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - t, out
 
 
-def compare(name: str, dataset, k: int, objective: str, epochs: int, peak: float, **kw) -> None:
+def compare(name: str, dataset, k: int, objective: str, epochs: int, repeats: int, **kw) -> None:
     ms = members(k, objective, epochs, **kw)
     warm = [replace(m, training=replace(m.training, nepochs=1)) for m in ms[:2]]
     train_pack(dataset, warm)                       # first-call costs out of both timings
     train(dataset, warm[0].model, warm[0].generator, warm[0].training)
-    solo, _ = timed(lambda: [train(dataset, m.model, m.generator, m.training) for m in ms])
-    fused, results = timed(lambda: train_pack(dataset, ms))
-    tag = "" if objective == "full" else "_vanilla"
-    print(f"BENCH fused_speedup{tag}_{name}_{k} {solo / fused:.1f} x", flush=True)
-    print(f"BENCH fused_model_epoch_ms{tag}_{name}_{k} {1000 * fused / (k * epochs):.2f} ms", flush=True)
+    rows = []   # (solo / fused, fused seconds, peak FLOP/s, CE share), alternating: the VM's speed drifts
+    for _ in range(repeats):
+        solo, _ = timed(lambda: [train(dataset, m.model, m.generator, m.training) for m in ms])
+        peak = matmul_peak()
+        fused, results = timed(lambda: train_pack(dataset, ms))
+        share = sum(float(r.history["t_ce"].sum()) for r in results) / fused if objective == "full" else 0.0
+        rows.append((solo / fused, fused, peak, share))
+    speedup, fused, peak, share = (statistics.median(col) for col in zip(*rows))
     flops = counted_flops(dataset, ms)
-    print(f"BENCH fused_roofline{tag}_{name}_{k} {flops / peak / fused:.3f} fraction", flush=True)
+    roofline = statistics.median(flops / p / f for _, f, p, _ in rows)
+    tag = "" if objective == "full" else "_vanilla"
+    print(f"BENCH fused_speedup{tag}_{name}_{k} {speedup:.1f} x", flush=True)
+    print(f"BENCH fused_model_epoch_ms{tag}_{name}_{k} {1000 * fused / (k * epochs):.2f} ms", flush=True)
+    print(f"BENCH fused_roofline{tag}_{name}_{k} {roofline:.3f} fraction", flush=True)
     print(f"BENCH fused_lower_bound_ms{tag}_{name}_{k} {1000 * flops / peak / (k * epochs):.3f} ms", flush=True)
     if objective == "full":
-        share = sum(float(r.history["t_ce"].sum()) for r in results) / fused
         print(f"BENCH fused_ce_share_{name}_{k} {share:.2f} fraction", flush=True)
+    if repeats > 1:
+        print(f"# {name} K {k} {objective}: speed-ups " + " ".join(f"{r[0]:.1f}" for r in rows), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="solo and fused runs alternating this many times per case; medians printed")
     ap.add_argument("--quick", action="store_true", help="moons K = 8 and 45 only")
     ap.add_argument("--skip-moons", action="store_true", help="adult and MNIST only")
     args = ap.parse_args()
@@ -128,14 +141,14 @@ def main() -> None:
     moons = load_dataset(DataConfig(name="moons"))
     sizes = (8, 45) if args.quick else (1, 8, 45, 135)
     for k in () if args.skip_moons else sizes:
-        compare("moons", moons, k, "vanilla", args.epochs, peak, batch_size=30)
-        compare("moons", moons, k, "full", args.epochs, peak, batch_size=30, nce=1000, tau=0.9)
+        compare("moons", moons, k, "vanilla", args.epochs, args.repeats, batch_size=30)
+        compare("moons", moons, k, "full", args.epochs, args.repeats, batch_size=30, nce=1000, tau=0.9)
     if not args.quick:
         adult = load_dataset(DataConfig(name="adult"), args.data_dir)
         for k in (8, 45):
-            compare("adult", adult, k, "full", 1, peak, batch_size=1000, nce=5000)
+            compare("adult", adult, k, "full", 1, args.repeats, batch_size=1000, nce=5000)
         mnist = load_dataset(DataConfig(name="mnist"), args.data_dir)
-        compare("mnist", mnist, 4, "full", 1, peak, batch_size=128, nce=1000)
+        compare("mnist", mnist, 4, "full", 1, args.repeats, batch_size=128, nce=1000)
     print(f"BENCH rss_mb_fused {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 
