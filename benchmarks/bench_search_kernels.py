@@ -1,5 +1,5 @@
 """Measure-and-choose for the pack search's model kernel (issue 23): one search step's model
-forward and input gradient over K members' rows, four ways, timed in one process.
+forward and input gradient over K members' rows, four (five) ways, timed in one process.
 
 - ``member``: what ctgrid runs (:class:`ctgrid.generators.RoutedModels`): each member's rows
   through its own ``nn.Module``, autograd for the input gradient.
@@ -14,6 +14,8 @@ forward and input gradient over K members' rows, four ways, timed in one process
   hand-written backward: no per-member loop at all.
 - ``gather``: each row multiplied by its own member's weights, gathered per row
   (``bmm`` of (N, 1, d) by (N, d, h)).
+- ``compiled`` (``--compiled``): the gathered products written as pointwise multiplies and
+  sums, forward and input gradient compiled by inductor into one graph (:func:`compiled_variant`).
 
 Each variant is checked against ``member``: ``identical`` 1 if its logits and gradients are the
 same bits (``direct`` must be), else minus the largest absolute difference of the gradients;
@@ -23,7 +25,7 @@ the same bits whatever the pack).
 The step also has the loss's row-wise work (cross-entropy, penalties, convergence,
 compaction), which is the same for all four and not timed here.
 
-Usage: python benchmarks/bench_search_kernels.py [--reps N]
+Usage: python benchmarks/bench_search_kernels.py [--reps N] [--compiled]
 Prints ``BENCH search_kernel_<variant>_<case> <ratio> x`` (time of ``member`` / time of the
 variant: above 1 is faster) and the per-step milliseconds of ``member``.
 """
@@ -115,6 +117,27 @@ def gather_step(models, x, counts, g_out):
 
 
 
+def compiled_variant() -> Callable:
+    """``--compiled``: the gathered formulation as pointwise products and sums, its forward and
+    input gradient (``torch.func.vjp``) compiled by inductor into one graph (``fullgraph``, fixed
+    shapes: a new shape compiles again). Its bits are inductor's, not MKL's."""
+    def forward(x, member, w1, b1, w2, b2):
+        h = torch.relu((x[:, None, :] * w1[member]).sum(-1) + b1[member])      # w1: (K, 32, d)
+        return (h[:, None, :] * w2[member]).sum(-1) + b2[member]               # w2: (K, 2, 32)
+
+    def step(x, member, w1, b1, w2, b2, g_out):
+        logits, vjp = torch.func.vjp(lambda s: forward(s, member, w1, b1, w2, b2), x)
+        return logits, vjp(g_out)[0]
+
+    compiled = torch.compile(step, dynamic=False, fullgraph=True)
+
+    def compiled_step(models, x, counts, g_out):
+        member = torch.repeat_interleave(torch.arange(len(models)), torch.tensor(counts))
+        w1, w2 = torch.stack([m[0].weight for m in models]), torch.stack([m[2].weight for m in models])
+        b1, b2 = torch.stack([m[0].bias for m in models]), torch.stack([m[2].bias for m in models])
+        return compiled(x, member, w1, b1, w2, b2, g_out)
+    return compiled_step
+
 
 def best_ms(fn: Callable[..., object], args: tuple, reps: int) -> float:
     fn(*args)
@@ -129,9 +152,13 @@ def best_ms(fn: Callable[..., object], args: tuple, reps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--compiled", action="store_true",
+                    help="also the inductor-compiled gathered kernel (needs a C++ compiler; compiles twice a case)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     variants = {"direct": direct_step, "stacked": stacked_step, "gather": gather_step}
+    if args.compiled:
+        variants["compiled"] = compiled_variant()
     for case, d, k in CASES:
         models, counts = mlps(k, d), [ROWS - 7 * (i % 5) for i in range(k)]   # members' active rows differ
         x, g_out = torch.randn(sum(counts), d), torch.randn(sum(counts), 2)   # g_out: what the loss sends
