@@ -409,3 +409,36 @@ def test_rank_0_schedules_without_importing_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert ResultStore(tmp_path / "results" / "torchfree").status().counts["done"] == 2
     assert not marker.exists(), marker.read_text()
+
+
+def test_sharded_searches_return_their_own_rows_not_the_kept_gather_buffer(tmp_path):
+    """The sharded hook gathers into a buffer it keeps between epochs: each call's result must
+    be its own (a later call leaves it unchanged) and equal the unsharded search, on 2 ranks."""
+    script = tmp_path / "shards.py"
+    script.write_text(textwrap.dedent("""\
+        import sys, torch
+        from torch import nn
+        from mpi4py import MPI
+        from ctgrid.constraints import Constraints
+        from ctgrid.generators import GeneratorConfig, make_generator
+        from ctgrid.parallel.sharded import ShardedGenerate
+        torch.set_num_threads(1)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        build = lambda: make_generator(GeneratorConfig(name="ecco", maxiter=20), Constraints.unconstrained(3))
+        hook = ShardedGenerate(MPI.COMM_WORLD, build, leader=MPI.COMM_WORLD.Get_rank() == 0)
+        x1, x2 = torch.randn(301, 3), torch.randn(250, 3)
+        t1, t2 = torch.randint(0, 2, (301,)), torch.randint(0, 2, (250,))
+        first = hook(model, x1, t1)
+        kept = [getattr(first, f).clone() for f in first.FIELDS]
+        second = hook(model, x2, t2)
+        for x, t, got in ((x1, t1, first), (x2, t2, second)):
+            want = build().search(model, x, t)
+            assert all(torch.equal(getattr(got, f), getattr(want, f)) for f in got.FIELDS)
+        assert all(torch.equal(getattr(first, f), k) for f, k in zip(first.FIELDS, kept))
+        print("ok", MPI.COMM_WORLD.Get_rank(), file=sys.stderr)
+        """))
+    proc = subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)], env=ENV,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("ok ") == 2, proc.stderr

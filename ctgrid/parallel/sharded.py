@@ -27,7 +27,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -76,6 +75,7 @@ class ShardedGenerate:
         #: every rank's rows per second in the last search (allgathered): the next slices'
         #: sizes (a rank on a slower or busier core gets fewer rows); ``None``: equal slices
         self.rates: list[float] | None = None
+        self._buffer: torch.Tensor | None = None   # the gathered rows, kept between epochs
 
     @classmethod
     def wrapper(cls, group: Any, *, leader: bool) -> Callable[[Callable[[], SearchEngine]], ShardedGenerate]:
@@ -129,20 +129,32 @@ class ShardedGenerate:
 
     def _gather(self, part: CounterfactualBatch, bounds: list[tuple[int, int]]) -> torch.Tensor:
         """Every rank's rows ``[counterfactual, nascent, converged, steps]`` in the order of the
-        factuals, by one buffer ``Allgatherv`` in the points' dtype (float32: flags and step
+        factuals, by one in-place ``Allgatherv`` in the points' dtype (float32: flags and step
         counts below 2**24 travel exactly; float64 points travel as float64), on the device of
-        the points (the buffers themselves travel through host memory)."""
+        the points (the buffers themselves travel through host memory).
+
+        The rows are gathered in a buffer this hook keeps from epoch to epoch (each rank writes
+        its slice straight into it) and copied out once: an MNIST epoch's 31 MB received into
+        freshly allocated memory took 25-33 ms of page faults inside the MPI copy, into the kept
+        buffer ~8 ms (plus ~5 ms for the copy)."""
         from mpi4py import MPI
-        width = 2 * part.counterfactual.shape[1] + 2
+        d = part.counterfactual.shape[1]
+        width = 2 * d + 2
         dtype = torch.float64 if part.counterfactual.dtype == torch.float64 else torch.float32
-        mine = torch.cat([part.counterfactual, part.nascent, part.converged[:, None],
-                          part.steps[:, None]], dim=1).to(dtype)
-        send = np.ascontiguousarray(mine.cpu().numpy())
-        counts = [(hi - lo) * width for lo, hi in bounds]
-        recv = np.empty(sum(counts), dtype=send.dtype)
+        n = bounds[-1][1]
+        if self._buffer is None or self._buffer.dtype != dtype or self._buffer.numel() < n * width:
+            self._buffer = torch.empty(n * width, dtype=dtype)
+        rows = self._buffer[:n * width].view(n, width)
+        lo, hi = bounds[self.group.Get_rank()]
+        mine = rows[lo:hi]
+        mine[:, :d] = part.counterfactual
+        mine[:, d:2 * d] = part.nascent
+        mine[:, 2 * d] = part.converged
+        mine[:, 2 * d + 1] = part.steps
+        counts = [(b - a) * width for a, b in bounds]
         kind = MPI.DOUBLE if dtype == torch.float64 else MPI.FLOAT
-        self.group.Allgatherv([send, kind], [recv, counts, None, kind])
-        out = torch.from_numpy(recv.reshape(-1, width))
+        self.group.Allgatherv(MPI.IN_PLACE, [rows.numpy(), counts, [a * width for a, _ in bounds], kind])
+        out = rows.clone()   # the caller keeps its rows; the buffer is the next epoch's
         return out if part.counterfactual.device.type == "cpu" else out.to(part.counterfactual.device)
 
 
