@@ -633,3 +633,30 @@ def test_a_search_split_into_slices_equals_the_search_of_the_whole(data_dir, gen
         parts = [engine.search(model, x[a:b].clone(), target[a:b], tau=tau[a:b]) for a, b in zip(cuts, cuts[1:])]
         for field in ("counterfactual", "nascent", "steps", "converged"):
             assert torch.equal(torch.cat([getattr(p, field) for p in parts]), getattr(whole, field)), (k, field)
+
+
+@pytest.mark.parametrize("kinds", [("none", "increase", "decrease") + ("both",) * 20,   # few: by column
+                                   ("none", "increase", "both", "decrease"),             # many: whole batch
+                                   ("both",) * 6])
+def test_keep_direction_is_the_clamp_to_the_allowed_steps_bit_for_bit(kinds):
+    """``keep_direction`` equals ``clamp(new, old + lo, old + hi)`` (the step bounds) every bit,
+    whether it clamps the constrained columns only (few) or the whole batch (many), also for
+    values exactly at the bound, and never changes a free column."""
+    d = len(kinds)
+    c = Constraints(torch.full((d,), -5.0), torch.full((d,), 5.0), kinds)
+    gen = torch.Generator().manual_seed(d)
+    old = torch.randn(700, d, generator=gen)
+    new = old + torch.randn(700, d, generator=gen)
+    new[::7] = old[::7]                                   # unmoved rows: exactly at the bound
+    lo, hi = c.step_bounds(new)
+    got = c.keep_direction(new, old)
+    assert torch.equal(got, torch.clamp(new, old + lo, old + hi))
+    free = [i for i, k in enumerate(kinds) if k == "both"]
+    assert torch.equal(got[:, free], new[:, free])
+    for i, k in enumerate(kinds):
+        if k == "none":
+            assert torch.equal(got[:, i], old[:, i])
+        elif k == "increase":
+            assert bool((got[:, i] >= old[:, i]).all())
+        elif k == "decrease":
+            assert bool((got[:, i] <= old[:, i]).all())
