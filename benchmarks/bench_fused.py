@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ctgrid.cli.grid import _positive   # an integer >= 1, else one argparse error line (exit 2)
 from ctgrid.data import DataConfig, load_dataset
 from ctgrid.generators import GeneratorConfig
 from ctgrid.models import ModelConfig
@@ -130,7 +131,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
-    ap.add_argument("--repeats", type=int, default=3,
+    ap.add_argument("--repeats", type=_positive, default=3,
                     help="solo and fused runs alternating this many times per case; medians printed")
     ap.add_argument("--quick", action="store_true", help="moons K = 8 and 45 only")
     ap.add_argument("--skip-moons", action="store_true", help="adult and MNIST only")

@@ -1,5 +1,6 @@
 """Measure-and-choose for the pack search's model kernel (issue 23): one search step's model
-forward and input gradient over K members' rows, four (five) ways, timed in one process.
+forward and input gradient over K members' rows, four ways (five with ``--compiled``), timed in
+one process.
 
 - ``member``: what ctgrid runs (:class:`ctgrid.generators.RoutedModels`): each member's rows
   through its own ``nn.Module``, autograd for the input gradient.
@@ -114,7 +115,6 @@ def gather_step(models, x, counts, g_out):
     out = torch.baddbmm(b2[:, None], h, w2).squeeze(1)
     gh = torch.bmm(g_out[:, None], w2.transpose(1, 2)).masked_fill_(h <= 0, 0)
     return out, torch.bmm(gh, w1.transpose(1, 2)).squeeze(1)
-
 
 
 def compiled_variant() -> Callable:

@@ -28,6 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ctgrid.cli.grid import _positive   # an integer >= 1, else one argparse error line (exit 2)
+
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CASES = {"mnist": dict(batch_size=128, nce=5000), "adult": dict(batch_size=1000, nce=5000)}
 #: epochs per case (the first is left out): adult's CE phase is ~0.15 s an epoch, so it runs
@@ -54,7 +56,9 @@ def worker(name: str, epochs: int, data_dir: str, out: Path) -> None:
         """Keeps each call's seconds: the first epoch (which builds the engine) is left out
         of the shares, as it is of ``t_ce``."""
 
-        calls: list[dict] = []
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.calls: list[dict] = []
 
         def __call__(self, *a, **kw):
             before = dict(self.seconds)
@@ -87,9 +91,9 @@ def run(n: int, name: str, epochs: int, data_dir: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=None, help="epochs per run (default: per case, EPOCHS)")
+    ap.add_argument("--epochs", type=_positive, default=None, help="epochs per run (default: per case, EPOCHS)")
     ap.add_argument("--data-dir", default=os.environ.get("CTGRID_DATA", str(DEFAULT_DATA)))
-    ap.add_argument("--repeats", type=int, default=3, help="pairs of runs (1 rank, 2 ranks); medians printed")
+    ap.add_argument("--repeats", type=_positive, default=3, help="pairs of runs (1 rank, 2 ranks); medians printed")
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="only this data set (repeatable)")
     ap.add_argument("--worker", choices=sorted(CASES), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
@@ -108,6 +112,7 @@ def main() -> None:
         print(f"BENCH sharded_ce_speedup_{name} {speedup:.2f} x", flush=True)
         print(f"BENCH sharded_comm_share_{name} {comm:.3f} fraction", flush=True)
         print(f"BENCH sharded_wait_share_{name} {wait:.3f} fraction", flush=True)
+
 
 if __name__ == "__main__":
     main()

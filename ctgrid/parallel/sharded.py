@@ -154,8 +154,8 @@ class ShardedGenerate:
         counts = [(b - a) * width for a, b in bounds]
         kind = MPI.DOUBLE if dtype == torch.float64 else MPI.FLOAT
         self.group.Allgatherv(MPI.IN_PLACE, [rows.numpy(), counts, [a * width for a, _ in bounds], kind])
-        out = rows.clone()   # the caller keeps its rows; the buffer is the next epoch's
-        return out if part.counterfactual.device.type == "cpu" else out.to(part.counterfactual.device)
+        device = part.counterfactual.device   # the caller keeps its own rows: the buffer is the next epoch's
+        return rows.clone() if device.type == "cpu" else rows.to(device)
 
 
 def _attempt(fn: Callable[[], T]) -> tuple[T | None, str | None]:
