@@ -254,7 +254,10 @@ def run_mpi(run: GridRun, stop: StopFlag, out: TextIO) -> int:
     except ConfigError:
         if launcher_rank() == 0:   # every process may think it is rank 0 of one: report once
             raise
-        return EXIT_USAGE
+        # The others leave quietly with 0: a non-zero exit would have the launcher (mpirun,
+        # srun --kill-on-bad-exit) kill the reporting rank before its line is out (seen with
+        # Open MPI's mpirun); the run still ends with the reporter's exit code 2.
+        return EXIT_OK
     try:
         return _run_ranks(MPI, run, stop, out)
     finally:
@@ -277,7 +280,7 @@ def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
     except ConfigError:
         if rank == 0:
             raise
-        return EXIT_USAGE
+        return EXIT_OK    # rank 0 reports it and exits 2 (see run_mpi)
     if size == 1:   # one rank: it runs the jobs itself
         from .runner import torch_threads
         torch_threads(run.settings.threads)
@@ -294,11 +297,15 @@ def _run_ranks(MPI: Any, run: GridRun, stop: StopFlag, out: TextIO) -> int:
         torch_threads(run.settings.threads)
         warm_up()
         worker = Worker(comm, group, run, stop)
-        code = worker.lead() if group is None or group.Get_rank() == 0 else worker.follow()
-        # Rank 0 carries the run's exit code (the launcher reports the highest); a worker
-        # that finished normally exits 0, so `srun --kill-on-bad-exit=1` only ever fires
-        # for a rank that died (OOM kill, segfault) and no rank is left waiting for it.
-        return EXIT_USAGE if code == EXIT_USAGE else EXIT_OK
+        if group is None or group.Get_rank() == 0:
+            worker.lead()
+        else:
+            worker.follow()
+        # Rank 0 carries the run's exit code (the launcher reports the highest), bad input's 2
+        # included; a worker that finished exits 0, so `srun --kill-on-bad-exit=1` (and Open
+        # MPI's mpirun, which kills every rank at the first non-zero exit) only ever fires for
+        # a rank that died (OOM kill, segfault), never before rank 0 has printed its error.
+        return EXIT_OK
     except CTGridError:
         if scheduler is not None and scheduler.drained:
             raise   # bad input (exit 2); every worker has already been told to stop
