@@ -2,7 +2,9 @@
 
 Each command runs as a fresh ``python -m ctgrid`` process (median of ``--repeat`` runs);
 the status/config cases use a tiny results directory made here. Goal: <= 1 s each on
-this 2-core machine (``import torch`` alone takes ~3 s on it). Then the largest grid
+this 2-core machine (``import torch`` alone takes ~3 s on it). Then what ending a command
+that imports torch costs (a one-epoch ``train`` ended as ``ctgrid`` does, and through an
+ordinary ``sys.exit``: ``cli_exit_saved_seconds``). Then the largest grid
 ctgrid accepts (20,000 points, 20,000 distinct jobs): ``expand`` and ``run --dry-run``
 (what ``ctgrid slurm submit`` checks a grid with), one run each. Goal: seconds.
 
@@ -48,6 +50,9 @@ def main() -> None:
         for name, argv in cases.items():
             print(f"BENCH cli_{name}_seconds {seconds(argv, args.repeat):.2f} s", flush=True)
         print(f"BENCH import_torch_seconds {t_torch:.2f} s")
+        fast, ordinary = exit_cost(Path(tmp), args.repeat)
+        print(f"BENCH cli_train_1_epoch_seconds {fast:.2f} s", flush=True)
+        print(f"BENCH cli_exit_saved_seconds {ordinary - fast:.2f} s", flush=True)
         big = Path(tmp) / "big.yaml"
         big.write_text("name: big\ntraining: {nepochs: 2, seed: {range: [0, 2000]}, "
                        "lambda_reg: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]}\n")
@@ -56,9 +61,24 @@ def main() -> None:
         print(f"BENCH cli_dry_run_20000_points_seconds {seconds(dry, 1):.1f} s", flush=True)
 
 
-def _time(cmd: list[str]) -> float:
+def exit_cost(tmp: Path, repeat: int) -> tuple[float, float]:
+    """Median seconds of a command that imports torch (``train``, one epoch of 100 rows) ending
+    as ``ctgrid`` does (``python -m ctgrid``: the teardown skipped, :mod:`ctgrid.cli._exit`) and
+    through an ordinary ``sys.exit(main())``, alternating."""
+    argv = ["train", "--data", "moons", "--objective", "vanilla", "--nepochs", "1", "data.n_train=100"]
+    ordinary = "import sys; from ctgrid.cli import main; sys.exit(main())"
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for i in range(repeat):
+        for fast in (True, False):
+            out = ["--out", str(tmp / f"exit-{fast}-{i}")]
+            start = [sys.executable, "-m", "ctgrid"] if fast else [sys.executable, "-c", ordinary]
+            times[fast].append(_time([*start, *argv, *out], cwd=ROOT))
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
+def _time(cmd: list[str], cwd: Path | None = None) -> float:
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, capture_output=True)
+    subprocess.run(cmd, check=True, capture_output=True, cwd=cwd)
     return time.perf_counter() - t0
 
 

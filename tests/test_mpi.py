@@ -471,3 +471,23 @@ def test_usage_errors_under_open_mpi_mpirun_reach_the_user_every_time(grid, open
             errors = [line for line in proc.stderr.splitlines() if line.startswith("ctgrid: error:")]
             assert proc.returncode == 2 and len(errors) == 1 and wanted in errors[0], proc.stderr
     assert not (tmp_path / "mpigrid").exists()
+
+
+def test_a_worker_ending_the_fast_way_leaves_rank_0s_exit_code_to_the_launcher(tmp_path):
+    """ctgrid's ranks skip Python's teardown once torch is loaded (ctgrid.cli._exit); rank 0
+    exits 1 after the worker has gone. Leaving by ``os._exit`` made MPICH's mpiexec report 0
+    in 7 of 10 tries (its C exit handlers did not run); five tries, each must report 1."""
+    script = tmp_path / "ranks.py"
+    script.write_text(textwrap.dedent("""\
+        import time
+        import torch
+        from mpi4py import MPI
+        from ctgrid.cli._exit import exit_now
+        rank = MPI.COMM_WORLD.Get_rank()
+        if rank == 0:
+            time.sleep(0.3)
+        exit_now(1 if rank == 0 else 0)
+        """))
+    codes = [subprocess.run([MPIEXEC, "-n", "2", sys.executable, str(script)], env=ENV, capture_output=True,
+                            timeout=TIMEOUT).returncode for _ in range(5)]
+    assert codes == [1] * 5

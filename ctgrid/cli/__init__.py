@@ -60,6 +60,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return exitfile.hand_over(code)
 
 
+def program() -> NoReturn:
+    """The ``ctgrid`` executable (console script, ``python -m ctgrid``): :func:`main`, then
+    :func:`~ctgrid.cli._exit.exit_now` (the interpreter's teardown skipped once torch is
+    loaded: 0.4-0.6 s off every command that trains or evaluates, and off every MPI rank)."""
+    from ._exit import exit_code, exit_now
+    try:
+        code = main()
+    except SystemExit as exc:   # argparse: --help, --version, usage errors
+        code = exit_code(exc.code)
+    exit_now(code)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     from ..provenance import set_command
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,4 +109,4 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    program()
