@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def program() -> NoReturn:
     """The ``ctgrid`` executable (console script, ``python -m ctgrid``): :func:`main`, then
     :func:`~ctgrid.cli._exit.exit_now` (the interpreter's teardown skipped once torch is
-    loaded: 0.4-0.6 s off every command that trains or evaluates, and off every MPI rank)."""
+    loaded: 0.5-1 s off every command that trains or evaluates, and off every MPI rank)."""
     from ._exit import exit_code, exit_now
     try:
         code = main()

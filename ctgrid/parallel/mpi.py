@@ -177,8 +177,9 @@ class Worker:
                 return msg
             self.root_interrupt.seen = True
 
-    def lead(self) -> int:
-        """Request packs from rank 0 until told to stop; run each (with the group)."""
+    def lead(self) -> None:
+        """Request packs from rank 0 until told to stop; run each (with the group). The run's
+        exit code is rank 0's alone (:func:`_run_ranks`)."""
         from .runner import run_pack
         from .sharded import read_checkpoint
         outcomes: list[JobOutcome] = []
@@ -188,9 +189,8 @@ class Worker:
             self.comm.send((kind, [o.to_dict() for o in outcomes]), dest=0, tag=TAG_REQUEST)
             msg = self._reply()
             if msg[0] == "stop":
-                code = max(msg[1], EXIT_INTERRUPTED if local() else EXIT_OK)
-                self._tell_members(("stop", code))
-                return code
+                self._tell_members(("stop",))
+                return
             _, jobs, root = msg
             if local():
                 outcomes = [JobOutcome(j, "interrupted", rank=self.rank) for j in jobs]
@@ -207,14 +207,14 @@ class Worker:
             for member in range(1, self.group.Get_size()):
                 self.group.send(msg, dest=member, tag=TAG_GROUP)
 
-    def follow(self) -> int:
+    def follow(self) -> None:
         """A group member: train the leader's jobs from the leader's checkpoint; write nothing."""
         from .runner import run_job
         from .sharded import private_checkpoint
         while True:
             msg = poll_recv(self.group, 0, TAG_GROUP, MEMBER_POLL)
             if msg[0] == "stop":
-                return max(msg[1], EXIT_INTERRUPTED if self.stop() else EXIT_OK)
+                return
             _, job_id, job, root, data = msg
             with private_checkpoint(data) as path:
                 run_job(ResultStore(Path(root)), job_id, job, self.run.settings,
